@@ -1,0 +1,98 @@
+"""Shared fixtures: where ../shared is, and the guard for lab (OVS + Mininet) tests.
+
+Tiers (see setup.cfg markers): plain tests are pure; ``replay`` tests read
+recorded data; ``integration`` tests need root, a running Open vSwitch and
+Mininet, and hold a machine-wide lock so two lab runs never share the switches.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+LAB_LOCK = Path(os.environ.get("DEMON_LAB_LOCK", "/tmp/pytapdemon-lab.lock"))
+
+
+def shared_path() -> Path:
+    """``../shared`` beside the checkout, or ``$DEMON_SHARED``."""
+    return Path(os.environ.get("DEMON_SHARED", REPO.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    path = shared_path()
+    if not path.is_dir():
+        pytest.skip(f"shared data not found at {path} (set DEMON_SHARED)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(shared_dir: Path) -> Path:
+    path = shared_dir / "corpus"
+    if not path.is_dir():
+        pytest.skip(f"sFlow corpus not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def captures_dir(shared_dir: Path) -> Path:
+    path = shared_dir / "captures"
+    if not path.is_dir():
+        pytest.skip(f"OVS captures not found at {path}")
+    return path
+
+
+def lab_unavailable_reason() -> str | None:
+    """Why the lab (root + OVS + Mininet) cannot run here, or None if it can."""
+    if os.geteuid() != 0:
+        return "integration tests need root"
+    for tool in ("ovs-vsctl", "ovs-ofctl", "mn", "mnexec", "tcpdump"):
+        if shutil.which(tool) is None:
+            return f"{tool} not installed (run: bash scripts/setup)"
+    try:
+        subprocess.run(["ovs-vsctl", "--timeout=3", "show"], check=True,
+                       capture_output=True, timeout=10)
+    except (subprocess.SubprocessError, OSError):
+        return "Open vSwitch is not running (run: bash scripts/setup)"
+    try:
+        import mininet.net  # noqa: F401
+    except ImportError:
+        return "mininet is not importable (venv must see Debian's mininet)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def lab_available() -> None:
+    reason = lab_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def lab_lock(lab_available: None) -> Iterator[None]:
+    """Serialise every test that touches OVS bridges or Mininet, machine-wide.
+
+    The seed topology's names (s1..s3, h1..h11) and the sFlow/OpenFlow ports
+    are fixed, so two lab runs at once would fight over them.
+    """
+    LAB_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(LAB_LOCK, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Integration tests take the lab lock even if they forget to ask for it."""
+    for item in items:
+        if item.get_closest_marker("integration") and "lab_lock" not in getattr(item, "fixturenames", []):
+            item.fixturenames.append("lab_lock")  # type: ignore[attr-defined]

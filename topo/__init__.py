@@ -1,0 +1,1 @@
+"""Mininet topologies (the seed's, the patch panel) and the one-command lab."""
