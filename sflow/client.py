@@ -528,22 +528,27 @@ class EventStream:
     resumes from it: nothing is skipped and nothing is delivered twice. Events
     at or below the cursor are dropped even if an engine returns them.
 
-    Engine restarts: event ids restart from 1, so the cursor may be *ahead* of
-    every id the new engine has, and a plain resume would wait for ids that
-    will not come. After any error, on the first poll with a cursor (e.g. one
-    the daemon persisted), and whenever a long poll comes back empty, the
-    stream probes the newest event (``eventID=-1``, no wait). If its id is
-    below the cursor, or it carries the cursor's id but is not the event the
-    stream delivered under that id (timestamp, threshold or flow key differ),
-    the engine restarted: the stream restarts its cursor at -1 and delivers
-    what the new engine holds (its newest ``max_events``). Undetectable case:
-    a restarted engine that has already produced more events than the cursor
-    before the stream reconnects *and* whose event at the cursor id cannot be
-    compared (cursor set from storage without a fingerprint).
+    Engine restarts: a restarted engine numbers its events from the start
+    again, so the cursor may be *ahead* of every id it has (a plain resume
+    would wait for ids that will not come) or point at a different event. So
+    the stream verifies the cursor after any error, on the first poll with a
+    cursor set from outside (one the daemon persisted), and after every empty
+    long poll: it asks, without waiting, for the events from the cursor's id on
+    (``eventID=cursor-1``). If there are none, or the event with the cursor's
+    id is not the one delivered under that id (timestamp, threshold, flow key,
+    agent or data source differ), the engine restarted: the cursor goes back to
+    -1 and the stream delivers what the new engine holds (its newest
+    ``max_events``), counting :attr:`restarts`; the caller should then define
+    its flows and thresholds again (``on_restart``). A restart is always seen
+    by a pending long poll (its connection breaks); one that happens between
+    two polls is seen at the next empty poll, unless the new engine has by
+    then produced more events than the cursor and the stream has no
+    fingerprint to compare (cursor set from storage).
     """
 
     def __init__(self, client: SFlowRTClient, threshold_id: str | None = None,
-                 max_events: int = 100, poll_timeout: float = 20) -> None:
+                 max_events: int = 100, poll_timeout: float = 20,
+                 on_restart: Callable[[], None] | None = None) -> None:
         if max_events < 1:
             raise ValueError(f"max_events must be >= 1, got {max_events}")
         if poll_timeout < 0:
@@ -552,8 +557,9 @@ class EventStream:
         self.threshold_id = threshold_id
         self.max_events = max_events
         self.poll_timeout = poll_timeout
+        self.on_restart = on_restart
         self._last_event_id = -1
-        self._last_fingerprint: tuple[int, str, str | None] | None = None
+        self._last_fingerprint: tuple[Any, ...] | None = None
         self._verify = False
         self.restarts = 0
 
@@ -569,22 +575,21 @@ class EventStream:
         self._verify = self._last_event_id >= 0
 
     @staticmethod
-    def _fingerprint(event: Event) -> tuple[int, str, str | None]:
-        return (event.timestamp_ms, event.threshold_id, event.flow_key)
+    def _fingerprint(event: Event) -> tuple[Any, ...]:
+        return (event.timestamp_ms, event.threshold_id, event.flow_key, event.agent,
+                event.data_source)
 
     def _engine_restarted(self) -> bool:
-        newest = self.client.events(event_id=-1, max_events=1, timeout=0,
-                                    threshold_id=self.threshold_id)
-        if not newest:
-            # An engine that had delivered our cursor but now has no event at all
-            # has restarted (events are only forgotten on restart).
-            return self._last_event_id >= 0
-        top = newest[-1]
-        if top.event_id < self._last_event_id:
+        cursor = self._last_event_id
+        since = self.client.events(event_id=cursor - 1, max_events=self.max_events, timeout=0,
+                                   threshold_id=self.threshold_id)
+        if not since:
+            # The engine that gave us event `cursor` would still hold it, or newer ones.
             return True
-        if top.event_id == self._last_event_id and self._last_fingerprint is not None:
-            return self._fingerprint(top) != self._last_fingerprint
-        return False
+        at_cursor = [e for e in since if e.event_id == cursor]
+        if at_cursor and self._last_fingerprint is not None:
+            return self._fingerprint(at_cursor[0]) != self._last_fingerprint
+        return since[0].event_id < cursor
 
     def poll(self) -> list[Event]:
         """New events, oldest first (``[]`` when the long poll timed out).
@@ -594,11 +599,14 @@ class EventStream:
         try:
             if self._verify:
                 if self._engine_restarted():
-                    log.warning("event ids went backwards (cursor %d): engine restarted; "
-                                "resuming from its oldest retained events", self._last_event_id)
+                    log.warning("engine restarted (event %d is gone or another event): "
+                                "resuming from its newest %d events", self._last_event_id,
+                                self.max_events)
                     self.restarts += 1
                     self._last_event_id = -1
                     self._last_fingerprint = None
+                    if self.on_restart is not None:
+                        self.on_restart()
                 self._verify = False
             events = self.client.events(event_id=self._last_event_id,
                                         max_events=self.max_events,
@@ -611,6 +619,9 @@ class EventStream:
         if len(fresh) < len(events):
             log.debug("dropped %d event(s) at or below cursor %d",
                       len(events) - len(fresh), self._last_event_id)
+        if len(events) >= self.max_events:
+            log.warning("a poll returned max_events (%d) events: older ones after cursor %d "
+                        "may be missing; raise max_events", self.max_events, self._last_event_id)
         if fresh:
             self._last_event_id = fresh[-1].event_id
             self._last_fingerprint = self._fingerprint(fresh[-1])

@@ -231,8 +231,9 @@ def test_stream_resumes_after_errors_without_loss_or_duplicates(client: SFlowRTC
     for _attempt in range(3):  # the first poll and both retries are refused
         responses.add("GET", URL + "/events/json", match=events_query(2),
                       body=requests.ConnectionError("refused"))
-    # after the outage: probe (newest) then resume from cursor 2
-    responses.add("GET", URL + "/events/json", match=events_query(-1, 1), json=[event(4)])
+    # after the outage: verify the cursor (event 2 is still event 2), then resume from it
+    responses.add("GET", URL + "/events/json", match=events_query(1),
+                  json=[event(4), event(3), event(2)])
     responses.add("GET", URL + "/events/json", match=events_query(2), json=[event(4), event(3)])
     assert [e.event_id for e in stream.poll()] == [1, 2]
     with pytest.raises(EngineUnreachable):
@@ -254,46 +255,63 @@ def test_stream_drops_events_at_or_below_cursor(client: SFlowRTClient) -> None:
 
 
 @responses.activate
-def test_stream_detects_engine_restart_when_ids_go_backwards(client: SFlowRTClient) -> None:
-    stream = EventStream(client, threshold_id="demon_elephant", poll_timeout=0)
-    stream.last_event_id = 40  # persisted by the daemon before the engine restarted
-    responses.add("GET", URL + "/events/json", match=events_query(-1, 1), json=[event(2)])
+def test_stream_detects_restart_behind_a_persisted_cursor(client: SFlowRTClient) -> None:
+    restarted: list[int] = []
+    stream = EventStream(client, threshold_id="demon_elephant", poll_timeout=0,
+                         on_restart=lambda: restarted.append(stream.last_event_id))
+    stream.last_event_id = 40  # persisted by the daemon; the engine restarted meanwhile
+    responses.add("GET", URL + "/events/json", match=events_query(39), json=[])
     responses.add("GET", URL + "/events/json", match=events_query(-1), json=[event(2), event(1)])
     assert [e.event_id for e in stream.poll()] == [1, 2]
     assert stream.restarts == 1 and stream.last_event_id == 2
+    assert restarted == [-1]
 
 
 @responses.activate
 def test_stream_detects_restart_that_reused_the_cursor_id(client: SFlowRTClient) -> None:
     stream = EventStream(client, threshold_id="demon_elephant", poll_timeout=0)
+    other = event(2, key="10.0.0.6,10.0.0.7,59816,5202", ts=1_764_000_100_000)
     responses.add("GET", URL + "/events/json", match=events_query(-1), json=[event(2), event(1)])
-    # empty poll → next poll probes; the new engine's event 2 is another event
-    responses.add("GET", URL + "/events/json", match=events_query(2), json=[])
-    responses.add("GET", URL + "/events/json", match=events_query(-1, 1),
-                  json=[event(2, key="10.0.0.6,10.0.0.7,59816,5202", ts=1_764_000_100_000)])
-    responses.add("GET", URL + "/events/json", match=events_query(-1),
-                  json=[event(2, key="10.0.0.6,10.0.0.7,59816,5202", ts=1_764_000_100_000),
-                        event(1, ts=1_764_000_100_000)])
+    for _attempt in range(3):
+        responses.add("GET", URL + "/events/json", match=events_query(2),
+                      body=requests.ConnectionError("refused"))
+    # the new engine has its own events 1..3: its event 2 is another event
+    new_engine = [event(3, ts=1_764_000_100_000), other, event(1, ts=1_764_000_100_000)]
+    responses.add("GET", URL + "/events/json", match=events_query(1), json=new_engine[:2])
+    responses.add("GET", URL + "/events/json", match=events_query(-1), json=new_engine)
     assert [e.event_id for e in stream.poll()] == [1, 2]
-    assert stream.poll() == []
+    with pytest.raises(EngineUnreachable):
+        stream.poll()
     again = stream.poll()
-    assert [e.event_id for e in again] == [1, 2]
+    assert [e.event_id for e in again] == [1, 2, 3]
     assert again[1].flow_key == "10.0.0.6,10.0.0.7,59816,5202"
     assert stream.restarts == 1
 
 
 @responses.activate
-def test_stream_without_restart_keeps_cursor_after_empty_poll(client: SFlowRTClient) -> None:
+def test_stream_verifies_after_empty_poll_and_keeps_cursor(client: SFlowRTClient) -> None:
     stream = EventStream(client, threshold_id="demon_elephant", poll_timeout=0)
     responses.add("GET", URL + "/events/json", match=events_query(-1), json=[event(1)])
     responses.add("GET", URL + "/events/json", match=events_query(1), json=[])
-    responses.add("GET", URL + "/events/json", match=events_query(-1, 1), json=[event(1)])
+    responses.add("GET", URL + "/events/json", match=events_query(1), json=[event(2)])
+    responses.add("GET", URL + "/events/json", match=events_query(0), json=[event(1)])
     assert len(stream.poll()) == 1
     assert stream.poll() == []
+    assert [e.event_id for e in stream.poll()] == [2]
+    assert stream.restarts == 0 and stream.last_event_id == 2
+
+
+@responses.activate
+def test_stream_sees_restart_between_polls_at_next_empty_poll(client: SFlowRTClient) -> None:
+    stream = EventStream(client, threshold_id="demon_elephant", poll_timeout=0)
+    responses.add("GET", URL + "/events/json", match=events_query(-1), json=[event(3), event(2)])
+    responses.add("GET", URL + "/events/json", match=events_query(3), json=[])
+    responses.add("GET", URL + "/events/json", match=events_query(2), json=[])  # 3 is gone
+    responses.add("GET", URL + "/events/json", match=events_query(-1), json=[event(1)])
+    assert len(stream.poll()) == 2
     assert stream.poll() == []
-    assert stream.restarts == 0 and stream.last_event_id == 1
-
-
+    assert [e.event_id for e in stream.poll()] == [1]
+    assert stream.restarts == 1
 @responses.activate
 def test_port_map_from_engine(client: SFlowRTClient) -> None:
     responses.add("GET", URL + "/demon/portmap/json", json=[
