@@ -1,0 +1,131 @@
+"""The capture agent's tap table: which copy belongs to which tap.
+
+A JSON file, re-read whenever it changes::
+
+    {"version": 1, "taps": [
+      {"tap_id": "t-1", "match": {"ipv4_src": "10.0.0.1", "tcp_dst": 5201, ...},
+       "vlan_tag": null, "bidirectional": false,
+       "policy": "elephant", "flow_key": "10.0.0.1,10.0.0.2,6,51792,5201",
+       "trigger": {...}, "dpid": 1, "in_port": 1, "copy_port": 6,
+       "start": 1700000000.0, "stop": null}]}
+
+A bare list is accepted too, so the RPC ``list_mirrors`` result can be written
+as is. A copy is told apart by its VLAN tag when the tap has one, else by the
+tap's match (also reversed when ``bidirectional``). Unknown members are kept
+and copied into the manifests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from demon.capture.packet import Fields, MatchError, compile_match, reverse_match
+
+TAP_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+class TapTableError(ValueError):
+    """A bad tap table (the message names the entry and field)."""
+
+
+@dataclass
+class Tap:
+    tap_id: str
+    info: dict[str, Any]
+    vlan_tag: int | None
+    predicates: list[Callable[[Fields], bool]] = field(default_factory=list)
+
+    def matches(self, fields: Fields) -> bool:
+        if self.vlan_tag is not None:
+            return fields.get("vlan_vid") == self.vlan_tag
+        return any(p(fields) for p in self.predicates)
+
+
+def parse_taps(doc: Any, source: str = "tap table") -> list[Tap]:
+    entries = doc.get("taps") if isinstance(doc, dict) else doc
+    if not isinstance(entries, list):
+        raise TapTableError(f"{source}: expected a list of taps or {{\"taps\": [...]}}")
+    taps: list[Tap] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(entries):
+        where = f"{source}: taps[{i}]"
+        if not isinstance(entry, dict):
+            raise TapTableError(f"{where}: must be an object")
+        tap_id = entry.get("tap_id")
+        if not isinstance(tap_id, str) or not TAP_ID.match(tap_id):
+            raise TapTableError(f"{where}.tap_id: 1-64 chars of [A-Za-z0-9_.:-] required, got {tap_id!r}")
+        if tap_id in seen:
+            raise TapTableError(f"{where}.tap_id: duplicate {tap_id!r}")
+        seen.add(tap_id)
+        vlan = entry.get("vlan_tag")
+        if vlan is not None and (not isinstance(vlan, int) or not 1 <= vlan <= 4094):
+            raise TapTableError(f"{where}.vlan_tag: must be 1..4094 or null, got {vlan!r}")
+        match = entry.get("match")
+        predicates: list[Callable[[Fields], bool]] = []
+        if vlan is None:
+            if not isinstance(match, dict):
+                raise TapTableError(f"{where}.match: an object is required when there is no vlan_tag")
+            try:
+                predicates.append(compile_match(match, f"{where}.match"))
+                if entry.get("bidirectional"):
+                    predicates.append(compile_match(reverse_match(match), f"{where}.match"))
+            except MatchError as exc:
+                raise TapTableError(str(exc)) from None
+        taps.append(Tap(tap_id, dict(entry), vlan, predicates))
+    return taps
+
+
+class TapTable:
+    """The taps of a JSON file, reloaded when its mtime or size changes.
+
+    A bad file is reported and the previous table stays in use.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = Path(path) if path else None
+        self.taps: list[Tap] = []
+        self.by_id: dict[str, Tap] = {}
+        self.last_error: str | None = None
+        self._stamp: tuple[int, int] | None = None
+
+    def reload_if_changed(self) -> bool:
+        """True if a new table was loaded."""
+        if self.path is None:
+            return False
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            taps = parse_taps(json.loads(self.path.read_text()), str(self.path))
+        except (OSError, ValueError) as exc:  # JSONDecodeError and TapTableError are ValueErrors
+            self.last_error = str(exc)
+            return False
+        self.last_error = None
+        self.taps = taps
+        self.by_id = {t.tap_id: t for t in taps}
+        return True
+
+    def lookup(self, fields: Fields) -> Tap | None:
+        # Newest tap first: a re-tap of the same flow gets the packets, not the old one.
+        for tap in reversed(self.taps):
+            if tap.matches(fields):
+                return tap
+        return None
+
+
+def write_tap_table(path: Path, taps: list[dict[str, Any]]) -> None:
+    """Replace the table atomically (the agent never reads half a file)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"version": 1, "taps": taps}, indent=1, default=str))
+    os.replace(tmp, path)

@@ -1,0 +1,104 @@
+"""The fabric description (docs/fabric.md) generated from a lab topology.
+
+Roles come from the cabling: the switch the capture host hangs off is the
+aggregation switch (its switch-facing ports are uplinks, the capture host's port
+is ``capture_port``); every other switch with hosts is a filter switch (host
+ports, and switch-facing ports as uplinks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from mininet.topo import Topo
+
+FABRIC_VERSION = 1
+
+# The 2013 prototype's static mode as it really behaved (baseline §1.4): s2
+# mirrors to port 6 because the prototype used s1's destinations everywhere.
+PROTOTYPE_STATIC: dict[str, Any] = {
+    "timeout": 120,
+    "switches": {
+        "1": {"pairs": [[1, 2], [3, 4]], "mirror_sources": [1], "mirror_destinations": [6]},
+        "2": {"pairs": [[1, 2]], "mirror_sources": [2], "mirror_destinations": [7]},
+        "3": {"to_capture": list(range(1, 11)), "capture_port": 11},
+    },
+}
+
+
+class FabricError(ValueError):
+    """The topology cannot be described as filter + aggregation switches."""
+
+
+def _ports(topo: Topo) -> dict[str, list[tuple[int, str]]]:
+    """switch name -> [(its port, the node on the other end)]."""
+    ports: dict[str, list[tuple[int, str]]] = {sw: [] for sw in topo.switches()}
+    for a, b, info in topo.links(withInfo=True):
+        for near, far, port_key in ((a, b, "port1"), (b, a, "port2")):
+            if near in ports:
+                port = info.get(port_key)
+                if port is None:
+                    raise FabricError(f"link {a}-{b}: no explicit port on {near}")
+                ports[near].append((int(port), far))
+    return ports
+
+
+def fabric_from_topo(topo: Topo, capture_host: str,
+                     static: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The fabric description for ``topo`` with ``capture_host`` behind the aggregation switch."""
+    switches = set(topo.switches())
+    if capture_host not in topo.hosts():
+        raise FabricError(f"capture_host: {capture_host!r} is not a host of the topology")
+    entries = []
+    for name, ports in sorted(_ports(topo).items(), key=lambda kv: int(topo.nodeInfo(kv[0])["dpid"], 16)):
+        dpid = int(topo.nodeInfo(name)["dpid"], 16)
+        uplinks = sorted(p for p, far in ports if far in switches)
+        hosts = sorted(p for p, far in ports if far not in switches and far != capture_host)
+        capture = [p for p, far in ports if far == capture_host]
+        if capture:
+            if hosts:
+                raise FabricError(f"{name}: aggregation switch also has production hosts on {hosts}")
+            entries.append({"dpid": dpid, "name": name, "role": "aggregation",
+                            "uplinks": uplinks, "capture_port": capture[0]})
+        else:
+            entries.append({"dpid": dpid, "name": name, "role": "filter",
+                            "host_ports": hosts, "uplinks": uplinks})
+    if not any(e["role"] == "aggregation" for e in entries):
+        raise FabricError("no aggregation switch: the capture host is not on a switch")
+    return {"version": FABRIC_VERSION, "switches": entries, "static": static}
+
+
+def seed_fabric(static: bool = False) -> dict[str, Any]:
+    """The seed topology's fabric; ``static=True`` adds the prototype's static mode."""
+    from topo.seed import CAPTURE_HOST, SeedTopo
+
+    return fabric_from_topo(SeedTopo(), CAPTURE_HOST, PROTOTYPE_STATIC if static else None)
+
+
+def write_fabric(path: Path, fabric: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(fabric, indent=2) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m topo.fabricgen",
+                                     description="print the seed topology's fabric description")
+    parser.add_argument("--static", action="store_true", help="include the prototype's static mode")
+    parser.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
+    args = parser.parse_args(argv)
+    fabric = seed_fabric(args.static)
+    if args.output:
+        write_fabric(args.output, fabric)
+    else:
+        json.dump(fabric, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
