@@ -1,0 +1,191 @@
+"""``demon-watch``: the tap daemon's command line.
+
+Exit statuses (also in ``--help``):
+
+    0  stopped cleanly (or --check / --replay succeeded)
+    1  unexpected internal error
+    2  usage or configuration error (bad flags, bad policy set, token file)
+    3  the analytics engine is unreachable at start (or refused our definitions)
+    4  the controller component is unreachable at start (or refused our token)
+    5  the state file cannot be used
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+from demon import __version__
+from demon.logging_setup import LOG_FORMATS, LOG_LEVELS, setup_logging
+from demon.rpc.protocol import DEFAULT_ADDRESS, DEFAULT_TOKEN_FILE
+
+log = logging.getLogger("demon.cli")
+
+EXIT_OK, EXIT_INTERNAL, EXIT_CONFIG, EXIT_ENGINE, EXIT_CONTROLLER, EXIT_STATE = 0, 1, 2, 3, 4, 5
+SYSTEM_STATE = "/var/lib/pytapdemon/state.sqlite"
+
+
+def default_state_path() -> str:
+    """``$DEMON_STATE``, else the system path when root, else ``./demon-state.sqlite``
+    (``demon-tap`` uses the same rule, so both find the same file)."""
+    env = os.environ.get("DEMON_STATE")
+    if env:
+        return env
+    return SYSTEM_STATE if os.geteuid() == 0 else "demon-state.sqlite"
+
+
+EPILOG = """exit statuses: 0 ok, 1 internal error, 2 usage/config error, 3 engine unreachable
+at start, 4 controller unreachable at start, 5 state file unusable.
+signals: SIGHUP reloads the policies (a bad set is rejected whole, the old one keeps
+running); SIGTERM/SIGINT stop cleanly (see --on-exit)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="demon-watch", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Watch sFlow analytics and tap the flows your policies pick.")
+    ap.add_argument("--policies", required=True, metavar="DIR",
+                    help="directory of policy YAML files (and _global.yaml)")
+    ap.add_argument("--check", action="store_true",
+                    help="validate the policies, print each error on one line, and exit")
+    ap.add_argument("--sflow-rt", metavar="URL",
+                    help="use this sFlow-RT (e.g. http://127.0.0.1:8008) instead of starting "
+                         "the embedded engine")
+    ap.add_argument("--sflow-port", type=int, default=6343, metavar="N",
+                    help="UDP port of the embedded engine's sFlow collector (default 6343)")
+    ap.add_argument("--engine-http-port", type=int, default=0, metavar="N",
+                    help="HTTP port of the embedded engine's API (default: ephemeral)")
+    ap.add_argument("--controller", default=DEFAULT_ADDRESS, metavar="ADDRESS",
+                    help=f"controller component RPC address (default {DEFAULT_ADDRESS})")
+    ap.add_argument("--token-file", default=DEFAULT_TOKEN_FILE, metavar="FILE",
+                    help=f"shared RPC token (default {DEFAULT_TOKEN_FILE})")
+    ap.add_argument("--rpc-timeout", type=float, default=5.0, metavar="S",
+                    help="seconds to wait for each controller call (default 5)")
+    ap.add_argument("--state", metavar="FILE", default=None,
+                    help=f"SQLite state file (default $DEMON_STATE, {SYSTEM_STATE} as root, "
+                         "else ./demon-state.sqlite)")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="decide and log only: no RPC writes, state kept in memory")
+    ap.add_argument("--on-exit", choices=("leave", "remove"), default="leave",
+                    help="on SIGTERM/SIGINT leave taps to their hard timeouts (default) "
+                         "or remove them")
+    ap.add_argument("--replay", metavar="FILE",
+                    help="backtest: run the policies over a recorded engine session, no "
+                         "network, and print the taps they would have taken")
+    ap.add_argument("--json", action="store_true", help="with --replay: JSON lines output")
+    ap.add_argument("--log-format", choices=LOG_FORMATS, default="text")
+    ap.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return ap
+
+
+def check(directory: str, out: IO[str], err: IO[str]) -> int:
+    from demon.policy import PolicyError, load_policy_set
+
+    try:
+        loaded = load_policy_set(directory)
+    except PolicyError as exc:
+        for line in exc.errors:
+            print(line, file=err)
+        print(f"{len(exc.errors)} error(s) in {directory}", file=err)
+        return EXIT_CONFIG
+    names = ", ".join(sorted(loaded.policies)) or "none"
+    print(f"{directory}: {len(loaded.policies)} polic"
+          f"{'y' if len(loaded.policies) == 1 else 'ies'} OK ({names})", file=out)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None, *, stdout: IO[str] | None = None,
+         stderr: IO[str] | None = None) -> int:
+    out = stdout if stdout is not None else sys.stdout
+    err = stderr if stderr is not None else sys.stderr
+    args = build_parser().parse_args(argv)
+    if args.check:
+        return check(args.policies, out, err)
+    setup_logging(args.log_level, args.log_format, err)
+    if args.replay:
+        from demon.replay import ReplayError, replay_main
+        try:
+            return replay_main(args.policies, args.replay, as_json=args.json, out=out)
+        except ReplayError as exc:
+            print(f"demon-watch: {exc}", file=err)
+            return EXIT_CONFIG
+    try:
+        return _watch(args, err)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _fail(err: IO[str], message: str, status: int) -> int:
+    print(f"demon-watch: {message}", file=err)
+    return status
+
+
+def _watch(args: argparse.Namespace, err: IO[str]) -> int:
+    from demon.rpc.client import RpcClient
+    from demon.rpc.protocol import parse_address
+    from demon.rpc.token import TokenError, read_token
+    from demon.runtime import Runtime, RuntimeOptions, StartupError
+    from demon.store import Store, StoreError
+
+    try:
+        parse_address(args.controller)
+    except ValueError as exc:
+        return _fail(err, f"--controller {args.controller!r}: {exc}", EXIT_CONFIG)
+    try:
+        token = read_token(args.token_file)
+    except TokenError as exc:
+        return _fail(err, f"{exc} (--token-file)", EXIT_CONFIG)
+    state_path = ":memory:" if args.dry_run else (args.state or default_state_path())
+    try:
+        store = Store(state_path)
+    except StoreError as exc:
+        return _fail(err, str(exc), EXIT_STATE)
+    engine: Any = None
+    try:
+        if args.sflow_rt:
+            engine_url = args.sflow_rt
+        else:
+            try:
+                engine = _start_embedded(args)
+            except OSError as exc:
+                return _fail(err, f"cannot start the embedded engine (sFlow on "
+                                  f"127.0.0.1:{args.sflow_port}): {exc}", EXIT_ENGINE)
+            engine_url = engine.url
+        controller = RpcClient(args.controller, token=token, timeout=args.rpc_timeout)
+        runtime = Runtime(args.policies, engine_url, controller, store,
+                          RuntimeOptions(on_exit=args.on_exit, dry_run=args.dry_run))
+        try:
+            runtime.start()
+        except StartupError as exc:
+            return _fail(err, str(exc), exc.status)
+        # Handlers only enqueue: the mutator thread acts on them.
+        signal.signal(signal.SIGHUP, lambda *_: runtime.request_reload())
+        signal.signal(signal.SIGTERM, lambda *_: runtime.request_stop("SIGTERM"))
+        signal.signal(signal.SIGINT, lambda *_: runtime.request_stop("SIGINT"))
+        runtime.run()
+        return EXIT_OK
+    finally:
+        store.close()
+        if engine is not None:
+            engine.stop()
+
+
+def _start_embedded(args: argparse.Namespace) -> Any:
+    from sflow.engine import EmbeddedEngine
+
+    engine = EmbeddedEngine(sflow_addr=("127.0.0.1", args.sflow_port),
+                            http_addr=("127.0.0.1", args.engine_http_port))
+    engine.start()
+    log.info("embedded engine: sFlow on 127.0.0.1:%d, API at %s", args.sflow_port, engine.url)
+    return engine
+
+
+if __name__ == "__main__":
+    sys.exit(main())
