@@ -300,8 +300,9 @@ def record(url: str, flow: str, threshold: str | None, duration: float, out: str
             if time.monotonic() >= next_flows:
                 _try(lambda: client.activeflows(flow, max_flows=max_flows))
                 next_flows += interval
-            if _try(stream.poll) is None:
-                time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+            if not _try(stream.poll):
+                # nothing new (or an engine that does not hold long polls): wait for the tick
+                time.sleep(max(0.0, min(next_flows, deadline) - time.monotonic()))
         _try(client.port_map)
         return len(recorder.entries)
 
