@@ -1,22 +1,79 @@
 """The pure decision core: ``step(state, ctx, input, now) -> (state, commands)``.
 
-No I/O, no clock, no randomness: the runtime owns all of those, executes the
-returned commands (``InstallMirror``/``RemoveMirror`` over RPC, ``Record`` into
-the store) and feeds their results back as inputs. Data types: ``demon.model``.
+No I/O, no clock, no randomness: the runtime owns those, executes the returned
+commands (``InstallMirror``/``RemoveMirror`` over RPC, ``Record`` into the
+store) and feeds their results back as inputs. Data types: ``demon.model``.
 
-(Work in progress: the signature and Context are final; the rules follow.)
+The rules (each transition emits a ``Record`` naming its cause):
+
+* **Trigger → tap.** A ``ThresholdEvent`` (elephants) or a row of ``TopFlows``
+  (top talkers: the ``top`` largest above ``min_rate``; elephants: the rows
+  above the threshold) is a *sighting* of (policy, flow key). A new flow
+  becomes a ``Candidate``; once it has been seen for ``sustain`` seconds (0 =
+  at once) it is placed (``Topology``), compiled to a match (``flowmatch``) and
+  becomes a ``pending`` tap with an ``InstallMirror`` (not sent while the
+  controller is down). Install OK → ``active``.
+* **Extend, release.** Every later sighting of a tapped flow moves
+  ``last_trigger_at`` to now (never a second tap). On ``Tick`` a tap is
+  released when ``now >= last_trigger_at + duration`` (the condition cleared)
+  or ``now >= expires_at = created_at + max_duration``: it goes ``expiring``
+  with a ``RemoveMirror`` and, once the controller confirms (or the switch
+  reports the entries gone), ``removed``. Hold-down: the same (policy, flow)
+  is not tapped again before ``release + holddown``. A failed tap holds down
+  for ``limits.failure_holddown``.
+* **One mirror per flow.** Within a policy, one tap per flow key. Across
+  policies, taps with the same switch and match (``in_port`` aside) are one
+  mirror: a higher-``priority`` policy supersedes a lower one's tap (that one
+  is released; the new one waits until it is gone); an equal or lower one
+  waits while the flow is already mirrored.
+* **Caps and budget.** Live taps (pending, active, expiring) never exceed the
+  policy's ``max_taps`` nor ``limits.max_taps``; the sum of their
+  ``rate_bps`` never exceeds ``limits.capture_capacity``. A flow that does not
+  fit *waits* (a candidate with the reason recorded once); a flow larger than
+  the whole budget, or arriving when ``limits.max_waiting`` flows already
+  wait, is *refused*. Active taps are never preempted for room (a capture in
+  progress is worth more than a new one); when room frees, waiting flows are
+  admitted in order of policy priority, then larger rate first, greedily (a
+  smaller one may use room a larger one cannot). A waiting flow not seen
+  again within ``policy.stale_after`` is dropped.
+* **Failures.** A failed install is retried after ``retry_backoff * 2^(n-1)``
+  (capped by ``retry_backoff_max``) up to ``limits.max_attempts`` failures,
+  then the tap is ``failed``. ``unreachable`` results use no attempt: the call
+  is sent again when the controller is back. A failed remove is retried
+  forever; once the switch's own ``hard_timeout`` must have fired
+  (``expires_at + 2 × hard_timeout_grace``) the tap is taken as removed.
+* **Controller.** While down nothing is sent; taps still count against caps.
+  When it is back, pending installs and expiring removes are sent (once each).
+  ``Reconcile`` (the controller's ``list_mirrors``) removes orphan mirrors
+  (tap unknown or ended), re-installs live taps the switches lost, confirms
+  pending taps the switches already hold, and expires overdue ones.
+* **Operator.** ``OperatorRelease`` releases at once (hold-down applies, so the
+  flow is not re-tapped straight away); ``PausePolicy`` stops a policy from
+  tapping anything new (its taps run their course); ``ResumePolicy`` undoes it.
+  A policy that disappears from the configuration has its taps released.
+
+Terminal taps stay in ``State.taps`` for ``limits.retain`` seconds, then are
+purged (the store keeps them).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping
+import math
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from demon.model import Command, Input, State
+from demon.flowmatch import FlowMatchError, flow_key_to_match
+from demon.model import (BASE_OF_PRIORITY, Candidate, Command, ControllerStatus, FlowSighting,
+                         HistoryEntry, Input, InstallMirror, InstallResult, MirrorRemoved,
+                         OperatorRelease, PausePolicy, Reconcile, Record, RemoveMirror,
+                         RemoveResult, ResumePolicy, State, Tap, ThresholdEvent, Tick, TopFlows)
+from demon.units import format_rate
 
 if TYPE_CHECKING:
     from demon.policy import GlobalLimits, Policy
     from demon.topology import Topology
+
+DEFAULT_IDLE_TIMEOUT = 30
 
 
 @dataclass(frozen=True)
@@ -31,4 +88,554 @@ class Context:
 
 def step(state: State, ctx: Context, inp: Input, now: float) -> tuple[State, list[Command]]:
     """Apply one input at time ``now``; return the new state and the commands."""
-    raise NotImplementedError("decision core under construction")
+    work = _Work(state, ctx, now)
+    handler = _HANDLERS.get(type(inp))
+    if handler is None:
+        raise TypeError(f"not a core input: {type(inp).__name__}")
+    handler(work, inp)
+    return work.freeze(), work.commands
+
+
+class _Work:
+    """A mutable copy of the state for the duration of one step."""
+
+    def __init__(self, state: State, ctx: Context, now: float) -> None:
+        self.ctx, self.now = ctx, now
+        self.taps: dict[str, Tap] = dict(state.taps)
+        self.holddown: dict[tuple[str, str], float] = dict(state.holddown)
+        self.paused: set[str] = set(state.paused)
+        self.watch: dict[tuple[str, str], Candidate] = dict(state.watch)
+        self.controller_up = state.controller_up
+        self.next_seq = state.next_seq
+        self.commands: list[Command] = []
+
+    def freeze(self) -> State:
+        return State(taps=self.taps, holddown=self.holddown, paused=frozenset(self.paused),
+                     controller_up=self.controller_up, watch=self.watch, next_seq=self.next_seq)
+
+    # -- helpers ------------------------------------------------------------------
+
+    def record(self, tap_id: str | None, kind: str, cause: str, **detail: Any) -> None:
+        entry = HistoryEntry(tap_id=tap_id, at=self.now, kind=kind,
+                             detail={"cause": cause, **{k: v for k, v in detail.items() if v is not None}})
+        self.commands.append(Record(entry))
+
+    def record_tap(self, tap: Tap, kind: str, cause: str, **detail: Any) -> None:
+        self.record(tap.tap_id, kind, cause, policy=tap.policy, flow_key=tap.flow_key,
+                    state=tap.state, **detail)
+
+    def put(self, tap: Tap, **changes: Any) -> Tap:
+        tap = replace(tap, updated_at=self.now, **changes)
+        self.taps[tap.tap_id] = tap
+        return tap
+
+    def live(self) -> Iterable[Tap]:
+        return (tap for tap in self.taps.values() if tap.live)
+
+    def policy(self, name: str) -> "Policy | None":
+        return self.ctx.policies.get(name)
+
+    def tap_of(self, policy: str, flow_key: str) -> Tap | None:
+        for tap in self.live():
+            if tap.policy == policy and tap.flow_key == flow_key:
+                return tap
+        return None
+
+    def hold(self, policy: str, flow_key: str, seconds: float) -> None:
+        until = self.now + seconds
+        key = (policy, flow_key)
+        if seconds > 0 and until > self.holddown.get(key, 0.0):
+            self.holddown[key] = until
+
+
+# -- sending ------------------------------------------------------------------------
+
+
+def _install(w: _Work, tap: Tap) -> None:
+    policy = w.policy(tap.policy)
+    idle = int(policy.idle_timeout) if policy else DEFAULT_IDLE_TIMEOUT
+    hard = max(1, math.ceil(tap.expires_at - w.now + w.ctx.limits.hard_timeout_grace))
+    tap = w.put(tap, inflight="install", sent=True)
+    w.commands.append(InstallMirror(tap=tap, idle_timeout=idle, hard_timeout=hard,
+                                    of_priority=BASE_OF_PRIORITY + tap.priority))
+
+
+def _remove(w: _Work, tap: Tap) -> None:
+    w.put(tap, inflight="remove")
+    w.commands.append(RemoveMirror(tap_id=tap.tap_id, reason=tap.reason))
+
+
+def _end(w: _Work, tap: Tap, state: str, kind: str, cause: str, **detail: Any) -> Tap:
+    tap = w.put(tap, state=state, inflight=None, ended_at=w.now,
+                reason=tap.reason if state == "removed" and tap.reason else cause)
+    w.record_tap(tap, kind, cause, **detail)
+    return tap
+
+
+def _release(w: _Work, tap: Tap, cause: str, **detail: Any) -> None:
+    """Start removing a pending/active tap; hold the flow down."""
+    policy = w.policy(tap.policy)
+    w.hold(tap.policy, tap.flow_key, policy.holddown if policy else 0.0)
+    if tap.state == "pending" and not tap.sent and tap.inflight is None:
+        _end(w, w.put(tap, reason=cause), "removed", "removed",
+             f"{cause} (never installed)", **detail)
+        return
+    tap = w.put(tap, state="expiring", reason=cause, attempts=0, next_attempt_at=0.0)
+    w.record_tap(tap, "expiring", cause, **detail)
+    # With an install in flight, the remove waits for its answer (so the two
+    # calls never race); while the controller is down it waits for it.
+    if tap.inflight is None and w.controller_up:
+        _remove(w, tap)
+
+
+def _retry_delay(w: _Work, attempts: int) -> float:
+    limits = w.ctx.limits
+    return min(limits.retry_backoff * 2 ** max(0, attempts - 1), limits.retry_backoff_max)
+
+
+# -- sightings and admission ----------------------------------------------------------
+
+
+def _sighting(w: _Work, policy: "Policy", s: FlowSighting, trigger: str,
+              event_id: int | None = None) -> None:
+    rate = policy.to_bps(s.value)
+    tap = w.tap_of(policy.name, s.key)
+    if tap is not None:
+        if tap.state in ("pending", "active"):
+            w.put(tap, last_trigger_at=w.now, rate_bps=rate)
+        return
+    loc = w.ctx.topology.locate(s.agent, s.data_source)
+    if loc is not None and w.ctx.topology.is_copy(loc):
+        return  # our own mirror copy, sampled on its way to the capture host
+    if not policy.enabled or policy.name in w.paused:
+        return
+    key = (policy.name, s.key)
+    if w.holddown.get(key, 0.0) > w.now:
+        return
+    cand = w.watch.get(key)
+    if cand is None or w.now - cand.last_seen > policy.stale_after:
+        cand = Candidate(policy=policy.name, flow_key=s.key, first_seen=w.now, last_seen=w.now,
+                         value=s.value, rate_bps=rate, agent=s.agent,
+                         data_source=str(s.data_source), trigger=trigger, event_id=event_id,
+                         waiting=cand.waiting if cand else "")
+    else:
+        cand = replace(cand, last_seen=w.now, value=s.value, rate_bps=rate, agent=s.agent,
+                       data_source=str(s.data_source), trigger=trigger,
+                       event_id=event_id if event_id is not None else cand.event_id)
+    w.watch[key] = cand
+    _try_admit(w, policy, cand, _Room.measure(w))
+
+
+@dataclass
+class _Room:
+    """Running totals for admission (kept up to date while admitting in a batch)."""
+
+    live: int
+    used_bps: float
+    per_policy: dict[str, int]
+
+    @classmethod
+    def measure(cls, w: _Work) -> "_Room":
+        room = cls(0, 0.0, {})
+        for tap in w.live():
+            room.add(tap)
+        return room
+
+    def add(self, tap: Tap) -> None:
+        self.live += 1
+        self.used_bps += tap.rate_bps
+        self.per_policy[tap.policy] = self.per_policy.get(tap.policy, 0) + 1
+
+
+def _wait(w: _Work, cand: Candidate, reason: str) -> None:
+    if cand.waiting != reason:
+        w.record(None, "waiting", reason, policy=cand.policy, flow_key=cand.flow_key,
+                 event_id=cand.event_id, trigger=cand.trigger)
+    w.watch[(cand.policy, cand.flow_key)] = replace(cand, waiting=reason)
+
+
+def _refuse(w: _Work, policy: "Policy", cand: Candidate, reason: str) -> None:
+    w.watch.pop((cand.policy, cand.flow_key), None)
+    w.hold(cand.policy, cand.flow_key, policy.holddown)
+    w.record(None, "refused", reason, policy=cand.policy, flow_key=cand.flow_key,
+             event_id=cand.event_id, trigger=cand.trigger)
+
+
+def _fail_unplaced(w: _Work, policy: "Policy", cand: Candidate, reason: str) -> None:
+    """A tap that cannot even be placed: recorded as a failed tap with the reason."""
+    w.watch.pop((cand.policy, cand.flow_key), None)
+    tap = _new_tap(w, policy, cand, dpid=0, in_port=0, copy_port=0, match={})
+    w.hold(policy.name, cand.flow_key, w.ctx.limits.failure_holddown)
+    _end(w, tap, "failed", "failed", reason, event_id=cand.event_id, trigger=cand.trigger,
+         agent=cand.agent, data_source=cand.data_source)
+
+
+def _new_tap(w: _Work, policy: "Policy", cand: Candidate, *, dpid: int, in_port: int,
+             copy_port: int, match: dict[str, Any]) -> Tap:
+    tap_id = f"{policy.name}.{w.next_seq}"
+    w.next_seq += 1
+    tap = Tap(tap_id=tap_id, policy=policy.name, flow_key=cand.flow_key, match=match, dpid=dpid,
+              in_port=in_port, copy_port=copy_port, vlan_tag=policy.vlan_tag,
+              bidirectional=policy.bidirectional, state="pending", rate_bps=cand.rate_bps,
+              priority=policy.priority, created_at=w.now, updated_at=w.now,
+              expires_at=w.now + policy.max_duration, last_trigger_at=w.now,
+              trigger=cand.trigger, agent=cand.agent, data_source=cand.data_source)
+    w.taps[tap_id] = tap
+    return tap
+
+
+def _same_mirror(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    strip = lambda m: {k: v for k, v in m.items() if k != "in_port"}  # noqa: E731
+    return strip(a) == strip(b)
+
+
+def _try_admit(w: _Work, policy: "Policy", cand: Candidate, room: _Room) -> bool:
+    """Turn the candidate into a pending tap if every rule allows it now."""
+    if cand.last_seen < cand.first_seen + policy.sustain_s:
+        return False  # not yet seen at the end of its sustain window
+    topo, limits = w.ctx.topology, w.ctx.limits
+    loc = topo.locate(cand.agent, cand.data_source)
+    if loc is None:
+        _fail_unplaced(w, policy, cand, f"unknown location: agent {cand.agent} dataSource "
+                       f"{cand.data_source} is not in the port map")
+        return False
+    problem = topo.ingress_problem(loc)
+    if problem and loc.dpid not in topo.switches and not w.controller_up:
+        _wait(w, cand, f"switch dpid {loc.dpid} not known yet (controller down)")
+        return False
+    if problem:
+        _fail_unplaced(w, policy, cand, f"cannot place the tap: {problem}")
+        return False
+    try:
+        match = flow_key_to_match(cand.flow_key, policy.keys, policy.fs,
+                                  resolve_ifindex=lambda i: topo.port_of(cand.agent, i))
+    except FlowMatchError as exc:
+        _fail_unplaced(w, policy, cand, f"cannot build the match: {exc}")
+        return False
+    if not policy.bidirectional:
+        match.setdefault("in_port", loc.in_port)
+    for other in list(w.live()):
+        if other.dpid != loc.dpid or not _same_mirror(other.match, match):
+            continue
+        if other.state == "expiring":
+            _wait(w, cand, f"waiting for tap {other.tap_id} on the same flow to be removed")
+        elif other.priority >= policy.priority:
+            _wait(w, cand, f"flow already mirrored by tap {other.tap_id} "
+                           f"(policy {other.policy}, priority {other.priority})")
+        else:
+            _release(w, other, f"superseded by policy {policy.name} (priority {policy.priority} "
+                               f"> {other.priority})", superseded_by=policy.name)
+            if not w.taps[other.tap_id].live:  # it was never installed: room is free now
+                return _try_admit(w, policy, cand, _Room.measure(w))
+            _wait(w, cand, f"waiting for superseded tap {other.tap_id} to be removed")
+        return False
+    cap = limits.capture_capacity
+    if cap is not None and cand.rate_bps > cap:
+        _refuse(w, policy, cand, f"rate {format_rate(cand.rate_bps)} exceeds the whole capture "
+                                 f"capacity {format_rate(cap)}")
+        return False
+    reason = ""
+    if room.per_policy.get(policy.name, 0) >= policy.max_taps:
+        reason = f"policy cap reached ({policy.max_taps} taps)"
+    elif room.live >= limits.max_taps:
+        reason = f"global cap reached ({limits.max_taps} taps)"
+    elif cap is not None and room.used_bps + cand.rate_bps > cap:
+        reason = (f"capture budget: {format_rate(room.used_bps)} of {format_rate(cap)} in use, "
+                  f"needs {format_rate(cand.rate_bps)}")
+    if reason:
+        if not cand.waiting:
+            waiting = sum(1 for c in w.watch.values() if c.waiting)
+            if waiting >= limits.max_waiting:
+                _refuse(w, policy, cand, f"{reason}; {waiting} flows already wait")
+                return False
+        _wait(w, cand, reason)
+        return False
+    copy_port = topo.choose_uplink(loc.dpid, w.live())
+    if copy_port is None:
+        _fail_unplaced(w, policy, cand, f"switch dpid {loc.dpid} has no uplink")
+        return False
+    w.watch.pop((cand.policy, cand.flow_key), None)
+    tap = _new_tap(w, policy, cand, dpid=loc.dpid, in_port=loc.in_port, copy_port=copy_port,
+                   match=match)
+    room.add(tap)
+    w.record_tap(tap, "created", cand.trigger, event_id=cand.event_id, rate_bps=cand.rate_bps,
+                 dpid=tap.dpid, in_port=tap.in_port, copy_port=copy_port,
+                 waited=cand.waiting or None)
+    if w.controller_up:
+        _install(w, tap)
+    return True
+
+
+def _admit_waiting(w: _Work) -> None:
+    """Offer free room to candidates: policy priority first, then larger rate."""
+    room = _Room.measure(w)
+    order = []
+    for cand in list(w.watch.values()):
+        policy = w.policy(cand.policy)
+        if policy is None or not policy.enabled or cand.policy in w.paused:
+            w.watch.pop((cand.policy, cand.flow_key), None)
+            continue
+        if w.now - cand.last_seen > policy.stale_after:
+            w.watch.pop((cand.policy, cand.flow_key), None)
+            if cand.waiting:
+                w.record(None, "dropped", f"not seen for {policy.stale_after:g}s while waiting "
+                         f"({cand.waiting})", policy=cand.policy, flow_key=cand.flow_key)
+            continue
+        order.append((policy, cand))
+    order.sort(key=lambda pc: (-pc[0].priority, -pc[1].rate_bps, pc[1].first_seen))
+    for policy, cand in order:
+        current = w.watch.get((cand.policy, cand.flow_key))
+        if current is not None:
+            _try_admit(w, policy, current, room)
+
+
+# -- handlers -------------------------------------------------------------------------
+
+
+def _on_event(w: _Work, ev: ThresholdEvent) -> None:
+    policy = w.policy(ev.policy)
+    if policy is None or policy.kind != "elephant":
+        return
+    trigger = (f"event {ev.event_id}: {ev.threshold_id} {format_rate(policy.to_bps(ev.value))} > "
+               f"{format_rate(policy.to_bps(ev.threshold))} at {ev.agent}/{ev.data_source}")
+    _sighting(w, policy, FlowSighting(ev.flow_key, ev.value, ev.agent, str(ev.data_source)),
+              trigger, ev.event_id)
+
+
+def _as_sighting(row: Any) -> FlowSighting:
+    """A tuple, an ``/activeflows`` JSON row, or the client's ``ActiveFlow``."""
+    if isinstance(row, (tuple, list)):
+        return FlowSighting(str(row[0]), float(row[1]), str(row[2]), str(row[3]))
+    if isinstance(row, Mapping):
+        return FlowSighting(str(row["key"]), float(row["value"]), str(row["agent"]),
+                            str(row.get("dataSource", row.get("data_source"))))
+    return FlowSighting(str(row.key), float(row.value), str(row.agent), str(row.data_source))
+
+
+def _on_top(w: _Work, top: TopFlows) -> None:
+    policy = w.policy(top.policy)
+    if policy is None:
+        return
+    rows = sorted((_as_sighting(row) for row in top.flows), key=lambda r: -r.value)
+    rows = [r for r in rows if r.value > policy.min_value][:policy.max_flows]
+    for rank, row in enumerate(rows, 1):
+        if policy.kind == "top_talkers":
+            trigger = (f"top {rank} of {policy.flow_name}: {format_rate(policy.to_bps(row.value))}"
+                       f" at {row.agent}/{row.data_source}")
+        else:
+            trigger = (f"{policy.flow_name} {format_rate(policy.to_bps(row.value))} above the "
+                       f"threshold in activeflows at {row.agent}/{row.data_source}")
+        _sighting(w, policy, row, trigger)
+
+
+def _sweep(w: _Work) -> None:
+    """Expiry, retries and the hard-timeout assumption for every live tap."""
+    grace = w.ctx.limits.hard_timeout_grace
+    for tap in list(w.taps.values()):
+        if not tap.live:
+            continue
+        policy = w.policy(tap.policy)
+        if tap.state in ("pending", "active"):
+            if policy is None:
+                _release(w, tap, f"policy {tap.policy} removed from the configuration")
+            elif w.now >= tap.expires_at:
+                _release(w, tap, f"max duration reached ({policy.max_duration:g}s)")
+            elif w.now >= tap.last_trigger_at + policy.duration:
+                _release(w, tap, f"condition cleared: no trigger for {policy.duration:g}s")
+            elif (tap.state == "pending" and tap.inflight is None and w.controller_up
+                  and tap.next_attempt_at <= w.now):
+                _install(w, tap)
+        elif tap.state == "expiring" and tap.inflight is None:
+            if w.now >= tap.expires_at + 2 * grace:
+                _end(w, tap, "removed", "removed", "assumed removed: the switch's hard timeout "
+                     "has expired", release_reason=tap.reason)
+            elif not tap.sent:
+                _end(w, tap, "removed", "removed", f"{tap.reason} (never installed)")
+            elif w.controller_up and tap.next_attempt_at <= w.now:
+                _remove(w, tap)
+
+
+def _purge(w: _Work) -> None:
+    for key, until in list(w.holddown.items()):
+        if until <= w.now:
+            del w.holddown[key]
+    retain = w.ctx.limits.retain
+    for tap_id, tap in list(w.taps.items()):
+        if not tap.live and tap.ended_at is not None and w.now - tap.ended_at >= retain:
+            del w.taps[tap_id]
+
+
+def _on_tick(w: _Work, _tick: Tick) -> None:
+    _sweep(w)
+    _admit_waiting(w)
+    _purge(w)
+
+
+def _on_install(w: _Work, res: InstallResult) -> None:
+    tap = w.taps.get(res.tap_id)
+    if tap is None or not tap.live:
+        return
+    was_inflight = tap.inflight == "install"
+    tap = w.put(tap, inflight=None if was_inflight else tap.inflight,
+                cookie=res.cookie if res.cookie is not None else tap.cookie)
+    if tap.state == "expiring":
+        # released while the install was in flight: now it may be removed
+        if tap.inflight is None and w.controller_up:
+            _remove(w, tap)
+        return
+    if tap.state == "active":
+        return
+    if res.ok:
+        tap = w.put(tap, state="active", attempts=0, next_attempt_at=0.0, reason="")
+        w.record_tap(tap, "active", "controller confirmed the install", cookie=res.cookie)
+        return
+    if res.unreachable:
+        tap = w.put(tap, reason=f"controller unreachable: {res.error}",
+                    next_attempt_at=w.now + w.ctx.limits.retry_backoff)
+        w.record_tap(tap, "install_deferred", tap.reason, error=res.error)
+        return
+    attempts = tap.attempts + 1
+    if attempts >= w.ctx.limits.max_attempts:
+        tap = w.put(tap, attempts=attempts)
+        w.hold(tap.policy, tap.flow_key, w.ctx.limits.failure_holddown)
+        _end(w, tap, "failed", "failed", f"install failed {attempts} times: {res.error}",
+             error=res.error)
+        _admit_waiting(w)
+        return
+    delay = _retry_delay(w, attempts)
+    tap = w.put(tap, attempts=attempts, reason=f"install failed: {res.error}",
+                next_attempt_at=w.now + delay)
+    w.record_tap(tap, "install_failed", f"install failed (attempt {attempts}), retry in {delay:g}s",
+                 error=res.error)
+
+
+def _on_remove(w: _Work, res: RemoveResult) -> None:
+    tap = w.taps.get(res.tap_id)
+    if tap is None:
+        return
+    counters = {"packets": max(tap.packets, res.packets), "bytes": max(tap.bytes, res.bytes)}
+    if not tap.live:
+        w.put(tap, **counters)
+        return
+    tap = w.put(tap, inflight=None if tap.inflight == "remove" else tap.inflight, **counters)
+    if tap.state != "expiring":
+        return
+    if res.ok:
+        _end(w, tap, "removed", "removed", f"controller removed the mirror ({tap.reason})",
+             release_reason=tap.reason, packets=tap.packets, bytes=tap.bytes)
+        _admit_waiting(w)
+        return
+    attempts = tap.attempts + (0 if res.unreachable else 1)
+    delay = _retry_delay(w, max(1, attempts))
+    tap = w.put(tap, attempts=attempts, next_attempt_at=w.now + delay)
+    w.record_tap(tap, "remove_failed", f"remove failed, retry in {delay:g}s", error=res.error)
+
+
+def _on_mirror_removed(w: _Work, ev: MirrorRemoved) -> None:
+    tap = w.taps.get(ev.tap_id)
+    if tap is None:
+        return
+    counters = {"packets": max(tap.packets, ev.packets), "bytes": max(tap.bytes, ev.bytes)}
+    if not tap.live:
+        w.put(tap, **counters)
+        return
+    tap = w.put(tap, **counters)
+    if tap.state == "expiring":
+        _end(w, tap, "removed", "removed", f"switch removed the mirror ({ev.reason})",
+             switch_reason=ev.reason, release_reason=tap.reason)
+    else:
+        policy = w.policy(tap.policy)
+        w.hold(tap.policy, tap.flow_key, policy.holddown if policy else 0.0)
+        _end(w, tap, "removed", "removed", f"switch removed the mirror ({ev.reason})",
+             switch_reason=ev.reason)
+    _admit_waiting(w)
+
+
+def _on_controller(w: _Work, status: ControllerStatus) -> None:
+    if status.up == w.controller_up:
+        return
+    w.controller_up = status.up
+    w.record(None, "controller_up" if status.up else "controller_down",
+             "controller connected" if status.up else "controller unreachable")
+    for tap in list(w.taps.values()):
+        if not tap.live:
+            continue
+        if not status.up:
+            # answers to calls in flight may never come: send them again when it is back
+            w.put(tap, inflight=None)
+        elif tap.inflight is None:
+            if tap.state == "pending":
+                _install(w, w.put(tap, next_attempt_at=0.0))
+            elif tap.state == "expiring" and tap.sent:
+                _remove(w, tap)
+
+
+def _on_release(w: _Work, op: OperatorRelease) -> None:
+    tap = w.taps.get(op.tap_id)
+    if tap is None or tap.state not in ("pending", "active"):
+        state = tap.state if tap else "unknown"
+        w.record(op.tap_id, "release_ignored", f"operator {op.who} asked to release a tap that "
+                 f"is {state}", operator=op.who)
+        return
+    _release(w, tap, f"released by operator {op.who}", operator=op.who)
+
+
+def _on_pause(w: _Work, op: PausePolicy) -> None:
+    known = op.name in w.ctx.policies
+    w.paused.add(op.name)
+    for key in [k for k in w.watch if k[0] == op.name]:
+        del w.watch[key]
+    w.record(None, "paused", f"policy {op.name} paused by {op.who}" + ("" if known else
+             " (no such policy loaded)"), policy=op.name, operator=op.who)
+
+
+def _on_resume(w: _Work, op: ResumePolicy) -> None:
+    w.paused.discard(op.name)
+    w.record(None, "resumed", f"policy {op.name} resumed by {op.who}", policy=op.name,
+             operator=op.who)
+
+
+def _on_reconcile(w: _Work, rec: Reconcile) -> None:
+    held: dict[str, Mapping[str, Any]] = {}
+    for mirror in rec.mirrors:
+        tap_id = str(mirror.get("tap_id", ""))
+        if tap_id:
+            held[tap_id] = mirror
+    for tap_id, mirror in held.items():
+        tap = w.taps.get(tap_id)
+        counters = {"packets": max(tap.packets, int(mirror.get("packets") or 0)),
+                    "bytes": max(tap.bytes, int(mirror.get("bytes") or 0))} if tap else {}
+        if tap is None or not tap.live:
+            why = "unknown to the daemon" if tap is None else f"tap is {tap.state}"
+            w.commands.append(RemoveMirror(tap_id=tap_id, reason=f"orphan mirror ({why})"))
+            w.record(tap_id, "orphan", f"reconcile: switch holds an orphan mirror ({why}), "
+                     "removing it", dpid=mirror.get("dpid"))
+            continue
+        tap = w.put(tap, **counters)
+        if tap.state == "pending" and tap.inflight is None:
+            tap = w.put(tap, state="active", sent=True, attempts=0, reason="",
+                        cookie=mirror.get("cookie", tap.cookie))
+            w.record_tap(tap, "active", "reconcile: the switch already holds the mirror")
+        elif tap.state == "expiring" and tap.inflight is None:
+            _remove(w, w.put(tap, sent=True))
+    for tap in list(w.taps.values()):
+        if not tap.live or tap.tap_id in held or tap.inflight is not None:
+            continue
+        if tap.state == "active":
+            tap = w.put(tap, state="pending", reason="reconcile: missing on the switch")
+            w.record_tap(tap, "reinstall", "reconcile: the switch lost the mirror, re-installing")
+            if w.controller_up:
+                _install(w, tap)
+        elif tap.state == "expiring":
+            _end(w, tap, "removed", "removed", "reconcile: already gone from the switch",
+                 release_reason=tap.reason)
+    _sweep(w)
+    _admit_waiting(w)
+
+
+_HANDLERS: dict[type, Any] = {
+    ThresholdEvent: _on_event, TopFlows: _on_top, Tick: _on_tick, InstallResult: _on_install,
+    RemoveResult: _on_remove, MirrorRemoved: _on_mirror_removed, ControllerStatus: _on_controller,
+    OperatorRelease: _on_release, PausePolicy: _on_pause, ResumePolicy: _on_resume,
+    Reconcile: _on_reconcile,
+}

@@ -74,6 +74,7 @@ class Tap:
     inflight: str | None = None
     next_attempt_at: float = 0.0
     ended_at: float | None = None
+    sent: bool = False  # an install was ever sent (so the switch may hold it)
 
     @property
     def live(self) -> bool:
