@@ -1,0 +1,189 @@
+"""The real runtime against a scripted sFlow-RT (``responses``) and the fake
+controller (the real RPC server): the exact RPC commands it sends.
+
+The clock runs 10x faster than real time (``speed``), so a policy's seconds
+pass in tenths of seconds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import responses
+
+from demon.rpc.client import RpcClient
+from demon.runtime import Runtime, RuntimeOptions, accelerated_clock
+from demon.store import Store
+from tests.demon.fakes import TOKEN, FakeController, ScriptedEngine
+
+pytestmark = pytest.mark.replay
+
+SPEED = 10.0
+FLOW_A = "10.0.0.1,10.0.0.2,6,5001,80"
+FLOW_B = "10.0.0.3,10.0.0.4,6,5002,80"
+FLOW_C = "10.0.0.5,10.0.0.1,6,5003,443"
+ELEPHANT = """\
+name: elephant
+kind: elephant
+keys: ipsource,ipdestination,ipprotocol,tcpsourceport,tcpdestinationport
+threshold: 1Mbps
+interval: 1s
+duration: 5s
+max_duration: 20s
+holddown: 3s
+max_taps: {max_taps}
+idle_timeout: 10s
+"""
+TOP = """\
+name: top
+kind: top_talkers
+keys: ipsource,ipdestination,ipprotocol,tcpsourceport,tcpdestinationport
+top: 2
+min_rate: 100kbps
+interval: 1s
+duration: 5s
+max_duration: 20s
+"""
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what or condition}")
+
+
+class Harness:
+    """A runtime on its own thread, with its engine, controller and store."""
+
+    def __init__(self, tmp: Path, mock: responses.RequestsMock, policies: dict[str, str],
+                 controller: FakeController | None = None,
+                 engine: ScriptedEngine | None = None, **options: Any) -> None:
+        self.policies_dir = tmp / "policies"
+        self.policies_dir.mkdir(exist_ok=True)
+        for name, text in policies.items():
+            (self.policies_dir / f"{name}.yaml").write_text(text)
+        self.state_path = tmp / "state.sqlite"
+        self.engine = engine or ScriptedEngine().register(mock)
+        self.controller = controller or FakeController().start()
+        self.store = Store(self.state_path)
+        self.options = RuntimeOptions(speed=SPEED, event_poll_timeout=1, **options)
+        self.runtime = Runtime(self.policies_dir, self.engine.base_url,
+                               RpcClient(self.controller.address, token=TOKEN, timeout=2.0),
+                               self.store, self.options, clock=accelerated_clock(SPEED))
+        self.thread = threading.Thread(target=self.runtime.run, daemon=True)
+
+    def start(self) -> "Harness":
+        self.runtime.start()
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.runtime.request_stop("test over")
+            self.thread.join(timeout=15)
+        self.store.close()
+
+    def live(self) -> list[str]:
+        return sorted(t.tap_id for t in self.runtime.state.live_taps())
+
+
+@pytest.fixture
+def mock() -> Iterator[responses.RequestsMock]:
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        yield rsps
+
+
+@pytest.fixture
+def make(tmp_path: Path, mock: responses.RequestsMock) -> Iterator[Callable[..., Harness]]:
+    made: list[Harness] = []
+
+    def factory(policies: dict[str, str] | None = None, **kw: Any) -> Harness:
+        h = Harness(tmp_path, mock, policies or {"elephant": ELEPHANT.format(max_taps=4)}, **kw)
+        made.append(h)
+        return h.start()
+
+    yield factory
+    for h in made:
+        h.stop()
+        h.controller.stop()
+
+
+def test_an_elephant_is_tapped_once_extended_and_released(make: Callable[..., Harness]) -> None:
+    h = make()
+    assert h.engine.flows["demon_elephant"]["keys"].startswith("ipsource")
+    assert h.engine.thresholds["demon_elephant"]["byFlow"] is True
+    h.engine.set_flows("demon_elephant", [(FLOW_A, 400_000.0, "101")])
+    h.engine.fire("demon_elephant", FLOW_A, data_source="101")
+    wait_for(lambda: h.controller.mirrors, what="install")
+    # The same flow firing again while tapped extends the tap, never a second mirror.
+    h.engine.fire("demon_elephant", FLOW_A, data_source="101")
+    time.sleep(0.8)  # 8 simulated seconds: > duration, but the flow is still above threshold
+    assert list(h.controller.mirrors) == ["elephant.1"]
+    h.engine.set_flows("demon_elephant", [])  # the condition clears
+    wait_for(lambda: not h.controller.mirrors, what="remove")
+    assert h.controller.writes() == [("install_mirror", "elephant.1"),
+                                     ("remove_mirror", "elephant.1")]
+    install = next(params for m, params in h.controller.calls if m == "install_mirror")
+    assert install["dpid"] == 1 and install["copy_port"] in range(6, 11)
+    assert install["match"] == {"ipv4_src": "10.0.0.1", "ipv4_dst": "10.0.0.2", "ip_proto": 6,
+                                "tcp_src": 5001, "tcp_dst": 80, "in_port": 1}
+    assert install["idle_timeout"] == 10
+    wait_for(lambda: h.store.tap("elephant.1") and h.store.tap("elephant.1").state == "removed",
+             what="removed in the store")
+    kinds = [e.kind for e in h.store.history("elephant.1")]
+    assert kinds[0] == "created" and kinds[-1] == "removed"
+    assert h.store.last_event_id() == 2
+
+
+def test_top_talkers_tap_the_largest_flows(make: Callable[..., Harness]) -> None:
+    h = make({"top": TOP})
+    h.engine.set_flows("demon_top", [(FLOW_A, 10_000.0, "101"), (FLOW_B, 90_000.0, "102"),
+                                     (FLOW_C, 50_000.0, "103")])
+    wait_for(lambda: len(h.controller.mirrors) == 2, what="two installs")
+    time.sleep(0.3)
+    installed = {params["match"]["tcp_src"] for m, params in h.controller.calls
+                 if m == "install_mirror"}
+    assert installed == {5002, 5003}
+    assert len(h.controller.writes()) == 2
+
+
+def test_operator_release_pause_and_resume(make: Callable[..., Harness]) -> None:
+    h = make()
+    h.engine.set_flows("demon_elephant", [(FLOW_A, 400_000.0, "101")])
+    h.engine.fire("demon_elephant", FLOW_A)
+    wait_for(lambda: h.controller.mirrors, what="install")
+    with Store(h.state_path) as operator:
+        rid = operator.enqueue_request("release", "elephant.1", "alice")
+        wait_for(lambda: not h.controller.mirrors, what="operator release")
+        assert wait_for(lambda: operator.request(rid).outcome) == "release requested"
+        pause = operator.enqueue_request("pause", "elephant", "alice")
+        assert wait_for(lambda: operator.request(pause).outcome) == "paused"
+        h.engine.fire("demon_elephant", FLOW_B, data_source="102")
+        time.sleep(0.5)
+        assert h.controller.writes() == [("install_mirror", "elephant.1"),
+                                         ("remove_mirror", "elephant.1")]
+        resume = operator.enqueue_request("resume", "elephant", "alice")
+        assert wait_for(lambda: operator.request(resume).outcome) == "resumed"
+        h.engine.fire("demon_elephant", FLOW_B, data_source="102")
+        wait_for(lambda: len(h.controller.writes()) == 3, what="install after resume")
+        bogus = operator.enqueue_request("release", "elephant.99", "alice")
+        assert wait_for(lambda: operator.request(bogus).outcome) == "no live tap 'elephant.99'"
+    who = [e.detail for e in h.store.history("elephant.1") if "alice" in str(e.detail)]
+    assert who, "the operator's name is recorded with the release"
+
+
+def test_other_apps_events_advance_the_cursor_but_tap_nothing(
+        make: Callable[..., Harness]) -> None:
+    h = make()
+    h.engine.fire("someone_elses_threshold", FLOW_A)
+    wait_for(lambda: h.store.last_event_id() == 1, what="cursor")
+    time.sleep(0.2)
+    assert h.controller.writes() == []
