@@ -482,8 +482,10 @@ class SFlowRTClient:
         The server waits up to ``timeout`` s for a newer event; the read timeout
         allows that plus :data:`LONG_POLL_MARGIN`.
         """
+        # whole seconds go out as integers ("20", not "20.0"): sFlow-RT parses an int
+        wait: float = int(timeout) if float(timeout).is_integer() else timeout
         params: dict[str, Any] = {"eventID": int(event_id), "maxEvents": int(max_events),
-                                  "timeout": timeout}
+                                  "timeout": wait}
         if threshold_id is not None:
             params["thresholdID"] = threshold_id
         body = self._get("/events/json", params,
