@@ -583,6 +583,8 @@ def _decode(data: bytes) -> Datagram:
 
     flows = dg.flow_samples
     counters = dg.counter_samples
+    ordered = dg.samples.append
+    sample: FlowSample | CounterSample | UnknownSample
     unpack = _2U32.unpack_from
     for _ in range(nsamples):
         if off + 8 > n:
@@ -594,17 +596,24 @@ def _decode(data: bytes) -> Datagram:
             raise DecodeError("truncated-sample", dg, off)
         try:
             if fmt == 1:
-                flows.append(_flow_sample(data, start, end))
+                sample = _flow_sample(data, start, end)
+                flows.append(sample)
             elif fmt == 2:
-                counters.append(_counter_sample(data, start, end))
+                sample = _counter_sample(data, start, end)
+                counters.append(sample)
             elif fmt == 3:
-                flows.append(_flow_sample_expanded(data, start, end))
+                sample = _flow_sample_expanded(data, start, end)
+                flows.append(sample)
             elif fmt == 4:
-                counters.append(_counter_sample_expanded(data, start, end))
+                sample = _counter_sample_expanded(data, start, end)
+                counters.append(sample)
             elif fmt == 5:
-                flows.append(_discard_sample(data, start, end))
+                sample = _discard_sample(data, start, end)
+                flows.append(sample)
             else:
-                dg.unknown_samples.append(UnknownSample(fmt >> 12, fmt & 0xFFF, length))
+                sample = UnknownSample(fmt >> 12, fmt & 0xFFF, length)
+                dg.unknown_samples.append(sample)
+            ordered(sample)
         except _Overrun as exc:
             raise DecodeError("bad-length", dg, exc.offset) from None
         except _BadAddress as exc:

@@ -121,4 +121,6 @@ class Datagram:
     counter_samples: list[CounterSample] = field(default_factory=list)
     unknown_samples: list[UnknownSample] = field(default_factory=list)
     version: int = 5
-    agent_ip_version: int = 4
+    agent_ip_version: int = 4  # 4, 6, or 0 for an UNKNOWN (type 0) agent address ("")
+    # every sample above, in wire order (the typed lists lose the interleaving)
+    samples: list[FlowSample | CounterSample | UnknownSample] = field(default_factory=list)
