@@ -45,6 +45,7 @@ def setup_logging(level: str = "info", fmt: str = "text", stream: IO[str] | None
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # APScheduler logs every job run at INFO: keep it for debugging only.
-    logging.getLogger("apscheduler").setLevel(logging.WARNING if level.lower() != "debug"
+    # APScheduler logs every job run (INFO) and every run skipped behind a slow one
+    # (WARNING; the runtime reports the slow engine itself): debugging only.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR if level.lower() != "debug"
                                               else logging.DEBUG)

@@ -7,20 +7,25 @@ order, so tests assert what the daemon *sent*, and it can be stopped and
 restarted on the same port (controller down), made to fail installs, and made
 to expire mirrors (``hard_timeout``) like a switch would.
 
-Also: the seed fabric's switches and a matching engine port map, for tests
-that need a topology.
+Also: the seed fabric's switches and a matching engine port map, a scripted
+sFlow-RT (``ScriptedEngine``, served through ``responses``), and ``Harness``:
+the real ``Runtime`` on a thread between the two.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from demon.controller.spec import SpecError, cookie_for_tap, parse_mirror_params, parse_tap_id
 from demon.rpc import protocol as p
+from demon.rpc.client import RpcClient
 from demon.rpc.protocol import RpcError
 from demon.rpc.server import RpcServer
+from demon.runtime import Runtime, RuntimeOptions, accelerated_clock
+from demon.store import Store
 
 AGENT = "127.0.0.1"
 TOKEN = "fake-controller-token"
@@ -66,6 +71,7 @@ class FakeController:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.fail_installs = 0          # answer this many installs with -32004
         self.install_delay = 0.0        # seconds each install takes
+        self.max_concurrent = 0         # most mirrors held at once
         self.lock = threading.Lock()
         self.server: RpcServer | None = None
 
@@ -159,6 +165,7 @@ class FakeController:
             if old is not None and {k: old[k] for k in spec.to_params()} == spec.to_params():
                 record = old  # idempotent: same spec, same answer
             self.mirrors[spec.tap_id] = record
+            self.max_concurrent = max(self.max_concurrent, len(self.mirrors))
         return {"tap_id": spec.tap_id, "dpid": spec.dpid, "cookie": record["cookie"],
                 "entries": 2 if spec.bidirectional else 1, "replaced": old is not None,
                 "installed_at": record["installed_at"]}
@@ -258,7 +265,10 @@ class ScriptedEngine:
         if path == "/demon/portmap/json":
             return ok(self.port_map)
         if path == "/events/json":
-            return ok(self._events(query))
+            events = self._events(query)
+            if not self.up:  # went away during the long poll: the answer is lost
+                raise requests.ConnectionError(f"connection reset: {self.base_url}")
+            return ok(events)
         if parts[0] in ("flow", "threshold") and len(parts) == 3:
             table = self.flows if parts[0] == "flow" else self.thresholds
             name = parts[1]
@@ -296,3 +306,84 @@ class ScriptedEngine:
                     self.cond.wait(wait)
                 newer = [e for e in self.events if e["eventID"] > after][:limit]
         return list(reversed(newer))
+
+
+# -- a runtime harness: the real Runtime on a thread, scripted engine, fake controller --
+
+SPEED = 10.0
+FLOW_A = "10.0.0.1,10.0.0.2,6,5001,80"
+FLOW_B = "10.0.0.3,10.0.0.4,6,5002,80"
+FLOW_C = "10.0.0.5,10.0.0.1,6,5003,443"
+ELEPHANT = """\
+name: elephant
+kind: elephant
+keys: ipsource,ipdestination,ipprotocol,tcpsourceport,tcpdestinationport
+threshold: 1Mbps
+interval: 1s
+duration: 5s
+max_duration: 20s
+holddown: 3s
+max_taps: {max_taps}
+idle_timeout: 10s
+"""
+TOP = """\
+name: top
+kind: top_talkers
+keys: ipsource,ipdestination,ipprotocol,tcpsourceport,tcpdestinationport
+top: 2
+min_rate: 100kbps
+interval: 1s
+duration: 5s
+max_duration: 20s
+"""
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what or condition}")
+
+
+class Harness:
+    """A runtime on its own thread, with its engine, controller and store."""
+
+    def __init__(self, tmp: Path, mock: Any, policies: dict[str, str],
+                 controller: FakeController | None = None,
+                 engine: ScriptedEngine | None = None,
+                 clock: Callable[[], float] | None = None, **options: Any) -> None:
+        self.policies_dir = tmp / "policies"
+        self.policies_dir.mkdir(exist_ok=True)
+        for old in self.policies_dir.glob("*.yaml"):
+            old.unlink()
+        for name, text in policies.items():
+            (self.policies_dir / f"{name}.yaml").write_text(text)
+        self.state_path = tmp / "state.sqlite"
+        self.engine = engine or ScriptedEngine().register(mock)
+        self.controller = controller or FakeController().start()
+        self.store = Store(self.state_path)
+        self.options = RuntimeOptions(speed=SPEED, event_poll_timeout=1, **options)
+        self.runtime = Runtime(self.policies_dir, self.engine.base_url,
+                               RpcClient(self.controller.address, token=TOKEN, timeout=2.0),
+                               self.store, self.options,
+                               clock=clock or accelerated_clock(SPEED))
+        self.thread = threading.Thread(target=self.runtime.run, daemon=True)
+
+    def start(self) -> "Harness":
+        self.runtime.start()
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.runtime.request_stop("test over")
+            self.thread.join(timeout=15)
+        self.store.close()
+
+    def live(self) -> list[str]:
+        return sorted(t.tap_id for t in self.runtime.state.live_taps())
+
+

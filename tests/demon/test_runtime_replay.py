@@ -7,7 +7,6 @@ pass in tenths of seconds.
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -15,85 +14,10 @@ from typing import Any, Callable, Iterator
 import pytest
 import responses
 
-from demon.rpc.client import RpcClient
-from demon.runtime import Runtime, RuntimeOptions, accelerated_clock
 from demon.store import Store
-from tests.demon.fakes import TOKEN, FakeController, ScriptedEngine
+from tests.demon.fakes import (ELEPHANT, FLOW_A, FLOW_B, FLOW_C, TOP, Harness, wait_for)
 
 pytestmark = pytest.mark.replay
-
-SPEED = 10.0
-FLOW_A = "10.0.0.1,10.0.0.2,6,5001,80"
-FLOW_B = "10.0.0.3,10.0.0.4,6,5002,80"
-FLOW_C = "10.0.0.5,10.0.0.1,6,5003,443"
-ELEPHANT = """\
-name: elephant
-kind: elephant
-keys: ipsource,ipdestination,ipprotocol,tcpsourceport,tcpdestinationport
-threshold: 1Mbps
-interval: 1s
-duration: 5s
-max_duration: 20s
-holddown: 3s
-max_taps: {max_taps}
-idle_timeout: 10s
-"""
-TOP = """\
-name: top
-kind: top_talkers
-keys: ipsource,ipdestination,ipprotocol,tcpsourceport,tcpdestinationport
-top: 2
-min_rate: 100kbps
-interval: 1s
-duration: 5s
-max_duration: 20s
-"""
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what or condition}")
-
-
-class Harness:
-    """A runtime on its own thread, with its engine, controller and store."""
-
-    def __init__(self, tmp: Path, mock: responses.RequestsMock, policies: dict[str, str],
-                 controller: FakeController | None = None,
-                 engine: ScriptedEngine | None = None, **options: Any) -> None:
-        self.policies_dir = tmp / "policies"
-        self.policies_dir.mkdir(exist_ok=True)
-        for name, text in policies.items():
-            (self.policies_dir / f"{name}.yaml").write_text(text)
-        self.state_path = tmp / "state.sqlite"
-        self.engine = engine or ScriptedEngine().register(mock)
-        self.controller = controller or FakeController().start()
-        self.store = Store(self.state_path)
-        self.options = RuntimeOptions(speed=SPEED, event_poll_timeout=1, **options)
-        self.runtime = Runtime(self.policies_dir, self.engine.base_url,
-                               RpcClient(self.controller.address, token=TOKEN, timeout=2.0),
-                               self.store, self.options, clock=accelerated_clock(SPEED))
-        self.thread = threading.Thread(target=self.runtime.run, daemon=True)
-
-    def start(self) -> "Harness":
-        self.runtime.start()
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self.thread.is_alive():
-            self.runtime.request_stop("test over")
-            self.thread.join(timeout=15)
-        self.store.close()
-
-    def live(self) -> list[str]:
-        return sorted(t.tap_id for t in self.runtime.state.live_taps())
-
 
 @pytest.fixture
 def mock() -> Iterator[responses.RequestsMock]:

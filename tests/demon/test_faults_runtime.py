@@ -1,0 +1,160 @@
+"""Faults, in process: the engine and the controller going away and coming back,
+an event storm against the caps, a bad reload, a crash and restart.
+
+The real runtime, a scripted sFlow-RT (``responses``) and the fake controller
+(the real RPC server); the clock runs 10x faster than real time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import responses
+
+from demon.runtime import accelerated_clock
+from tests.demon.fakes import (ELEPHANT, FLOW_A, FLOW_B, FLOW_C, SPEED, TOP, FakeController,
+                               Harness, ScriptedEngine, wait_for)
+
+pytestmark = pytest.mark.replay
+
+
+@pytest.fixture
+def mock() -> Iterator[responses.RequestsMock]:
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        yield rsps
+
+
+@pytest.fixture
+def make(tmp_path: Path, mock: responses.RequestsMock) -> Iterator[Callable[..., Harness]]:
+    made: list[Harness] = []
+
+    def factory(policies: dict[str, str] | None = None, **kw: Any) -> Harness:
+        h = Harness(tmp_path, mock, policies or {"elephant": ELEPHANT.format(max_taps=4)}, **kw)
+        made.append(h)
+        return h.start()
+
+    yield factory
+    for h in made:
+        h.stop()
+        h.controller.stop()
+
+
+def created_per_flow(h: Harness) -> Counter[str]:
+    return Counter(str(e.detail.get("flow_key")) for e in h.store.history()
+                   if e.kind == "created")
+
+
+def test_engine_unreachable_then_back_loses_and_repeats_nothing(
+        make: Callable[..., Harness]) -> None:
+    h = make()
+    h.engine.fire("demon_elephant", FLOW_A, data_source="101")
+    wait_for(lambda: h.store.last_event_id() == 1, what="first event")
+    h.engine.up = False
+    h.engine.fire("demon_elephant", FLOW_B, data_source="102")  # the engine keeps these
+    h.engine.fire("demon_elephant", FLOW_C, data_source="103")
+    time.sleep(0.6)
+    assert h.store.last_event_id() == 1  # nothing consumed while unreachable
+    h.engine.up = True
+    wait_for(lambda: h.store.last_event_id() == 3, what="resume from event 1")
+    wait_for(lambda: len({t for m, t in h.controller.writes() if m == "install_mirror"}) == 3,
+             what="three installs")
+    time.sleep(0.3)
+    assert created_per_flow(h) == {FLOW_A: 1, FLOW_B: 1, FLOW_C: 1}
+    installs = [t for m, t in h.controller.writes() if m == "install_mirror"]
+    assert len(installs) == len(set(installs)) == 3
+
+
+def test_controller_down_taps_wait_caps_hold_installed_once_on_recovery(
+        make: Callable[..., Harness]) -> None:
+    h = make({"elephant": ELEPHANT.format(max_taps=2)})
+    for flow in (FLOW_A, FLOW_B, FLOW_C):
+        h.engine.set_flows("demon_elephant", [(f, 400_000.0, "101")
+                                              for f in (FLOW_A, FLOW_B, FLOW_C)])
+    h.controller.stop()
+    wait_for(lambda: not h.runtime.state.controller_up, what="controller seen down")
+    for flow, ds in ((FLOW_A, "101"), (FLOW_B, "102"), (FLOW_C, "103")):
+        h.engine.fire("demon_elephant", flow, data_source=ds)
+    wait_for(lambda: h.store.last_event_id() == 3, what="events consumed")
+    time.sleep(0.3)
+    assert len(h.runtime.state.live_taps()) == 2  # the cap holds while waiting
+    assert {t.state for t in h.runtime.state.live_taps()} == {"pending"}
+    h.controller.start()
+    wait_for(lambda: len(h.controller.mirrors) == 2, what="installs after recovery")
+    time.sleep(0.5)
+    installs = [t for m, t in h.controller.writes() if m == "install_mirror"]
+    assert sorted(installs) == ["elephant.1", "elephant.2"]  # once each
+    assert h.controller.max_concurrent == 2
+
+
+def test_an_event_storm_never_exceeds_the_caps(tmp_path: Path,
+                                               make: Callable[..., Harness]) -> None:
+    policies = {"elephant": ELEPHANT.format(max_taps=5), "_global": "max_taps: 3\n"}
+    h = make(policies)
+    for n in range(1000):
+        h.engine.fire("demon_elephant", f"10.1.{n // 250}.{n % 250},10.0.0.2,6,{1024 + n},80",
+                      data_source=str(101 + n % 5))
+    wait_for(lambda: h.store.last_event_id() == 1000, timeout=30, what="all 1000 events")
+    time.sleep(0.5)
+    assert 0 < h.controller.max_concurrent <= 3
+    assert len(h.runtime.state.live_taps()) <= 3
+    installs = [t for m, t in h.controller.writes() if m == "install_mirror"]
+    assert len(installs) == len(set(installs))
+
+
+def test_a_bad_reload_keeps_the_running_policies(make: Callable[..., Harness]) -> None:
+    h = make()
+    (h.policies_dir / "broken.yaml").write_text("name: broken\nkind: elephant\nthreshold: x\n")
+    h.runtime.request_reload()
+    time.sleep(0.3)
+    assert set(h.runtime.ctx.policies) == {"elephant"}
+    h.engine.fire("demon_elephant", FLOW_A)
+    wait_for(lambda: h.controller.mirrors, what="old policy still taps")
+    # A good set is taken whole: the new policy's flow is defined in the engine.
+    (h.policies_dir / "broken.yaml").unlink()
+    (h.policies_dir / "top.yaml").write_text(TOP)
+    h.runtime.request_reload()
+    wait_for(lambda: "demon_top" in h.engine.flows, what="new flow defined")
+    assert set(h.runtime.ctx.policies) == {"elephant", "top"}
+
+
+def test_crash_and_restart_reconciles_without_a_duplicate_and_ends_on_time(
+        tmp_path: Path, mock: responses.RequestsMock) -> None:
+    clock = accelerated_clock(SPEED)
+    engine = ScriptedEngine().register(mock)
+    controller = FakeController().start()
+    policies = {"elephant": ELEPHANT.format(max_taps=4)}
+    first = Harness(tmp_path, mock, policies, controller=controller, engine=engine,
+                    clock=clock).start()
+    try:
+        engine.set_flows("demon_elephant", [(FLOW_A, 400_000.0, "101")])  # stays hot
+        engine.fire("demon_elephant", FLOW_A)
+        wait_for(lambda: controller.mirrors, what="install")
+        created = first.store.tap("elephant.1").created_at
+        # Crash: threads stop, nothing is cleaned up (no removal, no undefinitions).
+        first.runtime.shutdown = lambda: first.runtime._halt.set()  # type: ignore[method-assign]
+        first.runtime._scheduler.shutdown(wait=False)
+        first.runtime._subscription.close()
+        first.runtime.request_stop("simulated crash")
+        first.thread.join(timeout=5)
+        first.store.close()
+        assert list(controller.mirrors) == ["elephant.1"]
+
+        second = Harness(tmp_path, mock, policies, controller=controller, engine=engine,
+                         clock=clock).start()
+        try:
+            assert "elephant.1" in second.runtime.state.taps
+            # max_duration is 20 simulated seconds: the tap ends then although still hot.
+            wait_for(lambda: not controller.mirrors, timeout=10, what="removal at max_duration")
+            ended = clock()
+            assert ended - created < 20 + 3  # on time (3 simulated seconds of slack)
+            installs = [t for m, t in controller.writes() if m == "install_mirror"]
+            assert installs.count("elephant.1") == 1  # reconciled, not re-installed
+            assert controller.max_concurrent == 1
+        finally:
+            second.stop()
+    finally:
+        controller.stop()
