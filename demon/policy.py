@@ -389,7 +389,7 @@ def load_policy_set(directory: str | Path) -> PolicySet:
         if raw is None:
             errors.append(f"{shown}: holds no policy (empty file)")
             continue
-        items = [(raw, path.stem, None)] if isinstance(raw, Mapping) else \
+        items = [(raw, path.stem.replace("-", "_"), None)] if isinstance(raw, Mapping) else \
             [(item, None, i) for i, item in enumerate(raw)] if isinstance(raw, list) else None
         if items is None:
             errors.append(f"{shown}: must hold a policy mapping or a list of them")

@@ -1,0 +1,171 @@
+"""Decision core against the controller: failures, retries, outages, reconciliation."""
+
+from __future__ import annotations
+
+from demon.model import InstallResult, MirrorRemoved, Reconcile, RemoveResult
+
+from .core_harness import T0, Harness, flow, installs, policy, removes
+
+
+def started(**kw) -> tuple[Harness, str]:
+    h = Harness([policy(**kw)], auto=False)
+    h.event(flow(1))
+    return h, h.only_tap().tap_id
+
+
+def test_failed_install_is_retried_with_backoff_then_fails():
+    h, tap_id = started()
+    h.at(0.1).feed(InstallResult(tap_id, ok=False, error="switch rejected the flow"))
+    tap = h.only_tap()
+    assert tap.state == "pending" and tap.attempts == 1 and tap.next_attempt_at == T0 + 1.1
+    assert h.tick(0.5) == []  # backoff not over yet
+    assert len(installs(h.tick(1.2))) == 1
+    h.at(1.3).feed(InstallResult(tap_id, ok=False, error="again"))
+    assert h.only_tap().next_attempt_at == T0 + 1.3 + 2  # doubled
+    assert installs(h.tick(3.0)) == []
+    assert len(installs(h.tick(3.4))) == 1
+    h.at(3.5).feed(InstallResult(tap_id, ok=False, error="third"))
+    tap = h.only_tap()
+    assert tap.state == "failed" and "3 times: third" in tap.reason
+    assert [r.kind for r in h.records()] == ["created", "install_failed", "install_failed", "failed"]
+    h.tick(100)
+    assert len(installs(h.commands)) == 3  # a failed tap is never retried
+
+
+def test_retry_success_after_a_failure():
+    h, tap_id = started()
+    h.feed(InstallResult(tap_id, ok=False, error="timeout"))
+    h.tick(1)
+    h.feed(InstallResult(tap_id, ok=True))
+    tap = h.only_tap()
+    assert tap.state == "active" and tap.attempts == 0 and tap.reason == ""
+
+
+def test_controller_down_installs_wait_and_are_sent_once_when_it_is_back():
+    h = Harness([policy(max_taps=2)], controller_up=False, auto=False)
+    out = h.event(flow(1)) + h.event(flow(2)) + h.event(flow(3))
+    assert installs(out) == []
+    assert [t.state for t in h.live()] == ["pending", "pending"]  # cap holds while down
+    assert all(t.reason == "" for t in h.live())
+    assert installs(h.tick(5)) == []
+    out = h.at(6).controller(True)
+    assert sorted(c.tap.flow_key for c in installs(out)) == [flow(1), flow(2)]
+    # the runtime reconciles on reconnect: the switch does not hold them yet
+    out = h.feed(Reconcile(mirrors=[]))
+    assert installs(out) == []
+    out = h.tick(7)
+    assert installs(out) == []
+    assert len(installs(h.commands)) == 2
+
+
+def test_controller_lost_mid_install_resends_when_back():
+    h, tap_id = started()
+    h.at(1).controller(False)
+    h.feed(InstallResult(tap_id, ok=False, error="connection refused", unreachable=True))
+    tap = h.only_tap()
+    assert tap.attempts == 0 and tap.state == "pending"
+    assert installs(h.tick(10)) == []
+    assert [c.tap.tap_id for c in installs(h.at(11).controller(True))] == [tap_id]
+
+
+def test_hard_deadline_counts_while_the_controller_is_down():
+    h, tap_id = started(duration="30s", max_duration="60s")
+    h.feed(InstallResult(tap_id, ok=True))
+    h.at(10).controller(False)
+    out = h.tick(40)  # condition cleared, but nobody to ask
+    assert removes(out) == [] and h.only_tap().state == "expiring"
+    # the switch's hard_timeout (60 + 10 s grace) must have fired by 60 + 2 * 10
+    h.tick(80)
+    tap = h.only_tap()
+    assert tap.state == "removed" and "hard timeout" in h.records("removed")[0].detail["cause"]
+
+
+def test_remove_sent_when_controller_comes_back():
+    h, tap_id = started()
+    h.feed(InstallResult(tap_id, ok=True))
+    h.at(10).controller(False)
+    h.tick(40)
+    out = h.at(41).controller(True)
+    assert [r.tap_id for r in removes(out)] == [tap_id]
+
+
+def test_failed_remove_is_retried():
+    h, tap_id = started()
+    h.feed(InstallResult(tap_id, ok=True))
+    h.tick(30)
+    h.at(30.5).feed(RemoveResult(tap_id, ok=False, error="barrier timeout"))
+    assert h.only_tap().state == "expiring"
+    assert removes(h.tick(31)) == []
+    assert [r.tap_id for r in removes(h.tick(31.6))] == [tap_id]
+    h.feed(RemoveResult(tap_id, ok=True))
+    assert h.only_tap().state == "removed"
+
+
+def test_reconcile_removes_orphans_and_mirrors_of_ended_taps():
+    h, tap_id = started()
+    h.feed(InstallResult(tap_id, ok=True))
+    h.tick(30)
+    h.feed(RemoveResult(tap_id, ok=True))
+    out = h.at(31).feed(Reconcile(mirrors=[{"tap_id": "ghost.9", "dpid": 1},
+                                           {"tap_id": tap_id, "dpid": 1}]))
+    assert sorted(r.tap_id for r in removes(out)) == sorted([tap_id, "ghost.9"])
+    causes = {r.tap_id: r.detail["cause"] for r in h.records("orphan")}
+    assert "unknown to the daemon" in causes["ghost.9"] and "tap is removed" in causes[tap_id]
+
+
+def test_reconcile_reinstalls_a_live_tap_the_switch_lost():
+    h, tap_id = started()
+    h.feed(InstallResult(tap_id, ok=True))
+    out = h.at(5).feed(Reconcile(mirrors=[]))
+    [cmd] = installs(out)
+    assert cmd.tap.tap_id == tap_id and cmd.hard_timeout == 300 - 5 + 10
+    assert h.only_tap().state == "pending"
+    assert h.records("reinstall")
+    h.feed(InstallResult(tap_id, ok=True))
+    assert h.only_tap().state == "active"
+
+
+def test_reconcile_confirms_a_pending_tap_the_switch_holds():
+    h, tap_id = started()
+    h.at(1).controller(False)  # the install answer was lost with the connection
+    h.at(2).controller(True)   # resent...
+    h.feed(InstallResult(tap_id, ok=True))
+    h.at(3).controller(False)
+    h.at(4).feed(Reconcile(mirrors=[{"tap_id": tap_id, "dpid": 1, "cookie": 5,
+                                     "packets": 7, "bytes": 700}]))
+    tap = h.only_tap()
+    assert tap.state == "active" and tap.packets == 7
+
+
+def test_reconcile_expires_overdue_taps():
+    h, tap_id = started(max_duration="60s")
+    h.feed(InstallResult(tap_id, ok=True))
+    h.at(20).event(flow(1))
+    out = h.at(100).feed(Reconcile(mirrors=[{"tap_id": tap_id, "dpid": 1}]))
+    assert [r.tap_id for r in removes(out)] == [tap_id]
+    assert "max duration" in h.only_tap().reason
+
+
+def test_reconcile_finishes_an_expiring_tap_already_gone():
+    h, tap_id = started()
+    h.feed(InstallResult(tap_id, ok=True))
+    h.at(10).controller(False)
+    h.tick(30)
+    h.feed(Reconcile(mirrors=[]))
+    assert h.only_tap().state == "removed"
+
+
+def test_bidirectional_removal_events_do_not_double_end_the_tap():
+    h, tap_id = started(bidirectional=True)
+    h.feed(InstallResult(tap_id, ok=True))
+    h.at(5).feed(MirrorRemoved(tap_id, reason="hard_timeout", packets=4, bytes=400))
+    h.at(5).feed(MirrorRemoved(tap_id, reason="hard_timeout", packets=9, bytes=900))
+    assert len(h.records("removed")) == 1
+    assert h.only_tap().packets == 9
+
+
+def test_late_results_for_unknown_taps_are_ignored():
+    h = Harness([policy()], auto=False)
+    assert h.feed(InstallResult("nope.1", ok=True)) == []
+    assert h.feed(RemoveResult("nope.1", ok=True)) == []
+    assert h.feed(MirrorRemoved("nope.1", reason="delete")) == []
