@@ -1,0 +1,292 @@
+"""One running lab: every part started in order, observed while it runs, and
+stopped in reverse order — whatever happens.
+
+Start order matters: the controller first (the switches connect to it and
+``demon-watch`` refuses to start without it), then the network, the capture
+agent on h11, ``demon-watch`` (its embedded engine binds the sFlow port), and
+only then sFlow on the bridges (OVS's connected socket loses datagrams sent
+before a collector listens).
+
+While it runs, :meth:`LabSession.poll` mirrors the daemon's tap store into the
+capture agent's tap table and turns what it sees into a timeline.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from demon.capture.taptable import write_tap_table
+from topo.components import (ControllerSettings, Proc, WatchSettings, free_port, start_controller,
+                             start_watch, wait_for_switches)
+from topo.fabricgen import seed_fabric, write_fabric
+from topo.hostproc import HostProc, start_capture_agent
+from topo.net import Lab, ensure_ovs
+from topo.seed import CAPTURE_HOST, build_seed
+from topo.sflowcfg import SflowSettings, enable_sflow
+
+REPO = Path(__file__).resolve().parent.parent
+LAB_POLICIES = REPO / "policies" / "lab"
+SEED_DPIDS = {1, 2, 3}
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    out: Path = Path("lab-out")
+    controller: str = "os-ken"
+    policies: Path = LAB_POLICIES
+    sflow_rt: str | None = None
+    sampling: int = 100
+    polling: int = 2
+    static: bool = False  # add the prototype's static mode to the fabric
+    capture_grace: float = 2.0
+
+
+@dataclass
+class TimelineEntry:
+    at: float
+    what: str
+    tap_id: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class LabSession:
+    """Start with :meth:`start`, observe with :meth:`poll`, end with :meth:`stop` (idempotent)."""
+
+    def __init__(self, options: SessionOptions, progress: Callable[[TimelineEntry], None] | None = None) -> None:
+        self.options = options
+        self.out = Path(options.out).resolve()
+        self.progress = progress
+        self.started_at = time.time()
+        self.timeline: list[TimelineEntry] = []
+        self.lab: Lab | None = None
+        self.controller: Proc | None = None
+        self.watch: Proc | None = None
+        self.agent: HostProc | None = None
+        self.rpc: Any = None
+        self.subscription: Any = None
+        self.mirror_events: list[dict[str, Any]] = []
+        self.taps: dict[str, dict[str, Any]] = {}
+        self.mirrors_seen: dict[str, dict[str, Any]] = {}  # tap_id -> mirror as the switch held it
+        self._history_seen = 0
+        self._first_packets: set[str] = set()
+        self._store: Any = None
+        self._lock = threading.Lock()
+        self._stopped = False
+        self.paths = {
+            "fabric": self.out / "fabric.json",
+            "token": self.out / "rpc.token",
+            "state": self.out / "state.sqlite",
+            "taps": self.out / "taps.json",
+            "captures": self.out / "captures",
+            "logs": self.out / "logs",
+        }
+        self.ports: dict[str, int] = {}
+
+    # -- timeline -------------------------------------------------------------------
+    def note(self, what: str, tap_id: str | None = None, at: float | None = None, **detail: Any) -> None:
+        entry = TimelineEntry(at if at is not None else time.time(), what, tap_id, detail)
+        with self._lock:
+            self.timeline.append(entry)
+        if self.progress:
+            self.progress(entry)
+
+    # -- start ------------------------------------------------------------------------
+    def start(self) -> "LabSession":
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        from demon.rpc.client import RpcClient
+        from demon.rpc.token import ensure_token
+
+        opts = self.options
+        ensure_ovs()
+        self.out.mkdir(parents=True, exist_ok=True)
+        for key in ("state", "taps"):
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(self.paths[key]) + suffix).unlink(missing_ok=True)
+        self.paths["logs"].mkdir(parents=True, exist_ok=True)
+        write_fabric(self.paths["fabric"], seed_fabric(static=opts.static))
+        token = ensure_token(self.paths["token"])
+        write_tap_table(self.paths["taps"], [])
+        self.ports = {"openflow": free_port(), "rpc": free_port()}
+        ctl = ControllerSettings(opts.controller, self.ports["openflow"], self.ports["rpc"],
+                                 self.paths["token"], self.paths["fabric"])
+        self.controller = start_controller(ctl, self.paths["logs"] / "controller.log")
+        self.note("controller up", component=opts.controller, openflow=self.ports["openflow"],
+                  rpc=ctl.rpc_address)
+        self.rpc = RpcClient(ctl.rpc_address, token=token, timeout=10)
+        self.subscription = self.rpc.subscribe(self._on_event)
+        self.lab = build_seed(controller_port=self.ports["openflow"], of_version=ctl.of_version)
+        switches = wait_for_switches(self.rpc, SEED_DPIDS)
+        self.note("network up", switches=sorted(s["dpid"] for s in switches))
+        self.agent = start_capture_agent(self.lab.host(CAPTURE_HOST), self.paths["captures"],
+                                         self.paths["taps"], grace=opts.capture_grace,
+                                         log=self.paths["logs"] / "capture.log")
+        self.lab.on_stop(self._stop_agent)
+        self.note("capture agent up", host=CAPTURE_HOST, out=str(self.paths["captures"]))
+        self.start_watch()
+        sflow = SflowSettings(f"127.0.0.1:{self.ports['sflow']}", opts.sampling, opts.polling)
+        if not opts.sflow_rt:
+            enable_sflow(self.lab.switch_names, sflow)
+            self.note("sFlow on", collector=sflow.collector, sampling=opts.sampling, polling=opts.polling)
+
+    def start_watch(self) -> Proc:
+        """Start (or restart) ``demon-watch`` against the same state file."""
+        opts = self.options
+        if "sflow" not in self.ports:
+            self.ports["sflow"] = free_port(kind=2)  # SOCK_DGRAM
+        settings = WatchSettings(opts.policies, f"tcp:127.0.0.1:{self.ports['rpc']}", self.paths["token"],
+                                 self.paths["state"], self.ports["sflow"], opts.sflow_rt)
+        self.watch = start_watch(settings, self.paths["logs"] / "demon-watch.log")
+        self.note("demon-watch up", pid=self.watch.pid, policies=str(opts.policies))
+        return self.watch
+
+    def _on_event(self, event: Any) -> None:
+        if event.event == "mirror_removed":
+            with self._lock:
+                self.mirror_events.append({"at": time.time(), **event.params})
+
+    # -- observe ----------------------------------------------------------------------
+    def _open_store(self) -> Any:
+        from demon.store import Store, StoreError
+
+        if self._store is None and self.paths["state"].exists():
+            try:
+                self._store = Store(self.paths["state"], readonly=True)
+            except StoreError:
+                return None
+        return self._store
+
+    def poll(self) -> None:
+        """Copy the daemon's taps into the agent's tap table; extend the timeline."""
+        from demon.model import tap_to_dict
+
+        store = self._open_store()
+        if store is not None:
+            try:
+                taps = store.taps()
+                history = store.history()
+            except Exception:  # noqa: BLE001 — the writer may be mid-migration at start
+                taps, history = [], []
+            changed = False
+            for tap in taps:
+                doc = tap_to_dict(tap)
+                if self.taps.get(tap.tap_id) != doc:
+                    self.taps[tap.tap_id] = doc
+                    changed = True
+            if changed:
+                write_tap_table(self.paths["taps"], [self._table_entry(d) for d in self.taps.values()])
+            # The history is append-only and read in order: only the new tail is news.
+            for entry in history[self._history_seen:]:
+                self.note(f"tap {entry.kind}" if entry.tap_id else entry.kind, entry.tap_id,
+                          at=entry.at, **dict(entry.detail))
+            self._history_seen = max(self._history_seen, len(history))
+        self._poll_agent()
+        self._poll_mirrors()
+
+    def _table_entry(self, tap: dict[str, Any]) -> dict[str, Any]:
+        return {"tap_id": tap["tap_id"], "match": tap.get("match"), "vlan_tag": tap.get("vlan_tag"),
+                "bidirectional": tap.get("bidirectional", False), "policy": tap.get("policy"),
+                "flow_key": tap.get("flow_key"), "trigger": tap.get("trigger"), "dpid": tap.get("dpid"),
+                "in_port": tap.get("in_port"), "copy_port": tap.get("copy_port"),
+                "start": tap.get("created_at"), "stop": tap.get("ended_at"), "state": tap.get("state")}
+
+    def agent_status(self) -> dict[str, Any]:
+        path = self.paths["captures"] / "agent.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _poll_agent(self) -> None:
+        for name, info in self.agent_status().get("taps", {}).items():
+            if name != "unmatched" and name not in self._first_packets and info.get("first_packet_at"):
+                self._first_packets.add(name)
+                self.note("first packet captured", name, at=info["first_packet_at"])
+
+    def _poll_mirrors(self) -> None:
+        if self.rpc is None:
+            return
+        try:
+            mirrors = self.rpc.list_mirrors()
+        except Exception:  # noqa: BLE001 — the picture is best effort
+            return
+        for m in mirrors:
+            self.mirrors_seen.setdefault(m["tap_id"], m)
+
+    # -- queries tests and the report use --------------------------------------------------
+    def live_taps(self) -> list[dict[str, Any]]:
+        return [t for t in self.taps.values() if t.get("state") in ("pending", "active", "expiring")]
+
+    def capture_files(self, tap_id: str) -> list[Path]:
+        return sorted((self.paths["captures"] / tap_id).glob(f"{tap_id}-*.pcap"))
+
+    def manifests(self, tap_id: str) -> list[dict[str, Any]]:
+        return [json.loads(p.read_text()) for p in sorted((self.paths["captures"] / tap_id).glob("*.json"))]
+
+    def wait(self, predicate: Callable[["LabSession"], bool], timeout: float, every: float = 0.2) -> bool:
+        """Poll until ``predicate(self)`` holds; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.poll()
+            if predicate(self):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(every)
+
+    def timeline_dicts(self) -> list[dict[str, Any]]:
+        with self._lock:
+            entries = sorted(self.timeline, key=lambda e: e.at)
+        return [{**asdict(e), "t": round(e.at - self.started_at, 3)} for e in entries]
+
+    # -- stop -------------------------------------------------------------------------
+    def _stop_agent(self) -> None:
+        if self.agent is not None:
+            self.agent.stop()
+
+    def stop_watch(self) -> None:
+        if self.watch is not None:
+            self.watch.stop()
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.watch is not None:
+            self.watch.stop()
+        try:
+            self.poll()  # the last transitions (e.g. the release) before the agent closes
+        except Exception:  # noqa: BLE001
+            pass
+        if self.subscription is not None:
+            try:
+                self.subscription.close()
+            except Exception:  # noqa: BLE001
+                pass
+        if self.lab is not None:
+            self.lab.stop()  # stops the capture agent first (on_stop hook)
+        elif self.agent is not None:
+            self.agent.stop()
+        if self.controller is not None:
+            self.controller.stop()
+        if self.rpc is not None:
+            self.rpc.close()
+        if self._store is not None:
+            self._store.close()
+
+    def __enter__(self) -> "LabSession":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
