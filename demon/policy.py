@@ -93,7 +93,7 @@ class Policy(_Strict):
     fs: str = Field(default=",", min_length=1)
     interval: Duration = 2.0
     duration: Duration = 60.0
-    max_duration: Duration = 300.0
+    max_duration: Duration = Field(default=300.0, validate_default=True)
     bidirectional: bool = False
     capture: Destination | str = Field(default_factory=Destination)
     max_taps: int = Field(default=4, ge=1, le=10000)
@@ -303,10 +303,15 @@ def _message(err: Mapping[str, Any], model: type[BaseModel]) -> str:
 
 def _validation_errors(prefix: str, exc: ValidationError, model: type[BaseModel]) -> list[str]:
     out = []
-    for err in exc.errors():
+    errors = exc.errors()
+    for err in errors:
         loc = tuple(err.get("loc", ()))
-        # a union (Destination | str) reports each alternative; name the field once
-        if loc and loc[0] == "capture":
+        # a union (Destination | str) reports each alternative: given a mapping, the
+        # "not a string" alternative is noise
+        if loc[:1] == ("capture",):
+            if loc[1:2] == ("str",) and any(e["loc"][1:2] == ("Destination",) for e in errors
+                                            if e is not err and e["loc"][:1] == ("capture",)):
+                continue
             loc = tuple(p for p in loc if p not in ("Destination", "str"))
         field = _field_name(loc) if loc else "(policy)"
         out.append(f"{prefix}field '{field}': {_message(err, model)}")
@@ -359,7 +364,25 @@ def _load_limits(directory: Path) -> tuple[GlobalLimits, list[str]]:
     try:
         return GlobalLimits.model_validate(raw), []
     except ValidationError as exc:
-        return GlobalLimits(), _validation_errors(f"{shown}: global: ", exc, GlobalLimits)
+        errors = _validation_errors(f"{shown}: global: ", exc, GlobalLimits)
+        return _salvage_limits(dict(raw), exc), errors
+
+
+def _salvage_limits(raw: dict[str, Any], exc: ValidationError) -> GlobalLimits:
+    """The settings of a bad ``_global.yaml`` that are fine, so that the policies
+    are still checked against them (their errors are reported as well)."""
+    for err in exc.errors():
+        loc = err.get("loc", ())
+        if not loc:
+            return GlobalLimits()
+        if loc[0] == "destinations" and len(loc) > 1 and isinstance(raw.get("destinations"), Mapping):
+            raw["destinations"] = {k: v for k, v in raw["destinations"].items() if k != loc[1]}
+        else:
+            raw.pop(str(loc[0]), None)
+    try:
+        return GlobalLimits.model_validate(raw)
+    except ValidationError:
+        return GlobalLimits()
 
 
 def _policy_files(directory: Path) -> list[Path]:
