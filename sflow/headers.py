@@ -62,17 +62,18 @@ def _ethernet(h: bytes, off: int, keys: dict[str, str], sfx: str, depth: int) ->
     stack = ["eth"]
     off += 12
     etype = h[off] << 8 | h[off + 1]
+    tci = -1
     while etype in _VLAN_TPIDS:
         if off + 6 > n:
-            keys["ethernetprotocol" + sfx] = _DEC[etype]
-            return stack
+            return stack  # cut inside the tag stack: inner VLAN and ethertype unknown
         tci = h[off + 2] << 8 | h[off + 3]
-        # the last (inner) tag wins: QinQ reports the customer VLAN
-        keys["vlan" + sfx] = _DEC[tci & 0x0FFF]
-        keys["priority" + sfx] = _DEC[tci >> 13]
         stack.append("dot1q")
         off += 4
         etype = h[off] << 8 | h[off + 1]
+    if tci >= 0:
+        # the last (inner) tag wins: QinQ reports the customer VLAN
+        keys["vlan" + sfx] = _DEC[tci & 0x0FFF]
+        keys["priority" + sfx] = _DEC[tci >> 13]
     keys["ethernetprotocol" + sfx] = _DEC[etype]
     off += 2
     if etype == 0x0800:
