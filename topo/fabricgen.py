@@ -18,8 +18,8 @@ from mininet.topo import Topo
 
 FABRIC_VERSION = 1
 
-# The 2013 prototype's static mode as it really behaved (baseline §1.4): s2
-# mirrors to port 6 because the prototype used s1's destinations everywhere.
+# The 2013 prototype's static mode as its mirrorPorts.txt meant it (baseline §1.4: s1 mirrors
+# port 1 to uplink 6, s2 port 2 to uplink 7; the prototype's bug sent s2's copies to 6).
 PROTOTYPE_STATIC: dict[str, Any] = {
     "timeout": 120,
     "switches": {

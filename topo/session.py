@@ -44,6 +44,7 @@ class SessionOptions:
     polling: int = 2
     static: bool = False  # add the prototype's static mode to the fabric
     capture_grace: float = 2.0
+    watch: bool = True  # False: no demon-watch and no sFlow (static mode, controller-only checks)
 
 
 @dataclass
@@ -134,6 +135,8 @@ class LabSession:
                                          log=self.paths["logs"] / "capture.log")
         self.lab.on_stop(self._stop_agent)
         self.note("capture agent up", host=CAPTURE_HOST, out=str(self.paths["captures"]))
+        if not opts.watch:
+            return
         self.start_watch()
         sflow = SflowSettings(f"127.0.0.1:{self.ports['sflow']}", opts.sampling, opts.polling)
         if not opts.sflow_rt:
