@@ -1,0 +1,599 @@
+"""The embedded sFlow-RT-compatible analytics engine: flows, thresholds, events, agents.
+
+Pure state with an injected clock: every method that depends on time takes
+``now`` (seconds since the epoch, float) and nothing here reads a clock,
+sleeps, locks or does I/O. The collector and the HTTP API own the clock and
+serialise access through :attr:`Engine.lock` (a ``threading.Condition`` that is
+notified when events are added).
+
+Rates. A flow's value is a per-second rate of its ``value`` (bytes, frames...)
+scaled by the sampling rate and smoothed with an exponential moving average
+of time constant ``t`` (the definition's ``t``). Each sample contributes an
+impulse; between samples the rate decays::
+
+    rate <- rate * exp(-dt / t) + value * sampling_rate / t
+
+so a steady stream of R units/s converges to R (the impulses' decaying tails
+integrate to R), and a flow that stops falls to 1/e of its rate in ``t``
+seconds. The decay is applied lazily: each flow keeps (rate, time of last
+update) and readers decay it to ``now``.
+
+Thresholds are evaluated on every update of the flow they watch (so an event
+is raised by the very sample that crosses; no tick delay). A threshold fires
+when a flow's rate is strictly greater than its ``value``. Arming is per
+(threshold, agent, dataSource) and, for ``byFlow`` thresholds, per flow key
+too; once fired, it re-arms after the rate has stayed at or below the value
+for ``timeout`` seconds (the time the rate fell below is computed exactly from
+the decay: ``t_last + t * ln(rate / value)``). Without ``byFlow`` the metric
+value of a data source is its largest flow (like ``/metric``'s ``topKeys[0]``).
+
+Bounds. Flows not updated for ``IDLE_FACTOR * t`` seconds (rate decayed by
+e^-10) are evicted by :meth:`Engine.tick`; each definition holds at most
+``max_flows`` flows, and on overflow the idle and then the smallest flows are
+evicted down to 90 % of the cap. Events are a ring of ``max_events``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+from sflow.decode import DecodeError, decode_datagram
+from sflow.flowdef import FlowDef, ThresholdDef
+from sflow.model import CounterSample, Datagram, FlowSample
+
+__all__ = ["Engine", "VERSION", "IDLE_FACTOR", "AGG_MODES"]
+
+VERSION = "3.0-demon-1"
+IDLE_FACTOR = 10.0
+AGG_MODES = ("max", "sum", "avg", "edge", "core")
+_SHRINK_TO = 0.9
+
+KeysFn = Callable[[str, FlowSample], dict[str, object]]
+DataSourceFn = Callable[[FlowSample], str]
+
+
+def _default_keys() -> tuple[KeysFn, DataSourceFn]:
+    from sflow.keys import datasource_of, sample_keys
+    return sample_keys, datasource_of
+
+
+class _FlowTable:
+    """Tracked flows of one definition: (agent, dataSource) -> flow key -> [rate, last]."""
+
+    __slots__ = ("fd", "sources", "count", "thresholds", "last_sweep")
+
+    def __init__(self, fd: FlowDef) -> None:
+        self.fd = fd
+        self.sources: dict[tuple[str, str], dict[str, list[float]]] = {}
+        self.count = 0
+        self.thresholds: list[ThresholdDef] = []
+        self.last_sweep = 0.0
+
+
+@dataclass
+class _SeqTracker:
+    """Sequence-number bookkeeping for one sequence space."""
+
+    last: int = -1
+    lost: int = 0
+    out_of_order: int = 0
+    duplicates: int = 0
+
+    def see(self, seq: int) -> None:
+        last = self.last
+        if last < 0 or seq == last + 1:
+            self.last = seq
+        elif seq > last + 1:
+            self.lost += seq - last - 1
+            self.last = seq
+        elif seq == last:
+            self.duplicates += 1
+        elif seq <= 1 or last - seq > 1_000_000:
+            self.last = seq  # the agent restarted its numbering
+        else:
+            self.out_of_order += 1
+
+
+@dataclass
+class _Agent:
+    first_seen: float
+    last_seen: float
+    uptime: int = 0
+    datagrams: int = 0
+    flow_samples: int = 0
+    counter_samples: int = 0
+    sources: set[str] = field(default_factory=set)
+    datagram_seq: dict[int, _SeqTracker] = field(default_factory=dict)
+    flow_seq: dict[tuple[int, int, int], _SeqTracker] = field(default_factory=dict)
+    counter_seq: dict[tuple[int, int, int], _SeqTracker] = field(default_factory=dict)
+    flow_drops: dict[tuple[int, int, int], tuple[int, int]] = field(default_factory=dict)
+
+
+@dataclass
+class _Port:
+    last_seen: float
+    dpid: int | None = None
+    of_port: int | None = None
+    name: str | None = None
+    ifspeed: int | None = None
+
+
+class Engine:
+    """Flow/threshold state fed with decoded datagrams; queried by the HTTP API."""
+
+    def __init__(self, max_flows: int = 100_000, max_events: int = 10_000,
+                 keys_fn: KeysFn | None = None, datasource_fn: DataSourceFn | None = None) -> None:
+        if max_flows < 10:
+            raise ValueError(f"max_flows must be >= 10, got {max_flows}")
+        self.lock = threading.Condition()
+        self.max_flows = max_flows
+        if keys_fn is None or datasource_fn is None:
+            default_keys, default_ds = _default_keys()
+            keys_fn = keys_fn or default_keys
+            datasource_fn = datasource_fn or default_ds
+        self._keys_fn = keys_fn
+        self._datasource_fn = datasource_fn
+        self._tables: dict[str, _FlowTable] = {}
+        self._thresholds: dict[str, ThresholdDef] = {}
+        self._fired: dict[tuple[str, str, str, str], float] = {}
+        self._events: deque[dict[str, Any]] = deque(maxlen=max_events)
+        self._next_event_id = 1
+        self._agents: dict[str, _Agent] = {}
+        self._ports: dict[tuple[str, int], _Port] = {}
+        self._flow_keys: dict[str, float] = {}
+        self.datagrams = 0
+        self.bytes = 0
+        self.decoded = 0
+        self.samples = 0
+        self.flow_samples = 0
+        self.counter_samples = 0
+        self.dropped: dict[str, int] = {}
+        self.evicted = 0
+
+    # --- definitions -----------------------------------------------------------------
+
+    def set_flow(self, fd: FlowDef) -> None:
+        """Define or replace a flow; an identical re-definition keeps its state."""
+        old = self._tables.get(fd.name)
+        if old is not None and old.fd == fd:
+            return
+        table = _FlowTable(fd)
+        table.thresholds = [td for td in self._thresholds.values() if td.metric == fd.name]
+        self._tables[fd.name] = table
+        self._forget_fired(metric=fd.name)
+
+    def delete_flow(self, name: str) -> bool:
+        self._forget_fired(metric=name)
+        return self._tables.pop(name, None) is not None
+
+    def flow(self, name: str) -> FlowDef | None:
+        table = self._tables.get(name)
+        return table.fd if table else None
+
+    def flows(self) -> dict[str, FlowDef]:
+        return {name: table.fd for name, table in self._tables.items()}
+
+    def set_threshold(self, td: ThresholdDef) -> None:
+        old = self._thresholds.get(td.name)
+        if old == td:
+            return
+        self.delete_threshold(td.name)
+        self._thresholds[td.name] = td
+        table = self._tables.get(td.metric)
+        if table is not None:
+            table.thresholds.append(td)
+
+    def delete_threshold(self, name: str) -> bool:
+        td = self._thresholds.pop(name, None)
+        if td is None:
+            return False
+        table = self._tables.get(td.metric)
+        if table is not None:
+            table.thresholds = [t for t in table.thresholds if t.name != name]
+        self._forget_fired(threshold=name)
+        return True
+
+    def threshold(self, name: str) -> ThresholdDef | None:
+        return self._thresholds.get(name)
+
+    def thresholds(self) -> dict[str, ThresholdDef]:
+        return dict(self._thresholds)
+
+    def _forget_fired(self, metric: str | None = None, threshold: str | None = None) -> None:
+        names = {threshold} if threshold else {n for n, td in self._thresholds.items()
+                                               if td.metric == metric}
+        for arm in [a for a in self._fired if a[0] in names]:
+            del self._fired[arm]
+
+    # --- ingest ----------------------------------------------------------------------
+
+    def receive(self, payload: bytes, now: float, source: str = "") -> bool:
+        """Decode one UDP payload and ingest it; a malformed one is counted. True if decoded."""
+        try:
+            datagram = decode_datagram(payload)
+        except DecodeError as exc:
+            self.count_malformed(exc.reason, len(payload))
+            return False
+        self.ingest(datagram, now, source, len(payload))
+        return True
+
+    def count_malformed(self, reason: str, size: int) -> None:
+        self.datagrams += 1
+        self.bytes += size
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def ingest(self, dg: Datagram, now: float, source: str = "", size: int = 0) -> None:
+        """Account one decoded datagram and feed its samples to every flow definition."""
+        self.datagrams += 1
+        self.decoded += 1
+        self.bytes += size
+        agent_name = dg.agent or source
+        agent = self._agents.get(agent_name)
+        if agent is None:
+            agent = self._agents[agent_name] = _Agent(first_seen=now, last_seen=now)
+        agent.last_seen = max(agent.last_seen, now)
+        agent.uptime = dg.uptime_ms
+        agent.datagrams += 1
+        if source and len(agent.sources) < 16:
+            agent.sources.add(source)
+        tracker = agent.datagram_seq.get(dg.sub_agent_id)
+        if tracker is None:
+            tracker = agent.datagram_seq[dg.sub_agent_id] = _SeqTracker()
+        tracker.see(dg.sequence)
+        flows = dg.flow_samples
+        if flows:
+            self._ingest_flows(agent_name, agent, dg.sub_agent_id, flows, now)
+        if dg.counter_samples:
+            self._ingest_counters(agent_name, agent, dg.sub_agent_id, dg.counter_samples, now)
+
+    def _ingest_flows(self, agent_name: str, agent: _Agent, sub: int,
+                      samples: list[FlowSample], now: float) -> None:
+        n = len(samples)
+        self.samples += n
+        self.flow_samples += n
+        agent.flow_samples += n
+        for sample in samples:
+            sid = (sub, sample.source_class, sample.source_index)
+            tracker = agent.flow_seq.get(sid)
+            if tracker is None:
+                tracker = agent.flow_seq[sid] = _SeqTracker()
+            tracker.see(sample.sequence)
+            if sample.drops:  # a cumulative counter: report the growth since first seen
+                first = agent.flow_drops.get(sid, (sample.drops, 0))[0]
+                agent.flow_drops[sid] = (first, sample.drops)
+        if not self._tables:
+            return
+        keys_fn = self._keys_fn
+        ds_fn = self._datasource_fn
+        for i, sample in enumerate(samples):
+            keys = keys_fn(agent_name, sample)
+            if i == 0:
+                for name in keys:
+                    self._flow_keys[name] = now
+            self.add_sample(now, agent_name, ds_fn(sample), keys, sample.sampling_rate or 1)
+
+    def _ingest_counters(self, agent_name: str, agent: _Agent, sub: int,
+                         samples: list[CounterSample], now: float) -> None:
+        n = len(samples)
+        self.samples += n
+        self.counter_samples += n
+        agent.counter_samples += n
+        for sample in samples:
+            sid = (sub, sample.source_class, sample.source_index)
+            tracker = agent.counter_seq.get(sid)
+            if tracker is None:
+                tracker = agent.counter_seq[sid] = _SeqTracker()
+            tracker.see(sample.sequence)
+            if sample.source_class != 0:
+                continue
+            port = None
+            for rec in sample.records:
+                if rec.enterprise != 0 or rec.format not in (1, 1004, 1005):
+                    continue
+                if port is None:
+                    port = self._ports.get((agent_name, sample.source_index))
+                    if port is None:
+                        port = self._ports[(agent_name, sample.source_index)] = _Port(now)
+                    port.last_seen = max(port.last_seen, now)
+                fields = rec.fields
+                if rec.format == 1004:
+                    port.dpid = fields.get("openflow_datapath_id", port.dpid)
+                    port.of_port = fields.get("openflow_port", port.of_port)
+                elif rec.format == 1005:
+                    port.name = fields.get("ifName", port.name)
+                else:
+                    port.ifspeed = fields.get("ifSpeed", port.ifspeed)
+
+    def add_sample(self, now: float, agent: str, data_source: str,
+                   keys: Mapping[str, Any], sampling_rate: float) -> None:
+        """Feed one flow sample's keys (``sflow.keys.sample_keys``) to every flow definition."""
+        exp = math.exp
+        for table in self._tables.values():
+            fd = table.fd
+            predicate = fd.predicate
+            if predicate is not None and not predicate(keys):
+                continue
+            key = fd.flow_key(keys)
+            if key is None:
+                continue
+            value = fd.value_fn(keys)
+            if value is None:
+                continue
+            impulse = value * sampling_rate / fd.t
+            where = (agent, data_source)
+            flows = table.sources.get(where)
+            if flows is None:
+                flows = table.sources[where] = {}
+            entry = flows.get(key)
+            if entry is None:
+                flows[key] = [impulse, now]
+                rate = impulse
+                table.count += 1
+                if table.count > self.max_flows:
+                    self._shrink(table, now)
+            else:
+                dt = now - entry[1]
+                if dt > 0:
+                    rate = entry[0] * exp(-dt / fd.t) + impulse
+                    entry[1] = now
+                else:  # out-of-order time (several agents): add without decay
+                    rate = entry[0] + impulse
+                entry[0] = rate
+            if table.thresholds:
+                self._check(table, agent, data_source, key, rate, now)
+
+    def _check(self, table: _FlowTable, agent: str, data_source: str, key: str,
+               rate: float, now: float) -> None:
+        for td in table.thresholds:
+            limit = td.value
+            if rate <= limit:
+                continue
+            arm = (td.name, agent, data_source, key if td.by_flow else "")
+            falls_below = now + table.fd.t * math.log(rate / limit) if limit > 0 else math.inf
+            fell = self._fired.get(arm)
+            if fell is not None and now - fell <= td.timeout:
+                self._fired[arm] = max(fell, falls_below)  # still armed-off
+                continue
+            if td.filter and not td.matches(self.datasource_attributes(agent, data_source)):
+                continue
+            self._fired[arm] = falls_below
+            event: dict[str, Any] = {
+                "eventID": self._next_event_id, "timestamp": int(now * 1000),
+                "thresholdID": td.name, "metric": td.metric, "agent": agent,
+                "dataSource": data_source, "value": rate, "threshold": limit,
+            }
+            if td.by_flow:
+                event["flowKey"] = key
+            self._next_event_id += 1
+            self._events.append(event)
+
+    def datasource_attributes(self, agent: str, data_source: str) -> dict[str, Any]:
+        """Attributes a threshold ``filter`` can select on: agent, ifindex, ifname, ifspeed."""
+        attrs: dict[str, Any] = {"agent": agent, "datasource": data_source}
+        if data_source.isdigit():
+            attrs["ifindex"] = data_source
+            port = self._ports.get((agent, int(data_source)))
+            if port is not None:
+                attrs.update(ifname=port.name, ifspeed=port.ifspeed)
+        return attrs
+
+    def _shrink(self, table: _FlowTable, now: float) -> None:
+        self._evict_idle(table, now)
+        target = int(self.max_flows * _SHRINK_TO)
+        excess = table.count - target
+        if excess <= 0:
+            return
+        t = table.fd.t
+        ranked = sorted(((entry[0] * math.exp(-(now - entry[1]) / t) if now > entry[1] else entry[0],
+                          where, key)
+                         for where, flows in table.sources.items() for key, entry in flows.items()),
+                        key=lambda item: item[0])
+        for _, where, key in ranked[:excess]:
+            flows = table.sources[where]
+            del flows[key]
+            if not flows:
+                del table.sources[where]
+        table.count -= excess
+        self.evicted += excess
+
+    def _evict_idle(self, table: _FlowTable, now: float) -> None:
+        horizon = now - IDLE_FACTOR * table.fd.t
+        removed = 0
+        for where in list(table.sources):
+            flows = table.sources[where]
+            idle = [key for key, entry in flows.items() if entry[1] < horizon]
+            for key in idle:
+                del flows[key]
+            removed += len(idle)
+            if not flows:
+                del table.sources[where]
+        table.count -= removed
+        self.evicted += removed
+        table.last_sweep = now
+
+    def tick(self, now: float) -> None:
+        """Housekeeping (call about once a second): evict idle flows, re-arm thresholds."""
+        for table in self._tables.values():
+            if now - table.last_sweep >= max(1.0, table.fd.t):
+                self._evict_idle(table, now)
+        for arm, fell in list(self._fired.items()):
+            td = self._thresholds.get(arm[0])
+            if td is None or now - fell > td.timeout:
+                del self._fired[arm]
+        stale = now - 3600
+        for name in [k for k, seen in self._flow_keys.items() if seen < stale]:
+            del self._flow_keys[name]
+
+    # --- queries ---------------------------------------------------------------------
+
+    def flow_count(self, name: str | None = None) -> int:
+        if name is not None:
+            table = self._tables.get(name)
+            return table.count if table else 0
+        return sum(table.count for table in self._tables.values())
+
+    def _rates(self, table: _FlowTable, agents: set[str] | None,
+               now: float) -> Iterable[tuple[str, str, str, float, float]]:
+        """(agent, dataSource, key, rate decayed to now, last update) of every tracked flow."""
+        t = table.fd.t
+        exp = math.exp
+        for (agent, ds), flows in table.sources.items():
+            if agents is not None and agent not in agents:
+                continue
+            for key, (rate, last) in flows.items():
+                yield agent, ds, key, (rate * exp(-(now - last) / t) if now > last else rate), last
+
+    def active_flows(self, name: str, now: float, agents: set[str] | None = None,
+                     max_flows: int = 100, min_value: float = 0.0,
+                     agg_mode: str = "max") -> list[dict[str, Any]] | None:
+        """Largest flows of definition ``name`` merged across data sources, value descending.
+
+        ``agg_mode``: ``max`` reports a key once with its largest value (and where
+        that was seen), ``sum`` adds its values, ``avg`` averages them; ``edge`` and
+        ``core`` need a topology, which the embedded engine does not have, so they
+        behave as ``max``. None if the flow is not defined.
+        """
+        table = self._tables.get(name)
+        if table is None:
+            return None
+        merged: dict[str, list[Any]] = {}  # key -> [best, agent, ds, sum, count]
+        for agent, ds, key, rate, _last in self._rates(table, agents, now):
+            rec = merged.get(key)
+            if rec is None:
+                merged[key] = [rate, agent, ds, rate, 1]
+            else:
+                if rate > rec[0]:
+                    rec[0], rec[1], rec[2] = rate, agent, ds
+                rec[3] += rate
+                rec[4] += 1
+        out = []
+        for key, (best, agent, ds, total, count) in merged.items():
+            value = total if agg_mode == "sum" else total / count if agg_mode == "avg" else best
+            if value >= min_value:
+                out.append({"key": key, "value": value, "agent": agent, "dataSource": ds})
+        out.sort(key=lambda rec: rec["value"], reverse=True)
+        return out[:max_flows]
+
+    def flow_metric(self, name: str, now: float, agents: set[str] | None = None,
+                    data_source: str | None = None) -> dict[str, Any] | None:
+        """A flow definition as an sFlow-RT ``Statistic`` (max over data sources, ``topKeys``)."""
+        table = self._tables.get(name)
+        if table is None:
+            return None
+        per_source: dict[tuple[str, str], list[tuple[float, str, float]]] = {}
+        for agent, ds, key, rate, last in self._rates(table, agents, now):
+            if data_source is None or ds == data_source:
+                per_source.setdefault((agent, ds), []).append((rate, key, last))
+        stat: dict[str, Any] = {"metricName": name, "metricN": len(per_source)}
+        if not per_source:
+            return stat
+        best_where, best = max(per_source.items(), key=lambda item: max(item[1])[0])
+        best.sort(reverse=True)
+        ages = [now - max(r[2] for r in recs) for recs in per_source.values()]
+        stat.update(agent=best_where[0], dataSource=best_where[1], metricValue=best[0][0],
+                    lastUpdate=int(min(ages) * 1000), lastUpdateMin=int(min(ages) * 1000),
+                    lastUpdateMax=int(max(ages) * 1000),
+                    topKeys=[{"key": key, "value": rate, "lastUpdate": int((now - last) * 1000)}
+                             for rate, key, last in best[:table.fd.n]])
+        return stat
+
+    @property
+    def last_event_id(self) -> int:
+        return self._next_event_id - 1
+
+    def events(self, event_id: int = -1, max_events: int = 100,
+               threshold_id: str | None = None) -> list[dict[str, Any]]:
+        """Events newer than ``event_id``, newest first, at most ``max_events``.
+
+        With ``event_id`` -1 these are the newest events; with a cursor they are
+        the *oldest* ones after it, so a client that advances its cursor to the
+        newest id it got never skips an event.
+        """
+        picked: list[dict[str, Any]] = []
+        if max_events <= 0:
+            return picked
+        if event_id < 0:
+            for event in reversed(self._events):
+                if threshold_id is None or event["thresholdID"] == threshold_id:
+                    picked.append(event)
+                    if len(picked) >= max_events:
+                        break
+            return picked
+        for event in self._events:
+            if event["eventID"] > event_id and (threshold_id is None
+                                                or event["thresholdID"] == threshold_id):
+                picked.append(event)
+                if len(picked) >= max_events:
+                    break
+        picked.reverse()
+        return picked
+
+    def agents(self, now: float, only: set[str] | None = None) -> dict[str, dict[str, Any]]:
+        """``/agents/json``: per agent address, counters as sFlow-RT names them."""
+        out = {}
+        for name, ag in self._agents.items():
+            if only is not None and name not in only:
+                continue
+            out[name] = {
+                "sFlowDatagramsReceived": ag.datagrams,
+                "sFlowDatagramsLost": sum(t.lost for t in ag.datagram_seq.values()),
+                "sFlowDatagramsOutOfOrder": sum(t.out_of_order for t in ag.datagram_seq.values()),
+                "sFlowDatagramsDuplicates": sum(t.duplicates for t in ag.datagram_seq.values()),
+                "sFlowDatagramSource": sorted(ag.sources),
+                "sFlowSubAgents": sorted(ag.datagram_seq),
+                "sFlowFlowSamples": ag.flow_samples,
+                "sFlowFlowLostSamples": sum(t.lost for t in ag.flow_seq.values()),
+                "sFlowFlowOutOfOrderSamples": sum(t.out_of_order for t in ag.flow_seq.values()),
+                "sFlowFlowDuplicateSamples": sum(t.duplicates for t in ag.flow_seq.values()),
+                "sFlowFlowDrops": sum(d[1] - d[0] for d in ag.flow_drops.values()),
+                "sFlowFlowDatasources": len(ag.flow_seq),
+                "sFlowCounterSamples": ag.counter_samples,
+                "sFlowCounterLostSamples": sum(t.lost for t in ag.counter_seq.values()),
+                "sFlowCounterOutOfOrderSamples": sum(t.out_of_order for t in ag.counter_seq.values()),
+                "sFlowCounterDuplicateSamples": sum(t.duplicates for t in ag.counter_seq.values()),
+                "sFlowCounterDatasources": len(ag.counter_seq),
+                "firstSeen": int((now - ag.first_seen) * 1000),
+                "lastSeen": int((now - ag.last_seen) * 1000),
+                "uptime": ag.uptime,
+            }
+        return out
+
+    def analyzer(self) -> dict[str, Any]:
+        """``/analyzer/json`` counters (the collector adds its socket figures)."""
+        return {
+            "version": VERSION,
+            "sFlowDatagramsReceived": self.datagrams,
+            "sFlowBytesReceived": self.bytes,
+            "sFlowDatagramsDecoded": self.decoded,
+            "sFlowDatagramsDropped": sum(self.dropped.values()),
+            "sFlowDatagramsDroppedReasons": dict(sorted(self.dropped.items())),
+            "sFlowSamplesReceived": self.samples,
+            "sFlowFlowSamplesReceived": self.flow_samples,
+            "sFlowCounterSamplesReceived": self.counter_samples,
+            "sFlowAgents": len(self._agents),
+            "activeFlows": self.flow_count(),
+            "activeFlowsEvicted": self.evicted,
+            "maxFlowsPerDefinition": self.max_flows,
+            "events": self.last_event_id,
+        }
+
+    def port_map(self, now: float) -> list[dict[str, Any]]:
+        """``/demon/portmap/json``: (agent, ifIndex) -> (dpid, OpenFlow port, name)."""
+        out = []
+        for (agent, if_index), port in sorted(self._ports.items()):
+            if port.dpid is None and port.of_port is None and port.name is None:
+                continue
+            out.append({"agent": agent, "ifIndex": if_index, "dpid": port.dpid,
+                        "dpidHex": None if port.dpid is None else f"{port.dpid:016x}",
+                        "ofPort": port.of_port, "name": port.name,
+                        "lastSeen": int((now - port.last_seen) * 1000)})
+        return out
+
+    def flow_keys(self, now: float) -> dict[str, int]:
+        """``/flowkeys/json``: key names seen recently -> ms since last seen."""
+        return {name: int((now - seen) * 1000) for name, seen in sorted(self._flow_keys.items())
+                if not name.startswith("_")}
