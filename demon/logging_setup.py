@@ -30,7 +30,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "info", fmt: str = "text", stream: IO[str] | None = None) -> None:
-    """Configure the root logger once for a command (replaces earlier handlers)."""
+    """Configure the root logger for a command (replaces a handler set up earlier here)."""
     if fmt not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, got {fmt!r}")
     if level.lower() not in LOG_LEVELS:
@@ -40,9 +40,11 @@ def setup_logging(level: str = "info", fmt: str = "text", stream: IO[str] | None
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler._demon = True  # type: ignore[attr-defined]
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        if getattr(old, "_demon", False):  # leave handlers others installed (pytest's)
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
     # APScheduler logs every job run (INFO) and every run skipped behind a slow one
