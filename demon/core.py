@@ -44,9 +44,13 @@ The rules (each transition emits a ``Record`` naming its cause):
   (``expires_at + 2 × hard_timeout_grace``) the tap is taken as removed.
 * **Controller.** While down nothing is sent; taps still count against caps.
   When it is back, pending installs and expiring removes are sent (once each).
-  ``Reconcile`` (the controller's ``list_mirrors``) removes orphan mirrors
+  ``Reconcile`` (the controller's ``list_mirrors``) starts a new controller
+  session: calls in flight before it are forgotten; it removes orphan mirrors
   (tap unknown or ended), re-installs live taps the switches lost, confirms
-  pending taps the switches already hold, and expires overdue ones.
+  pending taps the switches already hold, and expires overdue ones. On start-up
+  and on every reconnect the runtime feeds ``Reconcile`` first, then
+  ``ControllerStatus(up=True)``: each outstanding install/remove is then sent
+  exactly once.
 * **Operator.** ``OperatorRelease`` releases at once (hold-down applies, so the
   flow is not re-tapped straight away); ``PausePolicy`` stops a policy from
   tapping anything new (its taps run their course); ``ResumePolicy`` undoes it.
@@ -596,6 +600,11 @@ def _on_resume(w: _Work, op: ResumePolicy) -> None:
 
 
 def _on_reconcile(w: _Work, rec: Reconcile) -> None:
+    # A new controller session (start-up or reconnect): answers to calls sent
+    # before it will never come, so nothing counts as in flight any more.
+    for tap in list(w.taps.values()):
+        if tap.live and tap.inflight is not None:
+            w.put(tap, inflight=None)
     held: dict[str, Mapping[str, Any]] = {}
     for mirror in rec.mirrors:
         tap_id = str(mirror.get("tap_id", ""))

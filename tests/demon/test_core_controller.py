@@ -48,14 +48,25 @@ def test_controller_down_installs_wait_and_are_sent_once_when_it_is_back():
     assert [t.state for t in h.live()] == ["pending", "pending"]  # cap holds while down
     assert all(t.reason == "" for t in h.live())
     assert installs(h.tick(5)) == []
-    out = h.at(6).controller(True)
+    # on reconnect the runtime reconciles first (the switches hold none of them)...
+    assert installs(h.at(6).feed(Reconcile(mirrors=[]))) == []
+    # ...then declares the controller up: each pending install goes out once
+    out = h.controller(True)
     assert sorted(c.tap.flow_key for c in installs(out)) == [flow(1), flow(2)]
-    # the runtime reconciles on reconnect: the switch does not hold them yet
-    out = h.feed(Reconcile(mirrors=[]))
-    assert installs(out) == []
-    out = h.tick(7)
-    assert installs(out) == []
+    assert installs(h.tick(7)) == []
     assert len(installs(h.commands)) == 2
+
+
+def test_restart_with_stale_inflight_state_sends_each_call_once():
+    h, tap_id = started()           # install sent, then the daemon died
+    h.feed(InstallResult(tap_id, ok=True))
+    h.at(2).event(flow(2))         # second install sent, never answered
+    second = [t for t in h.live() if t.flow_key == flow(2)][0]
+    assert second.inflight == "install"
+    # restarted: the state still says "up" and "in flight"; the switch holds the first only
+    out = h.at(10).feed(Reconcile(mirrors=[{"tap_id": tap_id, "dpid": 1}]))
+    out += h.controller(True)
+    assert [c.tap.tap_id for c in installs(out)] == [second.tap_id]
 
 
 def test_controller_lost_mid_install_resends_when_back():
@@ -126,15 +137,13 @@ def test_reconcile_reinstalls_a_live_tap_the_switch_lost():
 
 
 def test_reconcile_confirms_a_pending_tap_the_switch_holds():
-    h, tap_id = started()
-    h.at(1).controller(False)  # the install answer was lost with the connection
-    h.at(2).controller(True)   # resent...
-    h.feed(InstallResult(tap_id, ok=True))
-    h.at(3).controller(False)
-    h.at(4).feed(Reconcile(mirrors=[{"tap_id": tap_id, "dpid": 1, "cookie": 5,
-                                     "packets": 7, "bytes": 700}]))
+    h, tap_id = started()      # the install answer is lost with the connection
+    out = h.at(4).feed(Reconcile(mirrors=[{"tap_id": tap_id, "dpid": 1, "cookie": 5,
+                                           "packets": 7, "bytes": 700}]))
+    assert installs(out) == []
     tap = h.only_tap()
-    assert tap.state == "active" and tap.packets == 7
+    assert tap.state == "active" and tap.packets == 7 and tap.cookie == 5
+    assert "already holds" in h.records("active")[0].detail["cause"]
 
 
 def test_reconcile_expires_overdue_taps():
