@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--replay", metavar="FILE",
                     help="backtest: run the policies over a recorded engine session, no "
                          "network, and print the taps they would have taken")
+    ap.add_argument("--fabric", metavar="FILE",
+                    help="with --replay: the fabric description giving the switches' roles "
+                         "(default: <recording>.fabric.json)")
     ap.add_argument("--json", action="store_true", help="with --replay: JSON lines output")
     ap.add_argument("--log-format", choices=LOG_FORMATS, default="text")
     ap.add_argument("--log-level", choices=LOG_LEVELS, default="info")
@@ -112,7 +115,8 @@ def main(argv: list[str] | None = None, *, stdout: IO[str] | None = None,
     if args.replay:
         from demon.replay import ReplayError, replay_main
         try:
-            return replay_main(args.policies, args.replay, as_json=args.json, out=out)
+            return replay_main(args.policies, args.replay, as_json=args.json,
+                               fabric=args.fabric, out=out)
         except ReplayError as exc:
             print(f"demon-watch: {exc}", file=err)
             return EXIT_CONFIG
@@ -178,7 +182,7 @@ def _watch(args: argparse.Namespace, err: IO[str]) -> int:
 
 
 def _start_embedded(args: argparse.Namespace) -> Any:
-    from sflow.engine import EmbeddedEngine
+    from sflow.embedded import EmbeddedEngine
 
     engine = EmbeddedEngine(sflow_addr=("127.0.0.1", args.sflow_port),
                             http_addr=("127.0.0.1", args.engine_http_port))
