@@ -38,6 +38,7 @@ E_UNKNOWN_SWITCH = -32002
 E_UNKNOWN_TAP = -32003
 E_REJECTED = -32004
 E_TIMEOUT = -32005
+QUIET_WINDOW = 2.0
 MIRROR_COOKIE = (BASELINE_COOKIE & PROJECT_MASK) | MIRROR_BIT
 MIRROR_COOKIE_MASK = PROJECT_MASK | MIRROR_BIT
 
@@ -224,7 +225,9 @@ class TapService:
         self.lock = threading.RLock()
         self.publish: Callable[[str, dict[str, Any]], None] = lambda event, params: None
         # (dpid, cookie) whose FlowRemoved we caused ourselves while replacing entries
-        self._quiet: set[tuple[int, int]] = set()
+        # (dpid, cookie) → until when a FlowRemoved(delete) is our own replacement's doing;
+        # OVS may send FlowRemoved after the barrier reply, so a window, not a flag.
+        self._quiet: dict[tuple[int, int], float] = {}
         self._collect: dict[tuple[int, int], list[Any]] = {}
 
     def methods(self) -> set[str]:
@@ -263,6 +266,11 @@ class TapService:
     def _delete(self, sw: SwitchState, cookie: int, mask: int = EXACT_MASK) -> None:
         sw.link.send_confirmed([_to_parser_flowmod(sw.link.dp, of13.delete_by_cookie(cookie, mask))])
 
+    def _delete_quietly(self, sw: SwitchState, cookie: int) -> None:
+        """Delete entries being replaced: their FlowRemoved is not a ``mirror_removed``."""
+        self._quiet[(sw.link.dp.id, cookie)] = time.monotonic() + QUIET_WINDOW
+        self._delete(sw, cookie)
+
     def _add(self, sw: SwitchState, entries: list[Entry]) -> None:
         if entries:
             sw.link.send_confirmed([_to_parser_flowmod(sw.link.dp, of13.flow_mod(e)) for e in entries])
@@ -284,14 +292,8 @@ class TapService:
             ports = sw.link.multipart(dp.ofproto_parser.OFPPortDescStatsRequest(dp, 0))
             sw.ports = {p.port_no: self._port_json(p) for p in ports if p.port_no < of13.OFPP_IN_PORT}
             with self.lock:
-                self._quiet.add((dp.id, BASELINE_COOKIE))
-                self._quiet.add((dp.id, STATIC_COOKIE))
-                try:
-                    self._delete(sw, BASELINE_COOKIE)
-                    self._delete(sw, STATIC_COOKIE)
-                finally:
-                    self._quiet.discard((dp.id, BASELINE_COOKIE))
-                    self._quiet.discard((dp.id, STATIC_COOKIE))
+                self._delete_quietly(sw, BASELINE_COOKIE)
+                self._delete_quietly(sw, STATIC_COOKIE)
                 self._add(sw, intended_entries(self.fabric, dp.id, "1.3", self.static or StaticConfig()))
                 self.switches[dp.id] = sw
         except (RpcError, SwitchTimeout) as exc:
@@ -330,17 +332,21 @@ class TapService:
     def flow_removed(self, dp: Any, msg: Any) -> None:
         """FlowRemoved: mirror_removed events; static entries with a timeout are re-added."""
         key = (dp.id, msg.cookie)
+        LOG.debug("switch %s: flow removed cookie=%#x reason=%s packets=%s", dp.id, msg.cookie, msg.reason,
+                  msg.packet_count)
+        # Look the tap up before handing the message to a waiting remove_mirror, which
+        # forgets the tap as soon as it has its counters.
+        tap = next((t for t in list(self.taps.values()) if t.cookie == msg.cookie and t.spec.dpid == dp.id), None)
         if key in self._collect:
             self._collect[key].append(msg)
-        if key in self._quiet:
-            return
         reason = of13.REMOVED_REASONS.get(msg.reason, "unknown")
+        if reason == "delete" and self._quiet.get(key, 0.0) > time.monotonic():
+            return
         if msg.cookie == STATIC_COOKIE and reason in ("idle_timeout", "hard_timeout"):
             hub.spawn(self._reassert_static, dp.id, msg.priority, of13.oxm_to_match(list(msg.match.items())))
             return
         if not is_mirror_cookie(msg.cookie):
             return
-        tap = next((t for t in self.taps.values() if t.cookie == msg.cookie and t.spec.dpid == dp.id), None)
         match = of13.oxm_to_match(list(msg.match.items()))
         params: dict[str, Any] = {
             "tap_id": tap.spec.tap_id if tap else None, "dpid": dp.id, "cookie": msg.cookie,
@@ -382,11 +388,7 @@ class TapService:
                 target = self.switches.get(dpid)
                 if target is None:
                     continue
-                self._quiet.add((dpid, cookie))
-                try:
-                    self._delete(target, cookie)
-                finally:
-                    self._quiet.discard((dpid, cookie))
+                self._delete_quietly(target, cookie)
             self.taps.pop(spec.tap_id, None)
             entries = mirror_entries(spec, cookie, self.static)
             self._add(sw, [e for _, e in entries])
@@ -411,9 +413,15 @@ class TapService:
             removed: list[Any] = []
             if sw is not None:
                 key = (tap.spec.dpid, tap.cookie)
+                self._quiet.pop(key, None)
+                expected = len(tap.live)
                 self._collect[key] = removed
                 try:
                     self._delete(sw, tap.cookie)
+                    # OVS may send the FlowRemoved messages after the barrier reply.
+                    deadline = time.monotonic() + min(1.0, self.settings.barrier_timeout)
+                    while len(removed) < expected and time.monotonic() < deadline:
+                        time.sleep(0.002)
                 finally:
                     self._collect.pop(key, None)
             self.taps.pop(tap_id, None)
@@ -474,11 +482,7 @@ class TapService:
             self.static = static
             switches = entries = 0
             for dpid, sw in sorted(self.switches.items()):
-                self._quiet.add((dpid, STATIC_COOKIE))
-                try:
-                    self._delete(sw, STATIC_COOKIE)
-                finally:
-                    self._quiet.discard((dpid, STATIC_COOKIE))
+                self._delete_quietly(sw, STATIC_COOKIE)
                 wanted = static_entries(static, dpid)
                 self._add(sw, wanted)
                 if wanted:

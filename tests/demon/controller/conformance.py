@@ -1,0 +1,485 @@
+"""The controller conformance suite: one set of tests, run against every component.
+
+A test module subclasses :class:`ConformanceSuite` and sets ``KIND`` (``"os-ken"`` or
+``"pox"``). The class builds the real seed topology (Open vSwitch userspace datapath +
+Mininet) once, starts the component as a subprocess, and the tests observe the network:
+packets captured on the capture host h11, bytes received by the hosts, and the switches'
+own flow tables read with ``ovs-ofctl``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from demon.controller.fabric import load_fabric, parse_mirror_ports, static_entries
+from demon.controller.ovsofctl import dump_flows
+from demon.controller.spec import BASELINE_COOKIE, STATIC_COOKIE
+from tests.conftest import REPO
+from tests.demon.controller.conftest import Component, seed_fabric_json, write_json
+
+H = {n: f"10.0.0.{n}" for n in range(1, 12)}
+S1, S2, S3 = 1, 2, 3
+UPLINK = 6  # s1/s2 port 6 → s3 port 1/6 → capture port 11
+
+RECEIVER = r"""
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(1); print("ready", flush=True)
+s.settimeout(30); c, _ = s.accept(); c.settimeout(30); n = 0
+while True:
+    d = c.recv(65536)
+    if not d: break
+    n += len(d)
+print(n, flush=True)
+"""
+SENDER = r"""
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[2]))); s.settimeout(30)
+s.connect((sys.argv[1], int(sys.argv[3]))); s.sendall(b"x" * int(sys.argv[4])); s.close()
+"""
+PY = "/usr/bin/python3"
+
+
+def _read_line(stream: Any, timeout: float) -> str:
+    ready, _, _ = select.select([stream], [], [], timeout)
+    if not ready:
+        raise TimeoutError("no output in time")
+    return stream.readline().decode(errors="replace").strip()
+
+
+def tcp_transfer(lab: Any, flows: list[tuple[str, str, int, int, int]]) -> list[int]:
+    """Run TCP flows ``(src host, dst host, src port, dst port, bytes)`` at once;
+    returns the bytes each receiver got."""
+    receivers = []
+    for _src, dst, _sport, dport, _n in flows:
+        proc = lab.host(dst).popen([PY, "-c", RECEIVER, str(dport)], stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT)
+        assert _read_line(proc.stdout, 10) == "ready"
+        receivers.append(proc)
+    senders = [lab.host(src).popen([PY, "-c", SENDER, H[int(dst[1:])], str(sport), str(dport), str(n)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+               for src, dst, sport, dport, n in flows]
+    for proc in senders:
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out.decode(errors="replace")
+    got = []
+    for proc in receivers:
+        out, _ = proc.communicate(timeout=60)
+        got.append(int(out.decode().split()[-1]))
+    return got
+
+
+class Capture:
+    """tcpdump on h11 (inbound only), read back with dpkt."""
+
+    def __init__(self, lab: Any, path: Path, bpf: str = "") -> None:
+        self.lab, self.path, self.bpf = lab, path, bpf
+        self.proc: Any = None
+
+    def __enter__(self) -> "Capture":
+        cmd = ["tcpdump", "-i", "h11-eth0", "-Q", "in", "-nn", "-U", "--immediate-mode", "-B", "32768", "-s", "200", "-w", str(self.path)]
+        cmd += self.bpf.split() if self.bpf else []
+        self.proc = self.lab.host("h11").popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        line = _read_line(self.proc.stderr, 10)
+        assert "listening on" in line, line
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            time.sleep(0.3)  # let the last copies arrive
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(timeout=10)
+
+    def packets(self) -> list[dict[str, Any]]:
+        import dpkt
+
+        out = []
+        with open(self.path, "rb") as handle:
+            for _ts, buf in dpkt.pcap.Reader(handle):
+                eth = dpkt.ethernet.Ethernet(buf)
+                tags = [t.id for t in getattr(eth, "vlan_tags", None) or []]
+                rec: dict[str, Any] = {"vlan": tags[0] if tags else None, "type": eth.type}
+                ip = eth.data
+                if isinstance(ip, dpkt.ip.IP):
+                    rec.update(src=socket.inet_ntoa(ip.src), dst=socket.inet_ntoa(ip.dst), proto=ip.p)
+                    if isinstance(ip.data, (dpkt.tcp.TCP, dpkt.udp.UDP)):
+                        rec.update(sport=ip.data.sport, dport=ip.data.dport)
+                out.append(rec)
+        return out
+
+
+@contextlib.contextmanager
+def large_socket_buffers(size: int = 4 << 20) -> Iterator[None]:
+    """Open vSwitch's userspace datapath reads each port from an AF_PACKET socket; with the
+    default 208 KiB receive buffer a burst of mirror copies overflows it while
+    ovs-vswitchd is busy, and copies vanish without any counter. Ports created while
+    this is in effect get ``size`` bytes."""
+    path = Path("/proc/sys/net/core/rmem_default")
+    old = path.read_text().strip()
+    path.write_text(str(size))
+    try:
+        yield
+    finally:
+        path.write_text(old)
+
+
+def five_tuple(src: int, dst: int, sport: int, dport: int) -> dict[str, Any]:
+    return {"ipv4_src": H[src], "ipv4_dst": H[dst], "tcp_src": sport, "tcp_dst": dport}
+
+
+def is_flow(pkt: dict[str, Any], src: int, dst: int, sport: int | None = None, dport: int | None = None) -> bool:
+    return (pkt.get("src") == H[src] and pkt.get("dst") == H[dst]
+            and (sport is None or pkt.get("sport") == sport) and (dport is None or pkt.get("dport") == dport))
+
+
+class ConformanceSuite:
+    KIND = "os-ken"
+
+    # ------------------------------------------------------------ fixtures
+    @pytest.fixture(scope="class")
+    @classmethod
+    def workdir(cls, tmp_path_factory: pytest.TempPathFactory) -> Path:
+        return tmp_path_factory.mktemp(f"conformance-{cls.KIND}")
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def component(cls, lab_module_lock: None, workdir: Path) -> Iterator[Component]:
+        if cls.KIND == "pox":
+            from tests.demon.controller.conftest import POX_HOME
+
+            if not POX_HOME:
+                pytest.skip("POX_HOME is not set (POX is a git checkout, never a pip package)")
+        fabric = write_json(workdir / "fabric.json", seed_fabric_json())
+        comp = Component(cls.KIND, workdir, fabric).start()
+        yield comp
+        comp.stop()
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def lab(cls, component: Component) -> Iterator[Any]:
+        from topo.seed import build_seed
+
+        with large_socket_buffers():
+            lab = build_seed(component.of_port, of_version=component.of_version)
+        try:
+            client = component.client()
+            deadline = time.monotonic() + 30
+            while len(client.list_switches()) < 3:
+                assert time.monotonic() < deadline, f"switches did not connect:\n{component.log_tail()}"
+                time.sleep(0.1)
+            yield lab
+        finally:
+            lab.stop()
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def rpc(cls, lab: Any, component: Component) -> Any:
+        return component.client()
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def events(cls, lab: Any, component: Component) -> Iterator[Any]:
+        sub = component.client().subscribe()
+        assert sub.wait_connected(10)
+        yield sub
+        sub.close()
+
+    # ------------------------------------------------------------- helpers
+    @staticmethod
+    def wait_event(events: Any, pred: Callable[[Any], bool], timeout: float = 10.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError("expected event did not arrive")
+            try:
+                event = events.get(timeout=left)
+            except queue.Empty:
+                continue
+            if pred(event):
+                return event
+
+    @staticmethod
+    def drain(events: Any) -> None:
+        while True:
+            try:
+                events.get(timeout=0.05)
+            except queue.Empty:
+                return
+
+    @staticmethod
+    def settle(rpc: Any, cookie: int, timeout: float = 5.0) -> int:
+        """Wait until the switch's counters for ``cookie`` stop moving (OVS's userspace
+        datapath pushes megaflow statistics to the OpenFlow table about twice a second)."""
+        last, deadline = -1, time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now = sum(m["packets"] for m in rpc.list_mirrors() if m["cookie"] == cookie)
+            if now == last and now > 0:
+                return now
+            last = now
+            time.sleep(0.6)
+        raise AssertionError(f"counters of cookie {cookie:#x} did not settle")
+
+    def table(self, component: Component, dpid: int) -> list[Any]:
+        return dump_flows(f"s{dpid}", component.openflow)
+
+    def project_entries(self, component: Component, dpid: int, cookie: int) -> list[Any]:
+        return [e for e in self.table(component, dpid) if e.cookie == cookie]
+
+    # --------------------------------------------------------------- tests
+    def test_hello_and_switch_roles(self, rpc: Any, component: Component) -> None:
+        hello = rpc.hello()
+        assert hello["protocol"] == 1
+        assert hello["openflow"] == component.openflow
+        roles = {s["dpid"]: s for s in rpc.list_switches()}
+        assert {d: s["role"] for d, s in roles.items()} == {1: "filter", 2: "filter", 3: "aggregation"}
+        assert {p["port_no"] for p in roles[3]["ports"]} >= set(range(1, 12))
+        assert roles[3]["capture_port"] == 11
+
+    def test_production_traffic_stays_off_the_uplinks(self, lab: Any, workdir: Path) -> None:
+        lab.host("h1").cmd(f"ping -c1 -W1 {H[2]}")  # resolve ARP first
+        with Capture(lab, workdir / "baseline.pcap", "icmp or tcp") as cap:
+            assert ", 0% packet loss" in lab.host("h1").cmd(f"ping -c3 -i0.2 -W1 {H[2]}")
+            assert ", 0% packet loss" in lab.host("h6").cmd(f"ping -c3 -i0.2 -W1 {H[7]}")
+        assert cap.packets() == []
+
+    def test_mirror_one_flow_among_several(self, lab: Any, rpc: Any, events: Any, workdir: Path,
+                                           component: Component) -> None:
+        self.drain(events)
+        result = rpc.install_mirror("conf-one", S1, five_tuple(1, 2, 41001, 5001), UPLINK,
+                                    idle_timeout=0, hard_timeout=120)
+        assert result["entries"] == 1 and result["replaced"] is False
+        flows = [("h1", "h2", 41001, 5001, 3_000_000),   # tapped
+                 ("h1", "h2", 41002, 5002, 1_000_000),   # same hosts, other ports
+                 ("h3", "h4", 41003, 5003, 1_000_000)]   # other hosts
+        with Capture(lab, workdir / "one.pcap", "tcp") as cap:
+            got = tcp_transfer(lab, flows)
+            self.settle(rpc, result["cookie"])
+            removed = rpc.remove_mirror("conf-one")
+        assert got == [n for *_, n in flows], "a receiver lost bytes"
+        packets = cap.packets()
+        assert packets, "nothing mirrored"
+        assert all(is_flow(p, 1, 2, 41001, 5001) for p in packets), "another flow reached h11"
+        assert removed["removed"] is True
+        assert len(packets) == removed["packets"], (len(packets), removed)
+        event = self.wait_event(events, lambda e: e.event == "mirror_removed"
+                                and e.params.get("cookie", result["cookie"]) == result["cookie"])
+        assert event.params["reason"] == "delete"
+        assert event.params["packets"] == len(packets)
+        assert self.project_entries(component, S1, result["cookie"]) == []
+
+    def test_mirror_entry_is_removed_from_the_switch(self, rpc: Any, component: Component) -> None:
+        result = rpc.install_mirror("conf-gone", S1, five_tuple(1, 2, 41101, 5101), UPLINK)
+        entries = self.project_entries(component, S1, result["cookie"])
+        assert len(entries) == 1
+        entry = entries[0]
+        assert entry.idle_timeout == 30 and entry.hard_timeout == 300 and entry.send_flow_rem
+        assert entry.actions[-1] == f"output:{UPLINK}" and "NORMAL" in entry.actions
+        assert rpc.remove_mirror("conf-gone")["removed"] is True
+        assert self.project_entries(component, S1, result["cookie"]) == []
+        assert rpc.remove_mirror("conf-gone")["removed"] is False
+
+    @pytest.mark.parametrize("kind", ["idle_timeout", "hard_timeout"])
+    def test_timeouts_arrive_as_events(self, kind: str, lab: Any, rpc: Any, events: Any) -> None:
+        self.drain(events)
+        timeouts = {"idle_timeout": 1, "hard_timeout": 30} if kind == "idle_timeout" else \
+            {"idle_timeout": 0, "hard_timeout": 1}
+        tap = f"conf-{kind}"
+        result = rpc.install_mirror(tap, S1, {"ipv4_src": H[1], "ipv4_dst": H[2], "ip_proto": 1}, UPLINK,
+                                    **timeouts)
+        assert ", 0% packet loss" in lab.host("h1").cmd(f"ping -c2 -i0.2 -W1 {H[2]}")
+        event = self.wait_event(events, lambda e: e.event == "mirror_removed"
+                                and e.params.get("tap_id") == tap, timeout=15)
+        assert event.params["reason"] == kind
+        assert event.params["packets"] == 2
+        assert event.params["dpid"] == S1
+        assert rpc.list_mirrors(S1) == [] or all(m["cookie"] != result["cookie"] for m in rpc.list_mirrors(S1))
+
+    def test_install_twice_is_one_entry(self, rpc: Any, component: Component) -> None:
+        match = five_tuple(1, 3, 41201, 5201)
+        first = rpc.install_mirror("conf-twice", S1, match, UPLINK)
+        second = rpc.install_mirror("conf-twice", S1, match, UPLINK)
+        assert second == first
+        assert len(self.project_entries(component, S1, first["cookie"])) == 1
+        listed = [m for m in rpc.list_mirrors(S1) if m["cookie"] == first["cookie"]]
+        assert len(listed) == 1 and listed[0]["match"]["tcp_dst"] == 5201
+        changed = rpc.install_mirror("conf-twice", S1, match, UPLINK + 1)
+        assert changed["replaced"] is True
+        entries = self.project_entries(component, S1, changed["cookie"])
+        assert len(entries) == 1 and entries[0].actions[-1] == f"output:{UPLINK + 1}"
+        rpc.remove_mirror("conf-twice")
+
+    def test_vlan_tagged_copy(self, lab: Any, rpc: Any, workdir: Path) -> None:
+        rpc.install_mirror("conf-vlan", S1, {"ipv4_src": H[1], "ipv4_dst": H[4], "ip_proto": 1}, UPLINK,
+                           vlan_tag=321)
+        with Capture(lab, workdir / "vlan.pcap", "vlan or icmp") as cap:
+            # replies prove the forwarded packets stayed untagged (h4 has no VLAN interface)
+            assert ", 0% packet loss" in lab.host("h1").cmd(f"ping -c3 -i0.2 -W1 {H[4]}")
+        rpc.remove_mirror("conf-vlan")
+        packets = cap.packets()
+        assert len(packets) == 3
+        assert all(p["vlan"] == 321 and is_flow(p, 1, 4) for p in packets)
+
+    def test_bidirectional(self, lab: Any, rpc: Any, events: Any, workdir: Path) -> None:
+        self.drain(events)
+        result = rpc.install_mirror("conf-bidi", S1, five_tuple(1, 5, 41301, 5301), UPLINK, bidirectional=True)
+        assert result["entries"] == 2
+        with Capture(lab, workdir / "bidi.pcap", "tcp") as cap:
+            got = tcp_transfer(lab, [("h1", "h5", 41301, 5301, 500_000), ("h2", "h5", 41302, 5302, 200_000)])
+            self.settle(rpc, result["cookie"])
+            rpc.remove_mirror("conf-bidi")
+        assert got == [500_000, 200_000]
+        packets = cap.packets()
+        forward = [p for p in packets if is_flow(p, 1, 5, 41301, 5301)]
+        reverse = [p for p in packets if is_flow(p, 5, 1, 5301, 41301)]
+        assert forward and reverse and len(forward) + len(reverse) == len(packets)
+        seen = {}
+        while len(seen) < 2:
+            e = self.wait_event(events, lambda e: e.event == "mirror_removed"
+                                and e.params.get("cookie", result["cookie"]) == result["cookie"])
+            seen[e.params["direction"]] = e.params["packets"]
+        assert seen == {"forward": len(forward), "reverse": len(reverse)}, (seen, len(forward), len(reverse))
+
+    def test_static_mode_reproduces_the_prototype(self, lab: Any, rpc: Any, component: Component,
+                                                  workdir: Path) -> None:
+        static = parse_mirror_ports("s1MirrorSrc,1\ns1MirrorDst,6\ns2MirrorSrc,2\ns2MirrorDst,7\n")
+        try:
+            answer = rpc.set_static(static.to_json())
+            assert answer == {"switches": 3, "entries": 4 + 2 + 10}
+            # the prototype's intended table (baseline §1.4, without the s1/s2 destination mix-up)
+            want = {S1: {1: ("output:2", "output:6"), 2: ("output:1", "output:6"), 3: ("output:4",),
+                         4: ("output:3",)},
+                    S2: {1: ("output:2", "output:7"), 2: ("output:1", "output:7")},
+                    S3: {p: ("output:11",) for p in range(1, 11)}}
+            for dpid, by_port in want.items():
+                entries = self.project_entries(component, dpid, STATIC_COOKIE)
+                assert {e.match["in_port"]: e.actions for e in entries} == by_port
+                assert {(e.idle_timeout, e.hard_timeout) for e in entries} == {(120, 120)}
+            with Capture(lab, workdir / "static.pcap", "icmp") as cap:
+                assert ", 0% packet loss" in lab.host("h1").cmd(f"ping -c2 -i0.2 -W1 {H[2]}")
+                assert ", 0% packet loss" in lab.host("h3").cmd(f"ping -c2 -i0.2 -W1 {H[4]}")
+                assert ", 0% packet loss" in lab.host("h6").cmd(f"ping -c2 -i0.2 -W1 {H[7]}")
+            packets = cap.packets()
+            pairs = {(p["src"], p["dst"]) for p in packets}
+            assert pairs == {(H[1], H[2]), (H[2], H[1]), (H[6], H[7]), (H[7], H[6])}  # h3↔h4 isolated
+            assert len(packets) == 8
+        finally:
+            assert rpc.set_static(None) == {"switches": 0, "entries": 0}
+        assert self.project_entries(component, S1, STATIC_COOKIE) == []
+
+    def test_netcheck_reports_a_deleted_entry(self, lab: Any, rpc: Any, component: Component) -> None:
+        tap = rpc.install_mirror("conf-check", S2, five_tuple(6, 8, 41401, 5401), UPLINK, bidirectional=True)
+        base = [sys.executable, "-m", "demon.controller.netcheck", "--fabric", str(component.fabric)]
+        via_rpc = base + ["--rpc", component.rpc, "--token-file", str(component.token_file)]
+        via_ofctl = base + ["--ovs-ofctl", "--openflow", component.openflow]
+        run = lambda cmd: subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=REPO)  # noqa: E731
+        for cmd in (via_rpc, via_ofctl):
+            clean = run(cmd)
+            assert clean.returncode == 0, clean.stdout + clean.stderr
+        lab.ofctl("--strict", "del-flows", "s1", "priority=10,in_port=3")
+        lab.ofctl("--strict", "del-flows", "s2", f"priority=40000,tcp,nw_src={H[8]},nw_dst={H[6]},"
+                                                 "tp_src=5401,tp_dst=41401")
+        try:
+            for cmd in (via_rpc, via_ofctl):
+                dirty = run(cmd)
+                assert dirty.returncode == 1, dirty.stdout + dirty.stderr
+                lines = [line for line in dirty.stdout.splitlines() if "missing:" in line]
+                assert any("in_port=3" in line and "priority=10 " in line for line in lines), dirty.stdout
+                if cmd is via_rpc:  # only the component knows the taps
+                    assert any("tcp_src=5401" in line for line in lines), dirty.stdout
+                assert "unexpected:" not in dirty.stdout
+        finally:
+            lab.ofctl("add-flow", "s1", f"cookie={BASELINE_COOKIE:#x},priority=10,in_port=3,actions=NORMAL")
+            rpc.remove_mirror(tap["tap_id"])
+        assert run(via_ofctl).returncode == 0
+
+    def test_bad_requests_get_errors_and_the_component_keeps_serving(self, rpc: Any, component: Component
+                                                                   ) -> None:
+        from demon.rpc.protocol import RpcError
+
+        cases = [
+            (dict(tap_id="bad", dpid=1, match={"tcp_dst": 70000}, copy_port=6), -32602, "match.tcp_dst"),
+            (dict(tap_id="bad", dpid=1, match={"ipv4_src": "10.0.0.1", "eth_type": 0x86DD}, copy_port=6),
+             -32602, "eth_type"),
+            (dict(tap_id="bad id!", dpid=1, match={"ip_proto": 6}, copy_port=6), -32602, "tap_id"),
+            (dict(tap_id="bad", dpid=1, match={"ip_proto": 6}, copy_port=6, hard_timeout=0), -32602,
+             "hard_timeout"),
+            (dict(tap_id="bad", dpid=99, match={"ip_proto": 6}, copy_port=6), -32002, "99"),
+            (dict(tap_id="bad", dpid=1, match={"ip_proto": 6}, copy_port=0xFFFFFF00 - 1), -32004, ""),
+        ]
+        for params, code, text in cases:
+            if code == -32004 and component.kind == "pox":
+                continue  # OF1.0 ports are 16-bit: rejected as invalid params instead
+            with pytest.raises(RpcError) as info:
+                rpc.call("install_mirror", **params)
+            assert info.value.code == code, (params, info.value)
+            assert text in info.value.message
+        with pytest.raises(RpcError) as info:
+            rpc.call("no_such_method")
+        assert info.value.code == -32601
+        token = component.token_file.read_text().strip()
+        with socket.create_connection(("127.0.0.1", component.rpc_port), timeout=5) as sock:
+            reader = sock.makefile("rb")
+            sock.sendall(b"{not json\n")
+            assert json.loads(reader.readline())["error"]["code"] == -32700
+            sock.sendall(json.dumps({"id": 1, "token": "wrong", "method": "hello", "params": {}}).encode() + b"\n")
+            assert json.loads(reader.readline())["error"]["code"] == -32001
+            sock.sendall(json.dumps({"id": 2, "token": token, "method": "hello", "params": {}}).encode() + b"\n")
+            assert json.loads(reader.readline())["result"]["protocol"] == 1
+        assert rpc.hello()["protocol"] == 1
+        assert [m for m in rpc.list_mirrors() if m.get("tap_id") == "bad"] == []
+
+    def test_reconnect_reasserts_the_baseline(self, lab: Any, rpc: Any, component: Component) -> None:
+        fabric = load_fabric(component.fabric)
+        lab.ofctl("--strict", "del-flows", "s2", "priority=10,in_port=1")
+        target = f"tcp:127.0.0.1:{component.of_port}"
+        subprocess.run(["ovs-vsctl", "del-controller", "s2"], check=True)
+        subprocess.run(["ovs-vsctl", "set-controller", "s2", target], check=True)
+        deadline = time.monotonic() + 20
+        from demon.controller.fabric import intended_entries
+
+        want = sorted(e.key() for e in intended_entries(fabric, S2, component.openflow))
+        while True:
+            have = sorted(e.key() for e in self.project_entries(component, S2, BASELINE_COOKIE))
+            if have == want:
+                break
+            assert time.monotonic() < deadline, "baseline not re-asserted after reconnect"
+            time.sleep(0.2)
+        assert ", 0% packet loss" in lab.host("h6").cmd(f"ping -c1 -W1 {H[7]}")
+
+    def test_mirrors_survive_a_component_restart(self, lab: Any, component: Component) -> None:
+        rpc = component.client()
+        result = rpc.install_mirror("conf-restart", S1, five_tuple(2, 3, 41501, 5501), UPLINK,
+                                    idle_timeout=0, hard_timeout=120)
+        component.stop()
+        component.start()
+        deadline = time.monotonic() + 30
+        rpc = component.client()
+        while len(rpc.list_switches()) < 3:
+            assert time.monotonic() < deadline, component.log_tail()
+            time.sleep(0.1)
+        listed = [m for m in rpc.list_mirrors(S1) if m["cookie"] == result["cookie"]]
+        assert len(listed) == 1
+        assert listed[0]["match"]["tcp_dst"] == 5501 and listed[0]["copy_port"] == UPLINK
+        # the daemon's reconciliation re-asserts it: same tap id, same spec → still one entry
+        again = rpc.install_mirror("conf-restart", S1, five_tuple(2, 3, 41501, 5501), UPLINK,
+                                   idle_timeout=0, hard_timeout=120)
+        assert again["cookie"] == result["cookie"]
+        assert len(self.project_entries(component, S1, result["cookie"])) == 1
+        assert rpc.remove_mirror("conf-restart")["removed"] is True

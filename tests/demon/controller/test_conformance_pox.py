@@ -1,0 +1,11 @@
+"""The conformance suite against the POX component (OpenFlow 1.0); runs when POX_HOME is set."""
+
+import pytest
+
+from tests.demon.controller.conformance import ConformanceSuite
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.pox]
+
+
+class TestPoxConformance(ConformanceSuite):
+    KIND = "pox"
