@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
 import threading
 import time
@@ -106,28 +107,27 @@ class Collector:
 
     def _loop(self) -> None:
         sock = self.sock
-        sock.settimeout(0.25)
+        # Non-blocking + poll: a recv on a socket with a timeout would wait for the
+        # *next* datagram while draining, holding a batch back.
+        sock.setblocking(False)
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
         engine = self.engine
         lock = engine.lock
         last_tick = 0.0
-        dontwait = socket.MSG_DONTWAIT
+        recv = sock.recvfrom
         while not self._stop.is_set():
-            try:
-                first = sock.recvfrom(65535)
-            except socket.timeout:
-                first = None
-            except OSError:
-                if self._stop.is_set():
-                    return
-                raise
-            batch = [first] if first else []
-            if first:
-                recv = sock.recvfrom
+            batch = []
+            if poller.poll(250):
                 try:
                     while len(batch) < BATCH:
-                        batch.append(recv(65535, dontwait))
-                except (BlockingIOError, InterruptedError, TimeoutError):
-                    pass  # drained (a socket with a timeout reports EAGAIN as a timeout)
+                        batch.append(recv(65535))
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError:
+                    if self._stop.is_set():
+                        return
+                    raise
             decoded: list[tuple[Any, str, int]] = []
             for payload, addr in batch:
                 try:
