@@ -387,3 +387,60 @@ class Harness:
         return sorted(t.tap_id for t in self.runtime.state.live_taps())
 
 
+
+
+# -- sFlow v5 datagrams, for driving a live engine --------------------------------------
+
+
+def _xdr_string(text: str) -> bytes:
+    import struct
+
+    raw = text.encode()
+    return struct.pack(">I", len(raw)) + raw + b"\0" * (-len(raw) % 4)
+
+
+def _record(fmt: int, payload: bytes) -> bytes:
+    import struct
+
+    return struct.pack(">II", fmt, len(payload)) + payload
+
+
+def tcp_frame(src: str, dst: str, sport: int, dport: int, size: int = 1500) -> bytes:
+    """The first 54 bytes of an Ethernet/IPv4/TCP frame of ``size`` bytes."""
+    import socket
+    import struct
+
+    eth = b"\x00\x00\x00\x00\x00\x02" + b"\x00\x00\x00\x00\x00\x01" + struct.pack(">H", 0x0800)
+    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, size - 14, 1, 0x4000, 64, 6, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))
+    tcp = struct.pack(">HHIIBBHHH", sport, dport, 1, 0, 5 << 4, 0x10, 65535, 0, 0)
+    return eth + ip + tcp
+
+
+def sflow_datagram(seq: int, *, flows: list[tuple[int, bytes]] = (),  # type: ignore[assignment]
+                   ports: list[tuple[int, int, int, str]] = (),  # type: ignore[assignment]
+                   agent: str = AGENT, sampling_rate: int = 1000, frame_size: int = 1500) -> bytes:
+    """One sFlow v5 datagram from ``agent``.
+
+    ``flows``: (input ifIndex, sampled header) flow samples; ``ports``: (ifIndex,
+    dpid, OpenFlow port, name) counter samples carrying 0:1004 and 0:1005, which
+    is what the engine's port map is built from.
+    """
+    import socket
+    import struct
+
+    samples = []
+    for n, (if_index, header) in enumerate(flows):
+        raw = struct.pack(">IIII", 1, frame_size, 4, len(header)) + header \
+            + b"\0" * (-len(header) % 4)
+        body = struct.pack(">IIIIIIII", seq * 100 + n, if_index, sampling_rate,
+                           sampling_rate * (seq + 1), 0, if_index, 0, 1) + _record(1, raw)
+        samples.append(_record(1, body))
+    for n, (if_index, dpid, of_port, name) in enumerate(ports):
+        recs = _record(1004, struct.pack(">QI", dpid, of_port)) + \
+            _record(1005, _xdr_string(name))
+        body = struct.pack(">III", seq * 100 + n, if_index, 2) + recs
+        samples.append(_record(2, body))
+    head = struct.pack(">II", 5, 1) + socket.inet_aton(agent) + \
+        struct.pack(">IIII", 0, seq, seq * 100, len(samples))
+    return head + b"".join(samples)
