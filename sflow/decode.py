@@ -490,13 +490,65 @@ def _records(data: bytes, off: int, end: int, count: int,
     return records
 
 
+_SWITCH_STRUCT = _EXT_SWITCH[0]
+_SWITCH_RECORDS: dict[bytes, Record] = {}
+
+
+def _flow_records(data: bytes, off: int, end: int, count: int) -> list[Record]:
+    """Flow records, with the two every switch sends (0:1 header, 0:1001) inlined."""
+    records: list[Record] = []
+    append = records.append
+    unpack = _2U32.unpack_from
+    for _ in range(count):
+        if off + 8 > end:
+            raise _Overrun(off)
+        fmt, length = unpack(data, off)
+        start = off + 8
+        stop = start + length
+        if stop > end:
+            raise _Overrun(off)
+        if fmt == 1:
+            if start + 16 > stop:
+                raise _Overrun(start)
+            proto, frame_len, stripped, n = _HEADER_FIXED.unpack_from(data, start)
+            hstart = start + 16
+            if hstart + n > stop:
+                raise _Overrun(start)
+            append(Record(0, 1, length, {
+                "headerProtocol": proto, "sampledPacketSize": frame_len, "strippedBytes": stripped,
+                "headerLen": n, "header": data[hstart:hstart + n]}))
+        elif fmt == 1001:
+            # identical on most samples of a port: share one read-only Record per body
+            raw = data[off:stop]
+            rec = _SWITCH_RECORDS.get(raw)
+            if rec is None:
+                if start + 16 > stop:
+                    raise _Overrun(start)
+                in_vlan, in_prio, out_vlan, out_prio = _SWITCH_STRUCT.unpack_from(data, start)
+                rec = Record(0, 1001, length, {"in_vlan": in_vlan, "in_priority": in_prio,
+                                               "out_vlan": out_vlan, "out_priority": out_prio})
+                if len(_SWITCH_RECORDS) < 4096:
+                    _SWITCH_RECORDS[raw] = rec
+            append(rec)
+        elif fmt < 4096:
+            decoder = FLOW_DECODERS.get(fmt)
+            if decoder is not None:
+                append(Record(0, fmt, length, decoder(data, start, stop)))
+            else:
+                append(Record(0, fmt, length, {}, False))
+        else:
+            append(Record(fmt >> 12, fmt & 0xFFF, length, {}, False))
+        off = stop
+    return records
+
+
 # --- samples --------------------------------------------------------------------
 
 def _flow_sample(data: bytes, off: int, end: int) -> FlowSample:
     if off + 32 > end:
         raise _Overrun(off)
     seq, src, rate, pool, drops, inp, out, nrec = _FLOW_COMPACT.unpack_from(data, off)
-    records = _records(data, off + 32, end, nrec, FLOW_DECODERS)
+    records = _flow_records(data, off + 32, end, nrec)
     return FlowSample(seq, src >> 24, src & 0xFFFFFF, rate, pool, drops,
                       _iface_compact(inp), _iface_compact(out), records)
 
@@ -506,7 +558,7 @@ def _flow_sample_expanded(data: bytes, off: int, end: int) -> FlowSample:
         raise _Overrun(off)
     (seq, cls, idx, rate, pool, drops, in_fmt, inp, out_fmt, out,
      nrec) = _FLOW_EXPANDED.unpack_from(data, off)
-    records = _records(data, off + 44, end, nrec, FLOW_DECODERS)
+    records = _flow_records(data, off + 44, end, nrec)
     return FlowSample(seq, cls, idx, rate, pool, drops, _iface_expanded(in_fmt, inp),
                       _iface_expanded(out_fmt, out), records, expanded=True)
 
@@ -515,7 +567,7 @@ def _discard_sample(data: bytes, off: int, end: int) -> FlowSample:
     if off + 32 > end:
         raise _Overrun(off)
     seq, cls, idx, drops, inp, out, reason, nrec = _DISCARD.unpack_from(data, off)
-    records = _records(data, off + 32, end, nrec, FLOW_DECODERS)
+    records = _flow_records(data, off + 32, end, nrec)
     # input/output are plain ifIndex values here (0 = unknown); no sampling rate/pool
     return FlowSample(seq, cls, idx, 0, 0, drops, _iface_expanded(0, inp),
                       _iface_expanded(0, out), records, expanded=True, discard_reason=reason)
@@ -586,6 +638,8 @@ def _decode(data: bytes) -> Datagram:
     ordered = dg.samples.append
     sample: FlowSample | CounterSample | UnknownSample
     unpack = _2U32.unpack_from
+    flow_unpack = _FLOW_COMPACT.unpack_from
+    ifaces = _IFACES
     for _ in range(nsamples):
         if off + 8 > n:
             raise DecodeError("truncated-sample", dg, off)
@@ -595,8 +649,14 @@ def _decode(data: bytes) -> Datagram:
         if end > n:
             raise DecodeError("truncated-sample", dg, off)
         try:
-            if fmt == 1:
-                sample = _flow_sample(data, start, end)
+            if fmt == 1:  # compact flow sample, inlined: the hot path
+                if start + 32 > end:
+                    raise _Overrun(start)
+                seq, src, rate, pool, drops, inp, out, nrec = flow_unpack(data, start)
+                sample = FlowSample(seq, src >> 24, src & 0xFFFFFF, rate, pool, drops,
+                                    ifaces.get(inp) or _iface_compact(inp),
+                                    ifaces.get(out) or _iface_compact(out),
+                                    _flow_records(data, start + 32, end, nrec))
                 flows.append(sample)
             elif fmt == 2:
                 sample = _counter_sample(data, start, end)

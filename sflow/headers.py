@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import socket
 
-__all__ = ["parse_header", "HEADER_ETHERNET", "HEADER_IPV4", "HEADER_IPV6"]
+__all__ = ["parse_header", "fill_keys", "HEADER_ETHERNET", "HEADER_IPV4", "HEADER_IPV6"]
 
 HEADER_ETHERNET = 1
 HEADER_IPV4 = 11
@@ -40,6 +40,83 @@ _DEC = [str(i) for i in range(65536)]
 def parse_header(protocol: int, header: bytes) -> dict[str, str]:
     """sFlow-RT keys found in a sampled header of the given ``headerProtocol``."""
     keys: dict[str, str] = {}
+    fill_keys(protocol, header, keys)
+    return keys
+
+
+def fill_keys(protocol: int, header: bytes, keys: dict[str, str]) -> None:
+    """``parse_header`` into an existing dict (saves a merge in the per-sample path)."""
+    h = header
+    n = len(h)
+    # Fast path, same result as the general walk: untagged Ethernet, IPv4 without
+    # options, not a later fragment (nearly every sample a switch sends).
+    if (protocol == 1 and n >= 34 and h[12] == 8 and h[13] == 0 and h[14] == 0x45
+            and not (h[20] & 0x1F or h[21])):
+        proto = h[23]
+        if n >= 48 and not (proto == 17 and h[36] == 0x12 and h[37] == 0xB5):  # not VXLAN
+            # Samples of one flow differ only in bytes no key depends on (IP id, TTL,
+            # checksum, TCP sequence...): cache the keys on the bytes they come from.
+            if proto == 6:
+                raw = h[0:18] + h[23:24] + h[26:38] + h[46:48]
+            elif proto == 17:
+                raw = h[0:18] + h[23:24] + h[26:38]
+            elif proto == 1:
+                raw = h[0:18] + h[23:24] + h[26:36]
+            else:
+                raw = h[0:18] + h[23:24] + h[26:34]
+            hit = _CACHE.get(raw)
+            if hit is None:
+                hit = {}
+                _fast_ipv4(h, proto, hit)
+                if len(_CACHE) >= _CACHE_MAX:
+                    _CACHE.clear()
+                _CACHE[raw] = hit
+            keys.update(hit)
+            return
+        _fast_ipv4(h, proto, keys)
+        return
+    _general(protocol, h, keys)
+
+
+_CACHE: dict[bytes, dict[str, str]] = {}
+_CACHE_MAX = 16384
+
+
+def _fast_ipv4(h: bytes, proto: int, keys: dict[str, str]) -> None:
+    n = len(h)
+    if proto == 17 and n >= 38 and (h[36] << 8 | h[37]) == _VXLAN_PORT:
+        _general(1, h, keys)  # tunnelled frame: the general walk decodes it
+        return
+    keys["macdestination"] = h[0:6].hex().upper()
+    keys["macsource"] = h[6:12].hex().upper()
+    keys["ethernetprotocol"] = "2048"
+    keys["ipsource"] = _inet_ntoa(h[26:30])
+    keys["ipdestination"] = _inet_ntoa(h[30:34])
+    keys["ipprotocol"] = _DEC[proto]
+    keys["iptos"] = _DEC[h[15]]
+    keys["ipbytes"] = _DEC[h[16] << 8 | h[17]]
+    if proto == 6:
+        if n >= 38:
+            keys["tcpsourceport"] = _DEC[h[34] << 8 | h[35]]
+            keys["tcpdestinationport"] = _DEC[h[36] << 8 | h[37]]
+            if n >= 48:
+                keys["tcpflags"] = _TCP_FLAGS[(h[46] & 1) << 8 | h[47]]
+        keys["stack"] = "eth.ip.tcp"
+    elif proto == 17:
+        if n >= 38:
+            keys["udpsourceport"] = _DEC[h[34] << 8 | h[35]]
+            keys["udpdestinationport"] = _DEC[h[36] << 8 | h[37]]
+        keys["stack"] = "eth.ip.udp"
+    elif proto == 1:
+        if n >= 36:
+            keys["icmptype"] = _DEC[h[34]]
+            keys["icmpcode"] = _DEC[h[35]]
+        keys["stack"] = "eth.ip.icmp"
+    else:
+        keys["stack"] = "eth.ip"
+
+
+def _general(protocol: int, header: bytes, keys: dict[str, str]) -> None:
     if protocol == HEADER_ETHERNET:
         stack = _ethernet(header, 0, keys, "", 0)
     elif protocol == HEADER_IPV4:
@@ -47,10 +124,9 @@ def parse_header(protocol: int, header: bytes) -> dict[str, str]:
     elif protocol == HEADER_IPV6:
         stack = _ipv6(header, 0, keys, "", 0) if header else []
     else:
-        return keys
+        return
     if stack:
         keys["stack"] = ".".join(stack)
-    return keys
 
 
 def _ethernet(h: bytes, off: int, keys: dict[str, str], sfx: str, depth: int) -> list[str]:

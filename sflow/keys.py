@@ -24,7 +24,7 @@ Choices (documented because sFlow-RT's exact behaviour is not published):
 
 from __future__ import annotations
 
-from sflow.headers import parse_header
+from sflow.headers import fill_keys
 from sflow.model import (
     DS_IFINDEX,
     IF_FORMAT_DISCARD,
@@ -33,11 +33,13 @@ from sflow.model import (
     IF_INTERNAL,
     FlowSample,
     Interface,
+    Record,
 )
 
 __all__ = ["sample_keys", "datasource_of", "interface_key"]
 
 _TCP_FLAGS = [format(i, "09b") for i in range(512)]
+_SWITCH_KEYS: dict[int, tuple[Record, dict[str, str]]] = {}
 
 
 def interface_key(iface: Interface) -> str | None:
@@ -71,7 +73,7 @@ def datasource_of(sample: FlowSample) -> str:
 
 def sample_keys(agent: str, sample: FlowSample) -> dict[str, object]:
     """All sFlow-RT flow keys of ``sample`` from ``agent`` (see module doc)."""
-    keys: dict[str, object] = {}
+    keys: dict[str, object] = {"agent": agent}
     header = None
     has_sampled = False
     for rec in sample.records:
@@ -81,11 +83,17 @@ def sample_keys(agent: str, sample: FlowSample) -> dict[str, object]:
         if fmt == 1:
             header = rec.fields
         elif fmt == 1001:
-            f = rec.fields
-            keys["vlansource"] = str(f["in_vlan"])
-            keys["prioritysource"] = str(f["in_priority"])
-            keys["vlandestination"] = str(f["out_vlan"])
-            keys["prioritydestination"] = str(f["out_priority"])
+            # the decoder shares extended_switch records: reuse their key strings
+            entry = _SWITCH_KEYS.get(id(rec))
+            if entry is None or entry[0] is not rec:
+                f = rec.fields
+                entry = (rec, {"vlansource": str(f["in_vlan"]), "prioritysource": str(f["in_priority"]),
+                               "vlandestination": str(f["out_vlan"]),
+                               "prioritydestination": str(f["out_priority"])})
+                if len(_SWITCH_KEYS) >= 4096:
+                    _SWITCH_KEYS.clear()
+                _SWITCH_KEYS[id(rec)] = entry  # holds rec, so its id is not reused meanwhile
+            keys.update(entry[1])
         elif fmt == 1002:
             f = rec.fields
             if f["nextHop"]:
@@ -97,14 +105,17 @@ def sample_keys(agent: str, sample: FlowSample) -> dict[str, object]:
         elif 2 <= fmt <= 4:
             has_sampled = True
     if header is not None:
-        keys.update(parse_header(header["headerProtocol"], header["header"]))
+        fill_keys(header["headerProtocol"], header["header"], keys)  # type: ignore[arg-type]
         keys["bytes"] = header["sampledPacketSize"]
     elif has_sampled:
         _record_keys(sample, keys)
-    keys["agent"] = agent
-    inp = interface_key(sample.input)
-    if inp is not None:
-        keys["inputifindex"] = inp
+    inp = sample.input
+    if inp.format == IF_FORMAT_IFINDEX:
+        value = inp.value
+        if value:
+            keys["inputifindex"] = "internal" if value == IF_INTERNAL else str(value)
+    else:
+        keys["inputifindex"] = "discard" if inp.format == IF_FORMAT_DISCARD else "multiple"
     if sample.discard_reason is not None:
         keys["outputifindex"] = "discard"
         keys["reason"] = str(sample.discard_reason)
@@ -112,9 +123,12 @@ def sample_keys(agent: str, sample: FlowSample) -> dict[str, object]:
         out = interface_key(sample.output)
         if out is not None:
             keys["outputifindex"] = out
-    direction = _direction(sample)
-    if direction:
-        keys["direction"] = direction
+    if sample.source_class != DS_IFINDEX:
+        keys["direction"] = "ingress"
+    else:
+        direction = _direction(sample)
+        if direction:
+            keys["direction"] = direction
     keys["frames"] = 1
     keys["_rate"] = sample.sampling_rate
     return keys

@@ -2,7 +2,9 @@
 
 Plain slotted dataclasses, no behaviour beyond small derived properties. The
 decoder (``sflow.decode``) builds them; flow keys (``sflow.keys``), the engine
-and ``demon-sflow decode`` read them.
+and ``demon-sflow decode`` read them. Treat decoded structures as read-only:
+for speed the decoder shares identical ``Interface`` and extended_switch
+``Record`` objects between samples.
 """
 
 from __future__ import annotations

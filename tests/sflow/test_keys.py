@@ -253,3 +253,21 @@ def test_sampled_ipv4_record_without_header() -> None:
     assert keys["tcpflags"] == "000010010"
     assert keys["bytes"] == 1390  # the Ethernet frame length wins over the IP length
     assert "stack" not in keys
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from([6, 17, 1, 47]), st.integers(0, 255), st.integers(0, 0xFFFF),
+       st.integers(0, 0xFFFF), st.integers(0, 0x1FF), st.integers(0, 0xFFFF),
+       st.integers(20, 80), st.binary(min_size=0, max_size=4))
+def test_fast_and_cached_paths_equal_the_general_walk(proto: int, tos: int, sport: int, dport: int,
+                                                      flags: int, frag: int, cut: int, noise: bytes) -> None:
+    """The untagged-IPv4 fast path (and its cache) returns exactly what the general walk does."""
+    from sflow.headers import _general
+
+    l4 = tcp(sport, dport, flags) if proto == 6 else udp(sport, dport, noise) if proto == 17 \
+        else icmp(sport & 0xFF, dport & 0xFF) + noise if proto == 1 else noise
+    frame = (eth(0x0800) + ipv4(proto, l4, tos=tos, frag=frag & 0x3FFF))[:14 + cut]
+    general: dict[str, str] = {}
+    _general(1, frame, general)
+    assert parse_header(1, frame) == general
+    assert parse_header(1, frame) == general  # second call: served from the cache
