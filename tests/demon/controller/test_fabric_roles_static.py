@@ -1,0 +1,138 @@
+"""Fabric description, static config (JSON and mirrorPorts.txt) and the entries they imply."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from demon.controller.fabric import (FabricError, Entry, baseline_entries, forward_actions, intended_entries,
+                                     load_fabric, load_static, mirror_entries, mirror_record, parse_fabric,
+                                     parse_mirror_ports, parse_static, static_entries)
+from demon.controller.spec import BASELINE_COOKIE, STATIC_COOKIE, parse_mirror_params
+
+SEED = {
+    "version": 1,
+    "switches": [
+        {"dpid": 1, "name": "s1", "role": "filter", "host_ports": [1, 2, 3, 4, 5], "uplinks": [6, 7, 8, 9, 10]},
+        {"dpid": 2, "name": "s2", "role": "filter", "host_ports": [1, 2, 3, 4, 5], "uplinks": [6, 7, 8, 9, 10]},
+        {"dpid": 3, "name": "s3", "role": "aggregation", "uplinks": list(range(1, 11)), "capture_port": 11},
+    ],
+    "static": None,
+}
+PROTOTYPE_FILE = "s1MirrorSrc,1\ns1MirrorDst,6\ns2MirrorSrc,2\ns2MirrorDst,7\n"
+
+
+def by_in_port(entries: list[Entry]) -> dict[int, tuple[str, ...]]:
+    return {e.match["in_port"]: e.actions for e in entries}
+
+
+def test_filter_baseline_keeps_uplinks_out() -> None:
+    fabric = parse_fabric(SEED)
+    entries = baseline_entries(fabric.role(1))
+    assert all(e.cookie == BASELINE_COOKIE and e.idle_timeout == e.hard_timeout == 0 for e in entries)
+    drops = {e.match["in_port"] for e in entries if e.match.get("in_port") in range(6, 11)}
+    assert drops == {6, 7, 8, 9, 10}
+    assert all(e.actions == () for e in entries if e.match.get("in_port") in drops)
+    # nothing a filter switch does ever outputs to an uplink
+    outputs = {a for e in entries for a in e.actions}
+    assert not outputs & {f"output:{p}" for p in range(6, 11)}
+    assert "NORMAL" in outputs
+    assert Entry(0, {}, (), BASELINE_COOKIE) in entries  # table-miss drop
+
+
+def test_aggregation_baseline_sends_uplinks_to_capture() -> None:
+    entries = baseline_entries(parse_fabric(SEED).role(3))
+    forwards = {e.match["in_port"]: e.actions for e in entries if e.match}
+    assert forwards == {p: ("output:11",) for p in range(1, 11)}
+
+
+def test_openflow10_baseline_has_no_table_miss_or_flood_entries() -> None:
+    entries = baseline_entries(parse_fabric(SEED).role(1), "1.0")
+    assert all(e.match for e in entries) and not any("eth_dst" in e.match for e in entries)
+
+
+def test_prototype_file_reproduces_the_intended_table_without_the_mixup() -> None:
+    static = parse_mirror_ports(PROTOTYPE_FILE)
+    assert static.timeout == 120
+    assert by_in_port(static_entries(static, 1)) == {1: ("output:2", "output:6"), 2: ("output:1", "output:6"),
+                                                     3: ("output:4",), 4: ("output:3",)}
+    # the prototype used s1's destination (6) on s2 too; here s2 mirrors to its own (7)
+    assert by_in_port(static_entries(static, 2)) == {1: ("output:2", "output:7"), 2: ("output:1", "output:7")}
+    assert by_in_port(static_entries(static, 3)) == {p: ("output:11",) for p in range(1, 11)}
+    assert all(e.cookie == STATIC_COOKIE and e.idle_timeout == e.hard_timeout == 120 and e.send_flow_rem
+               for e in static_entries(static, 1))
+
+
+def test_static_json_round_trip_and_fabric_static() -> None:
+    static = parse_mirror_ports(PROTOTYPE_FILE)
+    again = parse_static(json.loads(json.dumps(static.to_json())))
+    assert again == static
+    fabric = parse_fabric({**SEED, "static": static.to_json()})
+    assert len(intended_entries(fabric, 1)) == len(baseline_entries(fabric.role(1))) + 4
+
+
+def test_load_static_reads_both_formats(tmp_path: Path) -> None:
+    txt = tmp_path / "mirrorPorts.txt"
+    txt.write_text(PROTOTYPE_FILE)
+    js = tmp_path / "static.json"
+    js.write_text(json.dumps({"static": parse_mirror_ports(PROTOTYPE_FILE).to_json()}))
+    assert load_static(txt) == load_static(js)
+    fab = tmp_path / "fabric.json"
+    fab.write_text(json.dumps(SEED))
+    assert sorted(load_fabric(fab).switches) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda f: f["switches"][0].update(role="core"), "switches[0].role"),
+    (lambda f: f["switches"][0].update(host_ports=[1, 6]), "switches[0].host_ports"),
+    (lambda f: f["switches"][2].update(capture_port=5), "switches[2].capture_port"),
+    (lambda f: f["switches"][1].update(dpid=1), "switches[1].dpid"),
+    (lambda f: f["switches"][0].update(uplinks=[]), "switches[0].uplinks"),
+    (lambda f: f["switches"][0].update(colour="red"), "switches[0].colour"),
+    (lambda f: f.update(static={"switches": {"1": {"pairs": [[1, 2], [2, 3]]}}}), "static.switches.1.pairs[1]"),
+    (lambda f: f.update(static={"switches": {"x": {}}}), "static.switches.x"),
+    (lambda f: f.update(static={"timeout": -1}), "static.timeout"),
+])
+def test_bad_fabric_names_the_field(mutate, field: str) -> None:
+    fabric = json.loads(json.dumps(SEED))
+    mutate(fabric)
+    with pytest.raises(FabricError) as info:
+        parse_fabric(fabric, "seed.json")
+    assert f"seed.json: {field}" in str(info.value)
+
+
+@pytest.mark.parametrize("line", ["s1Mirror,1", "xMirrorSrc,1", "s1MirrorSrc,", "s1MirrorDst,a"])
+def test_bad_mirror_ports_file(line: str) -> None:
+    with pytest.raises(FabricError, match="mirrorPorts.txt:2:"):
+        parse_mirror_ports("s1MirrorSrc,1\n" + line)
+
+
+def test_mirror_entries_forward_before_the_vlan_push() -> None:
+    spec = parse_mirror_params({"tap_id": "t", "dpid": 1, "match": {"ipv4_src": "10.0.0.1"}, "copy_port": 6,
+                                "vlan_tag": 10, "bidirectional": True})
+    entries = mirror_entries(spec, 0xDE30_8000_0001)
+    assert [d for d, _ in entries] == ["forward", "reverse"]
+    for _, e in entries:
+        assert e.actions == ("NORMAL", "push_vlan:0x8100", "set_field:vlan_vid=10", "output:6")
+        assert e.send_flow_rem and (e.idle_timeout, e.hard_timeout, e.priority) == (30, 300, 40000)
+    assert entries[1][1].match["ipv4_dst"] == "10.0.0.1"
+
+
+def test_static_mode_mirror_forwards_by_the_pair() -> None:
+    static = parse_mirror_ports(PROTOTYPE_FILE)
+    assert forward_actions(static, 1, {"in_port": 3}) == ("output:4",)
+    assert forward_actions(static, 1, {"in_port": 5}) == ("NORMAL",)
+    assert forward_actions(static, 1, {"ipv4_src": "10.0.0.1"}) == ("NORMAL",)
+
+
+def test_mirror_record_rebuilds_a_tap_from_its_entries() -> None:
+    spec = parse_mirror_params({"tap_id": "t", "dpid": 1, "match": {"ipv4_src": "10.0.0.1"}, "copy_port": 7,
+                                "vlan_tag": 5, "bidirectional": True})
+    rows = [(e, 3, 300, 2.0) for _, e in mirror_entries(spec, 0xDE30_8000_0001)]
+    known = mirror_record(1, 0xDE30_8000_0001, rows, spec, 100.0)
+    unknown = mirror_record(1, 0xDE30_8000_0001, rows, None, None, now=110.0)
+    for rec in (known, unknown):
+        assert (rec["copy_port"], rec["vlan_tag"], rec["bidirectional"]) == (7, 5, True)
+        assert (rec["packets"], rec["bytes"]) == (6, 600)
+    assert known["tap_id"] == "t" and known["match"] == dict(spec.match)
+    assert unknown["tap_id"] is None and unknown["installed_at"] == 108.0

@@ -1,0 +1,46 @@
+"""Neutral entries ↔ OpenFlow 1.3 FlowMod data (os-ken field names and value forms)."""
+
+import pytest
+
+from demon.controller import of13
+from demon.controller.fabric import Entry, mirror_entries
+from demon.controller.spec import parse_mirror_params
+
+
+def test_mirror_flow_mod() -> None:
+    spec = parse_mirror_params({"tap_id": "t", "dpid": 1, "copy_port": 6, "vlan_tag": 10,
+                                "match": {"ipv4_src": "10.0.0.0/24", "tcp_dst": 80, "vlan_vid": 3}})
+    (_, entry), = mirror_entries(spec, 0xDE30_8000_0001)
+    mod = of13.flow_mod(entry)
+    assert mod["flags"] == of13.OFPFF_SEND_FLOW_REM and mod["cookie"] == 0xDE30_8000_0001
+    assert mod["match"]["ipv4_src"] == ("10.0.0.0", "255.255.255.0")
+    assert mod["match"]["vlan_vid"] == 0x1000 | 3
+    assert mod["actions"] == [("output", of13.OFPP_NORMAL), ("push_vlan", 0x8100),
+                              ("set_field", "vlan_vid", 0x1000 | 10), ("output", 6)]
+
+
+def test_round_trip_through_flow_stats_form() -> None:
+    entry = Entry(20, {"in_port": 1, "eth_dst": "01:00:00:00:00:00/01:00:00:00:00:00"},
+                  ("output:2", "output:3"), 0xDE30_0000_0001)
+    mod = of13.flow_mod(entry)
+    stat = {"priority": 20, "cookie": entry.cookie, "match": list(mod["match"].items()),
+            "actions": mod["actions"], "idle_timeout": 0, "hard_timeout": 0, "flags": 0}
+    assert of13.stats_to_entry(stat).key() == entry.key()
+    assert of13.entry_from_json(of13.entry_to_json(entry)).key() == entry.key()
+
+
+def test_delete_by_cookie_covers_all_tables() -> None:
+    mod = of13.delete_by_cookie(0xDE30_8000_0001)
+    assert mod["command"] == "delete" and mod["table_id"] == of13.OFPTT_ALL
+    assert mod["cookie_mask"] == 0xFFFFFFFF_FFFFFFFF and mod["match"] == {}
+
+
+@pytest.mark.parametrize("text", ["NORMAL", "output:6", "push_vlan:0x8100", "set_field:vlan_vid=10",
+                                  "pop_vlan", "CONTROLLER"])
+def test_action_strings_round_trip(text: str) -> None:
+    assert of13.action_to_string(of13.action_from_string(text)) == text
+
+
+def test_unknown_action_is_refused() -> None:
+    with pytest.raises(ValueError, match="unsupported action"):
+        of13.action_from_string("meter:1")
