@@ -20,7 +20,10 @@ sample or record whose decoded content needs more bytes than its declared
 length makes the whole datagram malformed (``bad-length``); the samples
 decoded before it are kept in ``partial``. Content *shorter* than the
 declared length is fine (the spec lets structures grow): the known prefix is
-decoded and the rest skipped.
+decoded and the rest skipped. Bytes after the declared samples are ignored
+(sflowtool does the same). An agent address of type 0 (UNKNOWN) gives
+``agent == ""`` and ``agent_ip_version == 0``. Unknown samples and records,
+and every enterprise != 0 structure, are kept as tag + length only.
 
 Record ``fields`` use sflowtool's names with native values (ints, floats,
 ``str`` for addresses, 12-hex-digit lowercase ``str`` for MACs). Notable:
@@ -543,15 +546,6 @@ def _flow_records(data: bytes, off: int, end: int, count: int) -> list[Record]:
 
 
 # --- samples --------------------------------------------------------------------
-
-def _flow_sample(data: bytes, off: int, end: int) -> FlowSample:
-    if off + 32 > end:
-        raise _Overrun(off)
-    seq, src, rate, pool, drops, inp, out, nrec = _FLOW_COMPACT.unpack_from(data, off)
-    records = _flow_records(data, off + 32, end, nrec)
-    return FlowSample(seq, src >> 24, src & 0xFFFFFF, rate, pool, drops,
-                      _iface_compact(inp), _iface_compact(out), records)
-
 
 def _flow_sample_expanded(data: bytes, off: int, end: int) -> FlowSample:
     if off + 44 > end:
