@@ -71,6 +71,7 @@ from demon.model import (BASE_OF_PRIORITY, Candidate, Command, ControllerStatus,
                          HistoryEntry, Input, InstallMirror, InstallResult, MirrorRemoved,
                          OperatorRelease, PausePolicy, Reconcile, Record, RemoveMirror,
                          RemoveResult, ResumePolicy, State, Tap, ThresholdEvent, Tick, TopFlows)
+from demon.tapindex import TapIndex, mirror_signature
 from demon.units import format_rate
 
 if TYPE_CHECKING:
@@ -101,23 +102,76 @@ def step(state: State, ctx: Context, inp: Input, now: float) -> tuple[State, lis
 
 
 class _Work:
-    """A mutable copy of the state for the duration of one step."""
+    """The state during one step: tables are shared with the input state and
+    copied on first write (so the input state is never changed), with the
+    derived index (``demon.tapindex``) kept up to date on every write."""
 
     def __init__(self, state: State, ctx: Context, now: float) -> None:
         self.ctx, self.now = ctx, now
-        self.taps: dict[str, Tap] = dict(state.taps)
-        self.holddown: dict[tuple[str, str], float] = dict(state.holddown)
+        self.taps: Mapping[str, Tap] = state.taps
+        self.holddown: Mapping[tuple[str, str], float] = state.holddown
+        self.watch: Mapping[tuple[str, str], Candidate] = state.watch
         self.paused: set[str] = set(state.paused)
-        self.watch: dict[tuple[str, str], Candidate] = dict(state.watch)
         self.controller_up = state.controller_up
         self.next_seq = state.next_seq
         self.commands: list[Command] = []
+        cached = state.index
+        if cached is not None and cached[0] is state.taps and cached[1] is state.watch:
+            self.idx = cached[2].clone()
+        else:
+            self.idx = TapIndex.build(state.taps.values(), state.watch.values())
+        self._owned: set[str] = set()
 
     def freeze(self) -> State:
         return State(taps=self.taps, holddown=self.holddown, paused=frozenset(self.paused),
-                     controller_up=self.controller_up, watch=self.watch, next_seq=self.next_seq)
+                     controller_up=self.controller_up, watch=self.watch, next_seq=self.next_seq,
+                     index=(self.taps, self.watch, self.idx))
 
-    # -- helpers ------------------------------------------------------------------
+    def _own(self, name: str) -> dict:
+        if name not in self._owned:
+            setattr(self, name, dict(getattr(self, name)))
+            self._owned.add(name)
+        return getattr(self, name)
+
+    # -- writes (the only ones) ------------------------------------------------------
+
+    def set_tap(self, tap: Tap) -> None:
+        old = self.taps.get(tap.tap_id)
+        self._own("taps")[tap.tap_id] = tap
+        self.idx.tap_changed(old, tap)
+
+    def del_tap(self, tap_id: str) -> None:
+        old = self.taps.get(tap_id)
+        del self._own("taps")[tap_id]
+        self.idx.tap_changed(old, None)
+
+    def set_cand(self, cand: Candidate) -> None:
+        key = (cand.policy, cand.flow_key)
+        old = self.watch.get(key)
+        self._own("watch")[key] = cand
+        self.idx.candidate_changed(old, cand)
+
+    def drop_cand(self, key: tuple[str, str]) -> None:
+        old = self.watch.get(key)
+        if old is not None:
+            del self._own("watch")[key]
+            self.idx.candidate_changed(old, None)
+
+    def hold(self, policy: str, flow_key: str, seconds: float) -> None:
+        until = self.now + seconds
+        key = (policy, flow_key)
+        if seconds > 0 and until > self.holddown.get(key, 0.0):
+            self._own("holddown")[key] = until
+
+    def unhold(self, key: tuple[str, str]) -> None:
+        del self._own("holddown")[key]
+
+    def put(self, tap: Tap, **changes: Any) -> Tap:
+        tap = replace(tap, updated_at=self.now, **changes)
+        self.set_tap(tap)
+        return tap
+
+    # -- reads ------------------------------------------------------------------------
 
     def record(self, tap_id: str | None, kind: str, cause: str, **detail: Any) -> None:
         entry = HistoryEntry(tap_id=tap_id, at=self.now, kind=kind,
@@ -128,28 +182,12 @@ class _Work:
         self.record(tap.tap_id, kind, cause, policy=tap.policy, flow_key=tap.flow_key,
                     state=tap.state, **detail)
 
-    def put(self, tap: Tap, **changes: Any) -> Tap:
-        tap = replace(tap, updated_at=self.now, **changes)
-        self.taps[tap.tap_id] = tap
-        return tap
-
-    def live(self) -> Iterable[Tap]:
-        return (tap for tap in self.taps.values() if tap.live)
-
     def policy(self, name: str) -> "Policy | None":
         return self.ctx.policies.get(name)
 
     def tap_of(self, policy: str, flow_key: str) -> Tap | None:
-        for tap in self.live():
-            if tap.policy == policy and tap.flow_key == flow_key:
-                return tap
-        return None
-
-    def hold(self, policy: str, flow_key: str, seconds: float) -> None:
-        until = self.now + seconds
-        key = (policy, flow_key)
-        if seconds > 0 and until > self.holddown.get(key, 0.0):
-            self.holddown[key] = until
+        tap_id = self.idx.by_flow.get((policy, flow_key))
+        return self.taps[tap_id] if tap_id is not None else None
 
 
 # -- sending ------------------------------------------------------------------------
@@ -226,40 +264,19 @@ def _sighting(w: _Work, policy: "Policy", s: FlowSighting, trigger: str,
         cand = replace(cand, last_seen=w.now, value=s.value, rate_bps=rate, agent=s.agent,
                        data_source=str(s.data_source), trigger=trigger,
                        event_id=event_id if event_id is not None else cand.event_id)
-    w.watch[key] = cand
-    _try_admit(w, policy, cand, _Room.measure(w))
-
-
-@dataclass
-class _Room:
-    """Running totals for admission (kept up to date while admitting in a batch)."""
-
-    live: int
-    used_bps: float
-    per_policy: dict[str, int]
-
-    @classmethod
-    def measure(cls, w: _Work) -> "_Room":
-        room = cls(0, 0.0, {})
-        for tap in w.live():
-            room.add(tap)
-        return room
-
-    def add(self, tap: Tap) -> None:
-        self.live += 1
-        self.used_bps += tap.rate_bps
-        self.per_policy[tap.policy] = self.per_policy.get(tap.policy, 0) + 1
+    w.set_cand(cand)
+    _try_admit(w, policy, cand)
 
 
 def _wait(w: _Work, cand: Candidate, reason: str) -> None:
     if cand.waiting != reason:
         w.record(None, "waiting", reason, policy=cand.policy, flow_key=cand.flow_key,
                  event_id=cand.event_id, trigger=cand.trigger)
-    w.watch[(cand.policy, cand.flow_key)] = replace(cand, waiting=reason)
+    w.set_cand(replace(cand, waiting=reason))
 
 
 def _refuse(w: _Work, policy: "Policy", cand: Candidate, reason: str) -> None:
-    w.watch.pop((cand.policy, cand.flow_key), None)
+    w.drop_cand((cand.policy, cand.flow_key))
     w.hold(cand.policy, cand.flow_key, policy.holddown)
     w.record(None, "refused", reason, policy=cand.policy, flow_key=cand.flow_key,
              event_id=cand.event_id, trigger=cand.trigger)
@@ -267,7 +284,7 @@ def _refuse(w: _Work, policy: "Policy", cand: Candidate, reason: str) -> None:
 
 def _fail_unplaced(w: _Work, policy: "Policy", cand: Candidate, reason: str) -> None:
     """A tap that cannot even be placed: recorded as a failed tap with the reason."""
-    w.watch.pop((cand.policy, cand.flow_key), None)
+    w.drop_cand((cand.policy, cand.flow_key))
     tap = _new_tap(w, policy, cand, dpid=0, in_port=0, copy_port=0, match={})
     w.hold(policy.name, cand.flow_key, w.ctx.limits.failure_holddown)
     _end(w, tap, "failed", "failed", reason, event_id=cand.event_id, trigger=cand.trigger,
@@ -284,16 +301,11 @@ def _new_tap(w: _Work, policy: "Policy", cand: Candidate, *, dpid: int, in_port:
               priority=policy.priority, created_at=w.now, updated_at=w.now,
               expires_at=w.now + policy.max_duration, last_trigger_at=w.now,
               trigger=cand.trigger, agent=cand.agent, data_source=cand.data_source)
-    w.taps[tap_id] = tap
+    w.set_tap(tap)
     return tap
 
 
-def _same_mirror(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    strip = lambda m: {k: v for k, v in m.items() if k != "in_port"}  # noqa: E731
-    return strip(a) == strip(b)
-
-
-def _try_admit(w: _Work, policy: "Policy", cand: Candidate, room: _Room) -> bool:
+def _try_admit(w: _Work, policy: "Policy", cand: Candidate) -> bool:
     """Turn the candidate into a pending tap if every rule allows it now."""
     if cand.last_seen < cand.first_seen + policy.sustain_s:
         return False  # not yet seen at the end of its sustain window
@@ -318,9 +330,9 @@ def _try_admit(w: _Work, policy: "Policy", cand: Candidate, room: _Room) -> bool
         return False
     if not policy.bidirectional:
         match.setdefault("in_port", loc.in_port)
-    for other in list(w.live()):
-        if other.dpid != loc.dpid or not _same_mirror(other.match, match):
-            continue
+    other_id = w.idx.by_mirror.get(mirror_signature(loc.dpid, match))
+    if other_id is not None:
+        other = w.taps[other_id]
         if other.state == "expiring":
             _wait(w, cand, f"waiting for tap {other.tap_id} on the same flow to be removed")
         elif other.priority >= policy.priority:
@@ -330,7 +342,7 @@ def _try_admit(w: _Work, policy: "Policy", cand: Candidate, room: _Room) -> bool
             _release(w, other, f"superseded by policy {policy.name} (priority {policy.priority} "
                                f"> {other.priority})", superseded_by=policy.name)
             if not w.taps[other.tap_id].live:  # it was never installed: room is free now
-                return _try_admit(w, policy, cand, _Room.measure(w))
+                return _try_admit(w, policy, cand)
             _wait(w, cand, f"waiting for superseded tap {other.tap_id} to be removed")
         return False
     cap = limits.capture_capacity
@@ -338,30 +350,29 @@ def _try_admit(w: _Work, policy: "Policy", cand: Candidate, room: _Room) -> bool
         _refuse(w, policy, cand, f"rate {format_rate(cand.rate_bps)} exceeds the whole capture "
                                  f"capacity {format_rate(cap)}")
         return False
-    reason = ""
-    if room.per_policy.get(policy.name, 0) >= policy.max_taps:
+    reason, idx = "", w.idx
+    if idx.per_policy.get(policy.name, 0) >= policy.max_taps:
         reason = f"policy cap reached ({policy.max_taps} taps)"
-    elif room.live >= limits.max_taps:
+    elif idx.live >= limits.max_taps:
         reason = f"global cap reached ({limits.max_taps} taps)"
-    elif cap is not None and room.used_bps + cand.rate_bps > cap:
-        reason = (f"capture budget: {format_rate(room.used_bps)} of {format_rate(cap)} in use, "
+    elif cap is not None and idx.used_bps + cand.rate_bps > cap:
+        reason = (f"capture budget: {format_rate(idx.used_bps)} of {format_rate(cap)} in use, "
                   f"needs {format_rate(cand.rate_bps)}")
     if reason:
         if not cand.waiting:
-            waiting = sum(1 for c in w.watch.values() if c.waiting)
+            waiting = idx.waiting
             if waiting >= limits.max_waiting:
                 _refuse(w, policy, cand, f"{reason}; {waiting} flows already wait")
                 return False
         _wait(w, cand, reason)
         return False
-    copy_port = topo.choose_uplink(loc.dpid, w.live())
+    copy_port = topo.choose_uplink_by_load(loc.dpid, idx.uplinks)
     if copy_port is None:
         _fail_unplaced(w, policy, cand, f"switch dpid {loc.dpid} has no uplink")
         return False
-    w.watch.pop((cand.policy, cand.flow_key), None)
+    w.drop_cand((cand.policy, cand.flow_key))
     tap = _new_tap(w, policy, cand, dpid=loc.dpid, in_port=loc.in_port, copy_port=copy_port,
                    match=match)
-    room.add(tap)
     w.record_tap(tap, "created", cand.trigger, event_id=cand.event_id, rate_bps=cand.rate_bps,
                  dpid=tap.dpid, in_port=tap.in_port, copy_port=copy_port,
                  waited=cand.waiting or None)
@@ -372,15 +383,14 @@ def _try_admit(w: _Work, policy: "Policy", cand: Candidate, room: _Room) -> bool
 
 def _admit_waiting(w: _Work) -> None:
     """Offer free room to candidates: policy priority first, then larger rate."""
-    room = _Room.measure(w)
     order = []
     for cand in list(w.watch.values()):
         policy = w.policy(cand.policy)
         if policy is None or not policy.enabled or cand.policy in w.paused:
-            w.watch.pop((cand.policy, cand.flow_key), None)
+            w.drop_cand((cand.policy, cand.flow_key))
             continue
         if w.now - cand.last_seen > policy.stale_after:
-            w.watch.pop((cand.policy, cand.flow_key), None)
+            w.drop_cand((cand.policy, cand.flow_key))
             if cand.waiting:
                 w.record(None, "dropped", f"not seen for {policy.stale_after:g}s while waiting "
                          f"({cand.waiting})", policy=cand.policy, flow_key=cand.flow_key)
@@ -390,7 +400,7 @@ def _admit_waiting(w: _Work) -> None:
     for policy, cand in order:
         current = w.watch.get((cand.policy, cand.flow_key))
         if current is not None:
-            _try_admit(w, policy, current, room)
+            _try_admit(w, policy, current)
 
 
 # -- handlers -------------------------------------------------------------------------
@@ -462,11 +472,11 @@ def _sweep(w: _Work) -> None:
 def _purge(w: _Work) -> None:
     for key, until in list(w.holddown.items()):
         if until <= w.now:
-            del w.holddown[key]
+            w.unhold(key)
     retain = w.ctx.limits.retain
     for tap_id, tap in list(w.taps.items()):
         if not tap.live and tap.ended_at is not None and w.now - tap.ended_at >= retain:
-            del w.taps[tap_id]
+            w.del_tap(tap_id)
 
 
 def _on_tick(w: _Work, _tick: Tick) -> None:
@@ -588,7 +598,7 @@ def _on_pause(w: _Work, op: PausePolicy) -> None:
     known = op.name in w.ctx.policies
     w.paused.add(op.name)
     for key in [k for k in w.watch if k[0] == op.name]:
-        del w.watch[key]
+        w.drop_cand(key)
     w.record(None, "paused", f"policy {op.name} paused by {op.who}" + ("" if known else
              " (no such policy loaded)"), policy=op.name, operator=op.who)
 

@@ -140,6 +140,9 @@ class State:
     controller_up: bool = False
     watch: Mapping[tuple[str, str], Candidate] = field(default_factory=dict)
     next_seq: int = 1
+    # The core's derived lookups (demon.tapindex), valid only for these very
+    # taps/watch objects; never persisted, rebuilt when missing.
+    index: Any = field(default=None, compare=False, repr=False)
 
     def live_taps(self) -> list[Tap]:
         return [tap for tap in self.taps.values() if tap.live]

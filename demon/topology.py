@@ -130,12 +130,16 @@ class Topology:
 
         ``current_taps``: live taps (anything with ``dpid``, ``copy_port``, ``rate_bps``).
         """
+        load: dict[tuple[int, int], tuple[float, int]] = {}
+        for tap in current_taps:
+            rate, count = load.get((tap.dpid, tap.copy_port), (0.0, 0))
+            load[(tap.dpid, tap.copy_port)] = (rate + tap.rate_bps, count + 1)
+        return self.choose_uplink_by_load(dpid, load)
+
+    def choose_uplink_by_load(self, dpid: int,
+                              load: Mapping[tuple[int, int], tuple[float, int]]) -> int | None:
+        """``choose_uplink`` from precomputed load: (dpid, port) → (tapped bps, taps)."""
         sw = self.switches.get(dpid)
         if sw is None or not sw.uplinks:
             return None
-        load = {port: [0.0, 0] for port in sw.uplinks}
-        for tap in current_taps:
-            if tap.dpid == dpid and tap.copy_port in load:
-                load[tap.copy_port][0] += tap.rate_bps
-                load[tap.copy_port][1] += 1
-        return min(sw.uplinks, key=lambda port: (load[port][0], load[port][1], port))
+        return min(sw.uplinks, key=lambda port: (*load.get((dpid, port), (0.0, 0)), port))
