@@ -14,6 +14,7 @@ import ipaddress
 import json
 import struct
 import sys
+import time
 from collections import Counter
 from typing import Any, TextIO
 
@@ -55,7 +56,9 @@ def datagram_to_json(dg: Datagram, *, source_ip: str = "-", size: int | None = N
     if size is not None:
         out["datagramSize"] = str(size)
     if timestamp is not None:
-        out["pcapTimestamp_s"] = f"{timestamp:.6f}"
+        seconds = int(timestamp)
+        out["pcapTimestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime(seconds))
+        out["pcapTimestamp_uS"] = str(int(round((timestamp - seconds) * 1e6)))
     samples: list[dict[str, Any]] = []
     for sample in dg.samples:
         if isinstance(sample, FlowSample):

@@ -59,12 +59,20 @@ def test_decode_matches_sflowtool(case: Case) -> None:
 def test_json_view_matches_sflowtool(case: Case) -> None:
     """Every sflowtool field the view emits has sflowtool's exact text."""
     unsupported = NOT_MODELLED | HEADER_NOT_KEYS | {"discarded_flowBlock_tag"}
-    for payload, ref in zip(case.payloads(), case.references()):
+    if case.source.suffix == ".bin":
+        stamped = [(p, None) for p in case.payloads()]
+    else:
+        stamped = [(u.payload, u.timestamp) for u in read_udp(case.source)]
+    for (payload, ts), ref in zip(stamped, case.references()):
         if ref.get("datagramVersion") != "5":
             continue
-        view = json.loads(json.dumps(datagram_to_json(decode_datagram(payload), size=len(payload))))
-        for key in ("agent", "agentSubId", "packetSequenceNo", "sysUpTime", "samplesInPacket",
-                    "datagramSize", "datagramVersion"):
+        view = json.loads(json.dumps(datagram_to_json(decode_datagram(payload), size=len(payload),
+                                                      timestamp=ts)))
+        keys = ["agent", "agentSubId", "packetSequenceNo", "sysUpTime", "samplesInPacket",
+                "datagramSize", "datagramVersion"]
+        if ts is not None:
+            keys += ["pcapTimestamp", "pcapTimestamp_uS"]
+        for key in keys:
             assert view[key] == ref[key], key
         for mine, theirs in zip(view["samples"], ref["samples"]):
             for key, value in theirs.items():
