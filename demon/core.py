@@ -403,6 +403,12 @@ def _admit_waiting(w: _Work) -> None:
             _try_admit(w, policy, current)
 
 
+def _offer_room(w: _Work) -> None:
+    """A tap ended: room may have freed for flows waiting for it."""
+    if w.idx.waiting:
+        _admit_waiting(w)
+
+
 # -- handlers -------------------------------------------------------------------------
 
 
@@ -514,7 +520,7 @@ def _on_install(w: _Work, res: InstallResult) -> None:
         w.hold(tap.policy, tap.flow_key, w.ctx.limits.failure_holddown)
         _end(w, tap, "failed", "failed", f"install failed {attempts} times: {res.error}",
              error=res.error)
-        _admit_waiting(w)
+        _offer_room(w)
         return
     delay = _retry_delay(w, attempts)
     tap = w.put(tap, attempts=attempts, reason=f"install failed: {res.error}",
@@ -537,7 +543,7 @@ def _on_remove(w: _Work, res: RemoveResult) -> None:
     if res.ok:
         _end(w, tap, "removed", "removed", f"controller removed the mirror ({tap.reason})",
              release_reason=tap.reason, packets=tap.packets, bytes=tap.bytes)
-        _admit_waiting(w)
+        _offer_room(w)
         return
     attempts = tap.attempts + (0 if res.unreachable else 1)
     delay = _retry_delay(w, max(1, attempts))
@@ -562,7 +568,7 @@ def _on_mirror_removed(w: _Work, ev: MirrorRemoved) -> None:
         w.hold(tap.policy, tap.flow_key, policy.holddown if policy else 0.0)
         _end(w, tap, "removed", "removed", f"switch removed the mirror ({ev.reason})",
              switch_reason=ev.reason)
-    _admit_waiting(w)
+    _offer_room(w)
 
 
 def _on_controller(w: _Work, status: ControllerStatus) -> None:
