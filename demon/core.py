@@ -58,6 +58,11 @@ The rules (each transition emits a ``Record`` naming its cause):
 
 Terminal taps stay in ``State.taps`` for ``limits.retain`` seconds, then are
 purged (the store keeps them).
+
+Cost: a step costs what it changes, not what the state holds: lookups go
+through ``demon.tapindex`` (carried from step to step in ``State.index``), and
+state tables are copied on first write. Only ``Tick``, ``ControllerStatus`` and
+``Reconcile`` walk every tap.
 """
 
 from __future__ import annotations
