@@ -17,7 +17,8 @@ import struct
 from pathlib import Path
 from typing import BinaryIO, Iterator, NamedTuple
 
-__all__ = ["UdpDatagram", "PcapError", "read_udp", "iter_frames", "PcapWriter", "udp_frame"]
+__all__ = ["UdpDatagram", "UdpPacket", "PcapError", "read_udp", "read_udp_packets", "udp_of_frame",
+           "iter_frames", "PcapWriter", "udp_frame"]
 
 SFLOW_PORT = 6343
 
@@ -40,12 +41,23 @@ class PcapError(ValueError):
 
 
 class UdpDatagram(NamedTuple):
+    """What ``read_udp`` yields: ``(timestamp, src_ip, src_port, payload)``."""
+
     timestamp: float
     src_ip: str
     src_port: int
     payload: bytes
-    dst_ip: str = ""
-    dst_port: int = 0
+
+
+class UdpPacket(NamedTuple):
+    """A UDP datagram with both ends (``read_udp_packets``, ``udp_of_frame``)."""
+
+    timestamp: float
+    src_ip: str
+    src_port: int
+    payload: bytes
+    dst_ip: str
+    dst_port: int
 
 
 # --- frames -----------------------------------------------------------------------
@@ -143,17 +155,25 @@ def _if_tsresol(options: bytes, order: str) -> float:
 # --- UDP extraction ---------------------------------------------------------------------
 
 def read_udp(path: str | Path, port: int | None = SFLOW_PORT) -> Iterator[UdpDatagram]:
-    """Yield the UDP datagrams sent to ``port`` (every UDP datagram if ``port`` is None).
+    """Yield ``(timestamp, src_ip, src_port, payload)`` of the UDP datagrams sent to
+    ``port`` (every UDP datagram if ``port`` is None).
 
     Raises ``PcapError`` (or ``OSError``) if the file cannot be read.
     """
+    for pkt in read_udp_packets(path):
+        if port is None or pkt.dst_port == port:
+            yield UdpDatagram(pkt.timestamp, pkt.src_ip, pkt.src_port, pkt.payload)
+
+
+def read_udp_packets(path: str | Path) -> Iterator[UdpPacket]:
+    """Every UDP datagram in the file, with source and destination."""
     for ts, linktype, frame in iter_frames(path):
-        dg = udp_of_frame(ts, linktype, frame)
-        if dg is not None and (port is None or dg.dst_port == port):
-            yield dg
+        pkt = udp_of_frame(ts, linktype, frame)
+        if pkt is not None:
+            yield pkt
 
 
-def udp_of_frame(ts: float, linktype: int, frame: bytes) -> UdpDatagram | None:
+def udp_of_frame(ts: float, linktype: int, frame: bytes) -> UdpPacket | None:
     """The UDP datagram in one captured frame, or None if it holds none."""
     ip = _ip_offset(linktype, frame)
     if ip is None or ip + 1 > len(frame):
@@ -187,7 +207,7 @@ def _ip_offset(linktype: int, frame: bytes) -> int | None:
     return None
 
 
-def _udp4(ts: float, frame: bytes, ip: int) -> UdpDatagram | None:
+def _udp4(ts: float, frame: bytes, ip: int) -> UdpPacket | None:
     if ip + 20 > len(frame):
         return None
     ihl = (frame[ip] & 0x0F) * 4
@@ -201,7 +221,7 @@ def _udp4(ts: float, frame: bytes, ip: int) -> UdpDatagram | None:
     return _udp(ts, frame, ip + ihl, end, src, dst)
 
 
-def _udp6(ts: float, frame: bytes, ip: int) -> UdpDatagram | None:
+def _udp6(ts: float, frame: bytes, ip: int) -> UdpPacket | None:
     if ip + 40 > len(frame):
         return None
     plen = frame[ip + 4] << 8 | frame[ip + 5]
@@ -224,12 +244,12 @@ def _udp6(ts: float, frame: bytes, ip: int) -> UdpDatagram | None:
     return _udp(ts, frame, off, end, src, dst)
 
 
-def _udp(ts: float, frame: bytes, off: int, end: int, src: str, dst: str) -> UdpDatagram | None:
+def _udp(ts: float, frame: bytes, off: int, end: int, src: str, dst: str) -> UdpPacket | None:
     if off + 8 > end:
         return None
     sport, dport, ulen = struct.unpack_from(">HHH", frame, off)
     stop = min(end, off + ulen) if ulen >= 8 else end
-    return UdpDatagram(ts, src, sport, frame[off + 8:stop], dst, dport)
+    return UdpPacket(ts, src, sport, frame[off + 8:stop], dst, dport)
 
 
 # --- writer -----------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sflow.pcap import PcapError, PcapWriter, iter_frames, read_udp, udp_frame
+from sflow.pcap import PcapError, PcapWriter, iter_frames, read_udp, read_udp_packets, udp_frame
 
 PAYLOAD = b"\x00\x00\x00\x05sflow-ish payload"
 
@@ -75,8 +75,10 @@ def test_writer_round_trip(tmp_path: Path) -> None:
     writer.write_udp(1700000001.5, b"other", dport=9999)
     path = _write(tmp_path, buf.getvalue())
     (dg,) = read_udp(path)
-    assert dg.payload == PAYLOAD and dg.src_ip == "192.0.2.9" and dg.src_port == 51000
-    assert dg.dst_port == 6343 and dg.timestamp == pytest.approx(1700000000.123456, abs=1e-6)
+    ts, src_ip, src_port, payload = dg  # the documented 4-tuple
+    assert payload == PAYLOAD and src_ip == "192.0.2.9" and src_port == 51000
+    assert ts == pytest.approx(1700000000.123456, abs=1e-6)
+    assert [(p.dst_ip, p.dst_port) for p in read_udp_packets(path)] == [("127.0.0.1", 6343), ("127.0.0.1", 9999)]
     assert [d.payload for d in read_udp(path, port=None)] == [PAYLOAD, b"other"]
     # the IPv4 header checksum verifies
     frame = udp_frame(PAYLOAD, "192.0.2.9", 1, "192.0.2.10", 6343)
@@ -138,7 +140,8 @@ def test_filters_fragments_and_padding(tmp_path: Path) -> None:
     other_port = eth + ip4_udp(PAYLOAD, dport=53)
     path = _write(tmp_path, classic([(1, padded), (2, later_fragment), (3, other_port)], 1))
     assert [d.payload for d in read_udp(path)] == [b"\x00\x00\x00\x05"]
-    assert [d.dst_port for d in read_udp(path, port=None)] == [6343, 53]
+    assert [d.payload for d in read_udp(path, port=None)] == [b"\x00\x00\x00\x05", PAYLOAD]
+    assert [d.dst_port for d in read_udp_packets(path)] == [6343, 53]
 
 
 def test_truncated_last_record_is_dropped(tmp_path: Path) -> None:
