@@ -1,11 +1,13 @@
 """The RPC server a controller component runs (``docs/rpc-protocol.md``).
 
-One reader thread and one writer thread per connection (daemon threads), one
-short-lived worker thread per request so pipelined requests are answered in any
-order. Every bad line gets an error reply and the server keeps serving; only an
-oversized line closes its connection (the stream cannot be resynchronised).
-Outgoing lines go through a bounded per-connection queue, so a slow or dead
-subscriber is disconnected instead of blocking ``publish`` or other clients.
+One reader thread per connection, and each request runs on a pooled worker
+thread (daemon threads, reused while busy) so pipelined requests are answered
+in any order and a call waiting on a switch never holds up the others. Every
+bad line gets an error reply and the server keeps serving; only an oversized
+line closes its connection (the stream cannot be resynchronised). Replies are
+written by the worker (a send timeout bounds a peer that stops reading);
+events go through a bounded per-connection queue and writer thread, so a slow
+or dead subscriber is disconnected instead of blocking ``publish``.
 
 Standard library only: it runs inside POX.
 """
@@ -17,6 +19,7 @@ import os
 import queue
 import socket
 import stat
+import struct
 import threading
 import time
 from typing import Any, Callable, Optional, Protocol
@@ -44,6 +47,39 @@ def _direct(fn: Callable[[], Any]) -> Any:
     return fn()
 
 
+class _WorkerPool:
+    """Unbounded daemon threads, reused when idle (thread start-up costs more than a call)."""
+
+    def __init__(self, idle_seconds: float = 60.0) -> None:
+        self._tasks: "queue.SimpleQueue[Callable[[], None]]" = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._idle_seconds = idle_seconds
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1  # claimed: exactly one idle worker will take it
+                self._tasks.put(fn)
+                return
+        threading.Thread(target=self._work, args=(fn,), name="rpc-worker", daemon=True).start()
+
+    def _work(self, fn: Callable[[], None]) -> None:
+        while True:
+            fn()
+            with self._lock:
+                self._idle += 1
+            while True:
+                try:
+                    fn = self._tasks.get(timeout=self._idle_seconds)
+                    break
+                except queue.Empty:
+                    with self._lock:
+                        if self._idle:  # not claimed meanwhile: retire
+                            self._idle -= 1
+                            return
+
+
 class _Connection:
     def __init__(self, server: "RpcServer", sock: socket.socket, peer: str) -> None:
         self.server = server
@@ -52,6 +88,7 @@ class _Connection:
         self.subscribed = False
         self.closed = threading.Event()
         self.outbox: "queue.Queue[Optional[bytes]]" = queue.Queue(server.max_queue)
+        self.send_lock = threading.Lock()
         self.in_flight = threading.BoundedSemaphore(server.max_in_flight)
         self.reader = threading.Thread(target=self._read_loop, name=f"rpc-read {peer}", daemon=True)
         self.writer = threading.Thread(target=self._write_loop, name=f"rpc-write {peer}", daemon=True)
@@ -60,7 +97,19 @@ class _Connection:
         self.writer.start()
         self.reader.start()
 
+    def reply(self, data: bytes) -> None:
+        """Write a reply now, from the calling thread."""
+        if self.closed.is_set():
+            return
+        try:
+            with self.send_lock:
+                self.sock.sendall(data)
+        except OSError as exc:  # includes the send timeout of a peer that stopped reading
+            log.info("rpc: %s: reply not delivered (%s): disconnecting it", self.peer, exc)
+            self.close()
+
     def send(self, data: bytes) -> None:
+        """Queue a line for the writer thread (events: never blocks the caller)."""
         if self.closed.is_set():
             return
         try:
@@ -90,7 +139,8 @@ class _Connection:
                 data = self.outbox.get()
                 if data is None or self.closed.is_set():
                     break
-                self.sock.sendall(data)
+                with self.send_lock:
+                    self.sock.sendall(data)
         except OSError:
             pass
         finally:
@@ -111,7 +161,7 @@ class _Connection:
                     if len(line) < p.MAX_LINE + 2:
                         break  # peer went away mid-line: nobody to answer
                     log.warning("rpc: line longer than %d bytes from %s: closing", p.MAX_LINE, self.peer)
-                    self.send(p.encode_error(None, p.INVALID_REQUEST, f"line longer than {p.MAX_LINE} bytes"))
+                    self.reply(p.encode_error(None, p.INVALID_REQUEST, f"line longer than {p.MAX_LINE} bytes"))
                     self._close_after_flush()
                     return
                 if not line.strip():
@@ -143,28 +193,26 @@ class _Connection:
         try:
             request = p.decode_request(line)
         except p.BadRequest as exc:
-            self.send(p.encode_error(exc.request_id, exc.code, exc.message))
+            self.reply(p.encode_error(exc.request_id, exc.code, exc.message))
             return
         if not tokens_equal(self.server.token, request.token):
             log.warning("rpc: %s token from %s (method %s): refused",
                         "missing" if request.token is None else "wrong", self.peer, request.method)
-            self.send(p.encode_error(request.id, p.UNAUTHORIZED, "missing or wrong token"))
+            self.reply(p.encode_error(request.id, p.UNAUTHORIZED, "missing or wrong token"))
             return
         if request.method == "subscribe":
             self.subscribed = True
-            self.send(p.encode_result(request.id, {"subscribed": True}))
+            self.reply(p.encode_result(request.id, {"subscribed": True}))
             return
         if request.method not in self.server.methods():
-            self.send(p.encode_error(request.id, p.METHOD_NOT_FOUND, f"unknown method {request.method!r}"))
+            self.reply(p.encode_error(request.id, p.METHOD_NOT_FOUND, f"unknown method {request.method!r}"))
             return
         self.in_flight.acquire()
-        worker = threading.Thread(target=self._serve, args=(request,),
-                                  name=f"rpc {request.method} {self.peer}", daemon=True)
-        worker.start()
+        self.server._pool.submit(lambda: self._serve(request))
 
     def _serve(self, request: p.Request) -> None:
         try:
-            self.send(self.server._answer(request))
+            self.reply(self.server._answer(request))
         finally:
             self.in_flight.release()
 
@@ -179,7 +227,7 @@ class RpcServer:
 
     def __init__(self, address: str, token: str, handler: Handler, *,
                  executor: Executor | None = None, max_queue: int = 10000,
-                 max_in_flight: int = 64, call_timeout: float = 30.0) -> None:
+                 max_in_flight: int = 64, call_timeout: float = 30.0, send_timeout: float = 10.0) -> None:
         if not token:
             raise ValueError("token: must not be empty")
         self.kind, self._where = p.parse_address(address)
@@ -189,11 +237,13 @@ class RpcServer:
         self.max_queue = max_queue
         self.max_in_flight = max_in_flight
         self.call_timeout = call_timeout
+        self.send_timeout = max(1.0, send_timeout)
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
         self._connections: set[_Connection] = set()
         self._lock = threading.Lock()
         self._closing = threading.Event()
+        self._pool = _WorkerPool()
 
     # -- life cycle ---------------------------------------------------------
 
@@ -318,6 +368,8 @@ class RpcServer:
                 if self._closing.is_set():
                     return
                 continue
+            # A peer that stops reading makes a reply's sendall fail instead of hang.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(self.send_timeout), 0))
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 name = p.format_address("tcp", peer)

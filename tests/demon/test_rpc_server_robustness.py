@@ -23,7 +23,7 @@ class Handler:
         self.release = threading.Event()
 
     def methods(self) -> set[str]:
-        return {"echo", "slow", "boom", "strict", "block"}
+        return {"echo", "slow", "boom", "strict", "block", "big"}
 
     def call(self, method: str, params: dict[str, Any]) -> Any:
         self.calls.append((method, params))
@@ -36,6 +36,8 @@ class Handler:
             if not isinstance(params.get("x"), int):
                 raise p.InvalidParams("params.x", "must be an integer")
             return params["x"]
+        if method == "big":
+            return "q" * 500_000
         if method == "block":
             self.release.wait(10)
             return "released"
@@ -230,6 +232,20 @@ def test_slow_subscriber_dropped_others_unaffected(handler: Handler) -> None:
         while server.subscribers != 1 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert server.subscribers == 1
+
+
+def test_client_that_never_reads_replies_is_dropped(handler: Handler) -> None:
+    with RpcServer("tcp:127.0.0.1:0", TOKEN, handler, send_timeout=1) as server:
+        greedy = Raw(server.address)
+        greedy.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        for n in range(60):  # 30 MB of replies it never reads
+            greedy.request(n, "big")
+        deadline = time.monotonic() + 10
+        while server._connections and time.monotonic() < deadline:
+            assert_serving(server)
+            time.sleep(0.2)
+        assert len(server._connections) == 0
+        assert_serving(server)
 
 
 def test_unix_socket_0600_and_stale_file_replaced(tmp_path: Path, handler: Handler) -> None:
