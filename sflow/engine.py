@@ -47,10 +47,12 @@ from sflow.model import CounterSample, Datagram, FlowSample
 
 __all__ = ["Engine", "VERSION", "IDLE_FACTOR", "AGG_MODES"]
 
-VERSION = "3.0-demon-1"
+#: sFlow-RT's ``MAJOR.MINOR-BUILD`` shape; /analyzer/json says ``"engine": "demon-sflow"``.
+VERSION = "3.0-100"
 IDLE_FACTOR = 10.0
 AGG_MODES = ("max", "sum", "avg", "edge", "core")
 _SHRINK_TO = 0.9
+OFPP_LOCAL = 0xFFFE
 
 KeysFn = Callable[[str, FlowSample], dict[str, object]]
 DataSourceFn = Callable[[FlowSample], str]
@@ -566,6 +568,7 @@ class Engine:
         """``/analyzer/json`` counters (the collector adds its socket figures)."""
         return {
             "version": VERSION,
+            "engine": "demon-sflow",
             "sFlowDatagramsReceived": self.datagrams,
             "sFlowBytesReceived": self.bytes,
             "sFlowDatagramsDecoded": self.decoded,
@@ -582,10 +585,16 @@ class Engine:
         }
 
     def port_map(self, now: float) -> list[dict[str, Any]]:
-        """``/demon/portmap/json``: (agent, ifIndex) -> (dpid, OpenFlow port, name)."""
+        """``/demon/portmap/json``: (agent, ifIndex) -> (dpid, OpenFlow port, name).
+
+        A bridge's own port (OpenFlow ``LOCAL``, 65534) is left out: it is no
+        switch port, so nothing can be tapped there.
+        """
         out = []
         for (agent, if_index), port in sorted(self._ports.items()):
             if port.dpid is None and port.of_port is None and port.name is None:
+                continue
+            if port.of_port == OFPP_LOCAL:
                 continue
             out.append({"agent": agent, "ifIndex": if_index, "dpid": port.dpid,
                         "dpidHex": None if port.dpid is None else f"{port.dpid:016x}",

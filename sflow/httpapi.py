@@ -85,6 +85,28 @@ class EngineHTTPServer(ThreadingHTTPServer):
         self.clock = clock
         self.extra_analyzer = extra_analyzer
         self.closing = threading.Event()
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+
+    def track(self, conn: socket.socket, open_: bool) -> None:
+        with self._connections_lock:
+            (self._connections.add if open_ else self._connections.discard)(conn)
+
+    def server_close(self) -> None:
+        """Close the listener *and* every open connection (keep-alive, long polls).
+
+        Otherwise a stopped engine would go on answering clients that hold a
+        persistent connection, and a restart would go unnoticed by them.
+        """
+        self.closing.set()
+        super().server_close()
+        with self._connections_lock:
+            conns = list(self._connections)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     @property
     def url(self) -> str:
@@ -97,6 +119,16 @@ class _Handler(BaseHTTPRequestHandler):
     server: EngineHTTPServer
     protocol_version = "HTTP/1.1"
     server_version = f"demon-sflow/{VERSION}"
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.connection, True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.track(self.connection, False)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s %s", self.address_string(), format % args)
