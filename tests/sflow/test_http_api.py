@@ -184,3 +184,35 @@ def test_monitoring_endpoints_after_replay(service: EmbeddedEngine, captures_dir
     assert metric[0]["metricName"] == "tcp" and metric[0]["topKeys"][0]["key"] == ELEPHANT
     scoped = requests.get(url + "/metric/ALL/1478.tcp/json", timeout=5).json()
     assert scoped[0]["dataSource"] == "1478"
+
+
+def test_stop_ends_open_connections_and_a_restart_reuses_the_ports() -> None:
+    first = EmbeddedEngine(("127.0.0.1", 0), ("127.0.0.1", 0)).start()
+    session = requests.Session()  # keep-alive: the connection outlives one request
+    assert session.put(first.url + "/flow/f/json", data=json.dumps(TCP), timeout=5).status_code == 204
+    outcome: dict = {}
+
+    def long_poll() -> None:
+        start = time.monotonic()
+        try:
+            outcome["body"] = requests.get(first.url + "/events/json?timeout=30", timeout=40).json()
+        except requests.RequestException as exc:
+            outcome["error"] = exc
+        outcome["elapsed"] = time.monotonic() - start
+
+    poller = threading.Thread(target=long_poll)
+    poller.start()
+    time.sleep(0.3)
+    url, sflow_addr = first.url, first.sflow_address
+    first.stop()
+    poller.join(timeout=10)
+    assert outcome["elapsed"] < 5  # the pending long poll ended with the engine
+    with pytest.raises(requests.ConnectionError):
+        session.get(url + "/flow/json", timeout=5)
+    port = int(url.rsplit(":", 1)[1])
+    second = EmbeddedEngine(sflow_addr, ("127.0.0.1", port)).start()
+    try:
+        assert second.url == url and second.sflow_address == sflow_addr
+        assert requests.get(url + "/flow/json", timeout=5).json() == {}  # a fresh engine
+    finally:
+        second.stop()
