@@ -13,7 +13,6 @@ from every passing test (the recorded suite then makes the same requests).
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 import select
 import socket
@@ -21,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -53,46 +53,20 @@ RECORD = os.environ.get("DEMON_RECORD_FIXTURES") == "1"
 def _engine_class() -> Any:
     import sflow
 
-    if not (Path(sflow.__file__).parent / "engine.py").exists():
-        pytest.skip("the embedded engine (sflow/engine.py) is not written yet")
-    from sflow.engine import EmbeddedEngine  # once it exists, a broken import fails
+    if not (Path(sflow.__file__).parent / "embedded.py").exists():
+        pytest.skip("the embedded engine (sflow/embedded.py) is not written yet")
+    from sflow.embedded import EmbeddedEngine  # once it exists, a broken import fails
 
     return EmbeddedEngine
 
 
 def _start_engine(readonly: bool = False) -> Any:
     engine_class = _engine_class()
-    kwargs: dict[str, Any] = {}
-    params = inspect.signature(engine_class).parameters
-    for name in ("http_host", "sflow_host", "host"):
-        if name in params:
-            kwargs[name] = "127.0.0.1"
-    for name in ("http_port", "sflow_port", "port", "udp_port"):
-        if name in params:
-            kwargs[name] = 0
-    if readonly:
-        if "readonly" not in params:
-            pytest.skip("the embedded engine has no read-only mode")
-        kwargs["readonly"] = True
-    engine = engine_class(**kwargs)
-    started = engine.start()
-    return started if started is not None else engine
-
-
-def _udp_address(engine: Any) -> tuple[str, int]:
-    for name in ("sflow_address", "udp_address"):
-        if hasattr(engine, name):
-            host, port = getattr(engine, name)[:2]
-            return host, port
-    for name in ("sflow_port", "udp_port"):
-        if hasattr(engine, name):
-            return "127.0.0.1", int(getattr(engine, name))
-    raise AssertionError("cannot find the engine's sFlow UDP port")
+    return engine_class(sflow_addr=("127.0.0.1", 0), http_addr=("127.0.0.1", 0),
+                        readonly=readonly).start()
 
 
 def _http_address(engine: Any) -> tuple[str, int]:
-    from urllib.parse import urlsplit
-
     parts = urlsplit(engine.url)
     return parts.hostname or "127.0.0.1", int(parts.port or 80)
 
@@ -221,7 +195,7 @@ class LiveEngine:
 
     @contextlib.contextmanager
     def traffic(self, speed: float = 1.0) -> Iterator[None]:
-        target = _udp_address(self.engine)
+        target = self.engine.sflow_address
         thread = threading.Thread(target=replay, args=(self.datagrams, target, speed), daemon=True)
         thread.start()
         try:
