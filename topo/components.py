@@ -162,6 +162,7 @@ class WatchSettings:
     state_file: Path
     sflow_port: int
     sflow_rt: str | None = None
+    engine_http_port: int = 0  # the embedded engine's API (0: ephemeral, unknown to the lab)
 
 
 def start_watch(settings: WatchSettings, log: Path, timeout: float = 30) -> Proc:
@@ -173,7 +174,7 @@ def start_watch(settings: WatchSettings, log: Path, timeout: float = 30) -> Proc
     if settings.sflow_rt:
         argv += ["--sflow-rt", settings.sflow_rt]
     else:
-        argv += ["--sflow-port", str(settings.sflow_port)]
+        argv += ["--sflow-port", str(settings.sflow_port), "--engine-http-port", str(settings.engine_http_port)]
     proc = _spawn("demon-watch", argv, log)
     if not settings.sflow_rt:
         try:
@@ -183,3 +184,15 @@ def start_watch(settings: WatchSettings, log: Path, timeout: float = 30) -> Proc
             proc.stop()
             raise
     return proc
+
+
+def engine_port_map(http_port: int) -> list[dict[str, Any]]:
+    """The embedded engine's ``/demon/portmap/json`` ([] when it does not answer)."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/demon/portmap/json", timeout=2) as resp:
+            return json.loads(resp.read())
+    except (OSError, ValueError):
+        return []

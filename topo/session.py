@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from demon.capture.taptable import write_tap_table
-from topo.components import (ControllerSettings, Proc, WatchSettings, free_port, start_controller,
-                             start_watch, wait_for_switches)
+from topo.components import (ControllerSettings, Proc, WatchSettings, engine_port_map, free_port,
+                             start_controller, start_watch, wait_for_switches)
 from topo.fabricgen import seed_fabric, write_fabric
 from topo.hostproc import HostProc, start_capture_agent
 from topo.net import Lab, ensure_ovs
@@ -32,6 +32,20 @@ from topo.sflowcfg import SflowSettings, enable_sflow
 REPO = Path(__file__).resolve().parent.parent
 LAB_POLICIES = REPO / "policies" / "lab"
 SEED_DPIDS = {1, 2, 3}
+SEED_PORTS = {1: range(1, 11), 2: range(1, 11), 3: range(1, 12)}
+
+
+def _topology_refresh() -> float:
+    """How often demon-watch re-reads the engine's port map (its runtime's default)."""
+    try:
+        from demon.runtime import RuntimeOptions
+
+        return float(RuntimeOptions().topology_interval)
+    except Exception:  # noqa: BLE001 — the runtime's shape changed: assume its documented 10 s
+        return 10.0
+
+
+TOPOLOGY_REFRESH = _topology_refresh()
 
 
 @dataclass(frozen=True)
@@ -87,6 +101,7 @@ class LabSession:
             "logs": self.out / "logs",
         }
         self.ports: dict[str, int] = {}
+        self.watch_started_at = 0.0
 
     # -- timeline -------------------------------------------------------------------
     def note(self, what: str, tap_id: str | None = None, at: float | None = None, **detail: Any) -> None:
@@ -142,14 +157,40 @@ class LabSession:
         if not opts.sflow_rt:
             enable_sflow(self.lab.switch_names, sflow)
             self.note("sFlow on", collector=sflow.collector, sampling=opts.sampling, polling=opts.polling)
+            self.await_port_map()
+
+    def await_port_map(self, timeout: float = 20) -> None:
+        """Wait until the daemon can place taps: its engine has seen every switch port
+        (counter records 1004/1005) and the daemon has re-read that port map.
+
+        The daemon reads the map at start and then every ``TOPOLOGY_REFRESH`` s;
+        a threshold event from a port it does not know yet fails the tap.
+        """
+        want = {(dpid, port) for dpid, ports in SEED_PORTS.items() for port in ports}
+        deadline = time.monotonic() + timeout
+        while True:
+            have = {(e.get("dpid"), e.get("ofPort")) for e in engine_port_map(self.ports["engine_http"])}
+            if want <= have:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the engine's port map lacks {sorted(want - have)[:5]}... after {timeout:g}s")
+            time.sleep(0.2)
+        self.note("port map complete", ports=len(want))
+        refreshed = self.watch_started_at + TOPOLOGY_REFRESH + 0.5
+        if time.time() < refreshed:
+            time.sleep(refreshed - time.time())
+        self.note("daemon knows the port map")
 
     def start_watch(self) -> Proc:
         """Start (or restart) ``demon-watch`` against the same state file."""
         opts = self.options
         if "sflow" not in self.ports:
             self.ports["sflow"] = free_port(kind=2)  # SOCK_DGRAM
+        self.ports["engine_http"] = free_port()
         settings = WatchSettings(opts.policies, f"tcp:127.0.0.1:{self.ports['rpc']}", self.paths["token"],
-                                 self.paths["state"], self.ports["sflow"], opts.sflow_rt)
+                                 self.paths["state"], self.ports["sflow"], opts.sflow_rt,
+                                 self.ports["engine_http"])
+        self.watch_started_at = time.time()
         self.watch = start_watch(settings, self.paths["logs"] / "demon-watch.log")
         self.note("demon-watch up", pid=self.watch.pid, policies=str(opts.policies))
         return self.watch

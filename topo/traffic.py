@@ -22,6 +22,7 @@ import os
 import random
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -89,30 +90,50 @@ def summarise_iperf(report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    proc = subprocess.run(iperf_server_cmd(args.port, args.bind), capture_output=True, text=True)
+def run_child(cmd: list[str], timeout: float) -> tuple[int, str, str]:
+    """Run ``cmd`` to its end, bounded by ``timeout``; SIGTERM to us ends it too
+    (an iperf3 left behind in a vanished namespace spins forever)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def forward(signum: int, _frame: Any) -> None:
+        proc.terminate()
+
+    previous = signal.signal(signal.SIGTERM, forward)
     try:
-        _emit({"role": "server", **summarise_iperf(json.loads(proc.stdout))})
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        err += f"\nkilled after {timeout:g}s"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return proc.returncode, out, err
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    code, out, err = run_child(iperf_server_cmd(args.port, args.bind) + ["--idle-timeout", str(int(args.timeout))],
+                               args.timeout + 5)
+    try:
+        _emit({"role": "server", **summarise_iperf(json.loads(out))})
     except ValueError:
-        _emit({"role": "server", "error": proc.stderr.strip() or "no iperf3 report"})
+        _emit({"role": "server", "error": err.strip() or "no iperf3 report"})
         return 1
-    return proc.returncode
+    return code
 
 
 def cmd_elephant(args: argparse.Namespace) -> int:
     if shutil.which("iperf3") is None:
         _emit({"error": "iperf3 not installed (run: bash scripts/setup)"})
         return 1
-    proc = subprocess.run(iperf_client_cmd(args.dst, args.port, args.rate, args.time, args.udp,
-                                           args.cport, args.length),
-                          capture_output=True, text=True)
+    cmd = iperf_client_cmd(args.dst, args.port, args.rate, args.time, args.udp, args.cport, args.length)
+    code, out, err = run_child(cmd + ["--connect-timeout", "3000"], args.time + 20)
     try:
-        report = json.loads(proc.stdout)
+        report = json.loads(out)
     except ValueError:
-        _emit({"role": "client", "error": proc.stderr.strip() or "no iperf3 report"})
+        _emit({"role": "client", "error": err.strip() or "no iperf3 report"})
         return 1
     _emit({"role": "client", **summarise_iperf(report)})
-    return proc.returncode
+    return code
 
 
 # -- plain UDP ------------------------------------------------------------------------
@@ -270,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="one-shot iperf3 server")
     s.add_argument("--port", type=int, default=5201)
     s.add_argument("--bind")
+    s.add_argument("--timeout", type=float, default=60, help="give up when no client came/stayed this long")
     s.set_defaults(fn=cmd_serve)
 
     e = sub.add_parser("elephant", help="iperf3 client at a set rate")
