@@ -383,15 +383,18 @@ class TapService:
                 return dict(old.result)
             sw = self._switch(spec.dpid)
             cookie = allocate_cookie(spec.tap_id, {t.cookie: t.spec.tap_id for t in self.taps.values()})
-            # Clear the tap's previous entries (also stale ones left from before a restart).
-            for dpid in {spec.dpid, *([old.spec.dpid] if old else [])}:
-                target = self.switches.get(dpid)
-                if target is None:
-                    continue
-                self._delete_quietly(target, cookie)
+            if old is not None and (old.spec.dpid, old.cookie) != (spec.dpid, cookie):
+                moved_from = self.switches.get(old.spec.dpid)
+                if moved_from is not None:
+                    self._delete_quietly(moved_from, old.cookie)
             self.taps.pop(spec.tap_id, None)
             entries = mirror_entries(spec, cookie, self.static)
-            self._add(sw, [e for _, e in entries])
+            # One batch, one barrier: clear the tap's previous entries (also stale ones left
+            # from before a restart), then add; the switch applies them in order.
+            self._quiet[(spec.dpid, cookie)] = time.monotonic() + QUIET_WINDOW
+            dp = sw.link.dp
+            sw.link.send_confirmed([_to_parser_flowmod(dp, of13.delete_by_cookie(cookie))]
+                                   + [_to_parser_flowmod(dp, of13.flow_mod(e)) for _, e in entries])
             result = {"tap_id": spec.tap_id, "dpid": spec.dpid, "cookie": cookie, "entries": len(entries),
                       "replaced": old is not None, "installed_at": round(time.time(), 3)}
             self.taps[spec.tap_id] = Tap(spec, cookie, result, {d: dict(e.match) for d, e in entries},
