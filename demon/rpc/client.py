@@ -17,7 +17,7 @@ import queue
 import socket
 import threading
 import time
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator
 
 from demon.rpc import protocol as p
 from demon.rpc.protocol import Event, RpcError
