@@ -165,14 +165,15 @@ def _watch(args: argparse.Namespace, err: IO[str]) -> int:
         controller = RpcClient(args.controller, token=token, timeout=args.rpc_timeout)
         runtime = Runtime(args.policies, engine_url, controller, store,
                           RuntimeOptions(on_exit=args.on_exit, dry_run=args.dry_run))
+        # Handlers only enqueue: the mutator thread acts on them once run() starts.
+        # Installed before start() so that no signal finds the default action.
+        signal.signal(signal.SIGHUP, lambda *_: runtime.request_reload())
+        signal.signal(signal.SIGTERM, lambda *_: runtime.request_stop("SIGTERM"))
+        signal.signal(signal.SIGINT, lambda *_: runtime.request_stop("SIGINT"))
         try:
             runtime.start()
         except StartupError as exc:
             return _fail(err, str(exc), exc.status)
-        # Handlers only enqueue: the mutator thread acts on them.
-        signal.signal(signal.SIGHUP, lambda *_: runtime.request_reload())
-        signal.signal(signal.SIGTERM, lambda *_: runtime.request_stop("SIGTERM"))
-        signal.signal(signal.SIGINT, lambda *_: runtime.request_stop("SIGINT"))
         runtime.run()
         return EXIT_OK
     finally:
