@@ -385,6 +385,20 @@ class ConformanceSuite:
             assert rpc.set_static(None) == {"switches": 0, "entries": 0}
         assert self.project_entries(component, S1, STATIC_COOKIE) == []
 
+    def test_static_entries_with_a_timeout_come_back(self, lab: Any, rpc: Any, component: Component) -> None:
+        config = {"timeout": 1, "switches": {"1": {"pairs": [[3, 4]]}}}
+        try:
+            assert rpc.set_static(config) == {"switches": 1, "entries": 2}
+            first = {e.match["in_port"] for e in self.project_entries(component, S1, STATIC_COOKIE)}
+            assert first == {3, 4}
+            time.sleep(2.5)  # each entry expired at least twice (hard_timeout 1 s) and was re-added
+            again = self.project_entries(component, S1, STATIC_COOKIE)
+            assert {e.match["in_port"] for e in again} == {3, 4}
+            assert all(e.hard_timeout == 1 for e in again)
+        finally:
+            rpc.set_static(None)
+        assert self.project_entries(component, S1, STATIC_COOKIE) == []
+
     def test_netcheck_reports_a_deleted_entry(self, lab: Any, rpc: Any, component: Component) -> None:
         tap = rpc.install_mirror("conf-check", S2, five_tuple(6, 8, 41401, 5401), UPLINK, bidirectional=True)
         base = [sys.executable, "-m", "demon.controller.netcheck", "--fabric", str(component.fabric)]

@@ -136,3 +136,12 @@ def test_mirror_record_rebuilds_a_tap_from_its_entries() -> None:
         assert (rec["packets"], rec["bytes"]) == (6, 600)
     assert known["tap_id"] == "t" and known["match"] == dict(spec.match)
     assert unknown["tap_id"] is None and unknown["installed_at"] == 108.0
+
+
+def test_launcher_refuses_a_bad_fabric_before_starting(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from demon.controller.launcher import main
+
+    bad = tmp_path / "fabric.json"
+    bad.write_text(json.dumps({**SEED, "switches": [{**SEED["switches"][0], "role": "spine"}]}))
+    assert main(["--fabric", str(bad), "--token-file", str(tmp_path / "tok")]) == 2
+    assert "switches[0].role: must be one of filter, aggregation" in capsys.readouterr().err
