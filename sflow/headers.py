@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import socket
 
-__all__ = ["parse_header", "fill_keys", "HEADER_ETHERNET", "HEADER_IPV4", "HEADER_IPV6"]
+__all__ = ["parse_header", "fill_keys", "header_keys", "HEADER_ETHERNET", "HEADER_IPV4", "HEADER_IPV6"]
 
 HEADER_ETHERNET = 1
 HEADER_IPV4 = 11
@@ -38,14 +38,21 @@ _DEC = [str(i) for i in range(65536)]
 
 
 def parse_header(protocol: int, header: bytes) -> dict[str, str]:
-    """sFlow-RT keys found in a sampled header of the given ``headerProtocol``."""
-    keys: dict[str, str] = {}
-    fill_keys(protocol, header, keys)
-    return keys
+    """sFlow-RT keys found in a sampled header of the given ``headerProtocol`` (a new dict)."""
+    return dict(header_keys(protocol, header))
 
 
 def fill_keys(protocol: int, header: bytes, keys: dict[str, str]) -> None:
-    """``parse_header`` into an existing dict (saves a merge in the per-sample path)."""
+    """``parse_header`` into an existing dict."""
+    keys.update(header_keys(protocol, header))
+
+
+def header_keys(protocol: int, header: bytes) -> dict[str, str]:
+    """Like ``parse_header``, but the dict may be shared (cached): do not modify it.
+
+    The per-sample fast path: ``header_keys(...).copy()`` starts a sample's key
+    dict at the right size.
+    """
     h = header
     n = len(h)
     # Fast path, same result as the general walk: untagged Ethernet, IPv4 without
@@ -53,6 +60,7 @@ def fill_keys(protocol: int, header: bytes, keys: dict[str, str]) -> None:
     if (protocol == 1 and n >= 34 and h[12] == 8 and h[13] == 0 and h[14] == 0x45
             and not (h[20] & 0x1F or h[21])):
         proto = h[23]
+        keys: dict[str, str]
         if n >= 48 and not (proto == 17 and h[36] == 0x12 and h[37] == 0xB5):  # not VXLAN
             # Samples of one flow differ only in bytes no key depends on (IP id, TTL,
             # checksum, TCP sequence...): cache the keys on the bytes they come from.
@@ -71,11 +79,13 @@ def fill_keys(protocol: int, header: bytes, keys: dict[str, str]) -> None:
                 if len(_CACHE) >= _CACHE_MAX:
                     _CACHE.clear()
                 _CACHE[raw] = hit
-            keys.update(hit)
-            return
+            return hit
+        keys = {}
         _fast_ipv4(h, proto, keys)
-        return
+        return keys
+    keys = {}
     _general(protocol, h, keys)
+    return keys
 
 
 _CACHE: dict[bytes, dict[str, str]] = {}

@@ -24,7 +24,7 @@ Choices (documented because sFlow-RT's exact behaviour is not published):
 
 from __future__ import annotations
 
-from sflow.headers import fill_keys
+from sflow.headers import header_keys
 from sflow.model import (
     DS_IFINDEX,
     IF_FORMAT_DISCARD,
@@ -73,9 +73,9 @@ def datasource_of(sample: FlowSample) -> str:
 
 def sample_keys(agent: str, sample: FlowSample) -> dict[str, object]:
     """All sFlow-RT flow keys of ``sample`` from ``agent`` (see module doc)."""
-    keys: dict[str, object] = {"agent": agent}
     header = None
-    has_sampled = False
+    switch = None
+    others = False
     for rec in sample.records:
         fmt = rec.format
         if rec.enterprise or not rec.known:
@@ -83,46 +83,37 @@ def sample_keys(agent: str, sample: FlowSample) -> dict[str, object]:
         if fmt == 1:
             header = rec.fields
         elif fmt == 1001:
-            # the decoder shares extended_switch records: reuse their key strings
-            entry = _SWITCH_KEYS.get(id(rec))
-            if entry is None or entry[0] is not rec:
-                f = rec.fields
-                entry = (rec, {"vlansource": str(f["in_vlan"]), "prioritysource": str(f["in_priority"]),
-                               "vlandestination": str(f["out_vlan"]),
-                               "prioritydestination": str(f["out_priority"])})
-                if len(_SWITCH_KEYS) >= 4096:
-                    _SWITCH_KEYS.clear()
-                _SWITCH_KEYS[id(rec)] = entry  # holds rec, so its id is not reused meanwhile
-            keys.update(entry[1])
-        elif fmt == 1002:
-            f = rec.fields
-            if f["nextHop"]:
-                keys["ipnexthoprouter"] = f["nextHop"]
-            keys["ipsourcemaskbits"] = str(f["srcSubnetMask"])
-            keys["ipdestinationmaskbits"] = str(f["dstSubnetMask"])
-        elif fmt == 1003:
-            _gateway_keys(rec.fields, keys)
-        elif 2 <= fmt <= 4:
-            has_sampled = True
+            switch = rec
+        else:
+            others = True
+    keys: dict[str, object]
     if header is not None:
-        fill_keys(header["headerProtocol"], header["header"], keys)  # type: ignore[arg-type]
+        # start from the (possibly cached) header keys: one copy, no dict regrowth
+        keys = header_keys(header["headerProtocol"], header["header"]).copy()  # type: ignore[arg-type]
         keys["bytes"] = header["sampledPacketSize"]
-    elif has_sampled:
-        _record_keys(sample, keys)
-    inp = sample.input
-    if inp.format == IF_FORMAT_IFINDEX:
-        value = inp.value
-        if value:
-            keys["inputifindex"] = "internal" if value == IF_INTERNAL else str(value)
     else:
-        keys["inputifindex"] = "discard" if inp.format == IF_FORMAT_DISCARD else "multiple"
+        keys = {}
+    keys["agent"] = agent
+    if switch is not None:
+        keys.update(_switch_keys(switch))
+    if others:
+        _other_record_keys(sample, keys, header is None)
+    inp = sample.input
+    iface = _IF_KEYS.get(id(inp))
+    if iface is None or iface[0] is not inp:
+        iface = _remember_interface(inp)
+    if iface[1] is not None:
+        keys["inputifindex"] = iface[1]
     if sample.discard_reason is not None:
         keys["outputifindex"] = "discard"
         keys["reason"] = str(sample.discard_reason)
     else:
-        out = interface_key(sample.output)
-        if out is not None:
-            keys["outputifindex"] = out
+        out = sample.output
+        iface = _IF_KEYS.get(id(out))
+        if iface is None or iface[0] is not out:
+            iface = _remember_interface(out)
+        if iface[1] is not None:
+            keys["outputifindex"] = iface[1]
     if sample.source_class != DS_IFINDEX:
         keys["direction"] = "ingress"
     else:
@@ -132,6 +123,49 @@ def sample_keys(agent: str, sample: FlowSample) -> dict[str, object]:
     keys["frames"] = 1
     keys["_rate"] = sample.sampling_rate
     return keys
+
+
+# Caches keyed by id() of the decoder's shared objects; each entry holds the object
+# itself, so its id cannot be reused while the entry exists (checked with ``is``).
+_IF_KEYS: dict[int, tuple[Interface, str | None]] = {}
+
+
+def _remember_interface(iface: Interface) -> tuple[Interface, str | None]:
+    entry = (iface, interface_key(iface))
+    if len(_IF_KEYS) >= 4096:
+        _IF_KEYS.clear()
+    _IF_KEYS[id(iface)] = entry
+    return entry
+
+
+def _switch_keys(rec: Record) -> dict[str, str]:
+    entry = _SWITCH_KEYS.get(id(rec))
+    if entry is None or entry[0] is not rec:
+        f = rec.fields
+        entry = (rec, {"vlansource": str(f["in_vlan"]), "prioritysource": str(f["in_priority"]),
+                       "vlandestination": str(f["out_vlan"]),
+                       "prioritydestination": str(f["out_priority"])})
+        if len(_SWITCH_KEYS) >= 4096:
+            _SWITCH_KEYS.clear()
+        _SWITCH_KEYS[id(rec)] = entry
+    return entry[1]
+
+
+def _other_record_keys(sample: FlowSample, keys: dict[str, object], no_header: bool) -> None:
+    for rec in sample.records:
+        if rec.enterprise or not rec.known:
+            continue
+        fmt = rec.format
+        if fmt == 1002:
+            f = rec.fields
+            if f["nextHop"]:
+                keys["ipnexthoprouter"] = f["nextHop"]
+            keys["ipsourcemaskbits"] = str(f["srcSubnetMask"])
+            keys["ipdestinationmaskbits"] = str(f["dstSubnetMask"])
+        elif fmt == 1003:
+            _gateway_keys(rec.fields, keys)
+    if no_header:
+        _record_keys(sample, keys)
 
 
 def _direction(sample: FlowSample) -> str | None:
