@@ -152,6 +152,7 @@ def _watch(args: argparse.Namespace, err: IO[str]) -> int:
     except StoreError as exc:
         return _fail(err, str(exc), EXIT_STATE)
     engine: Any = None
+    previous: dict[int, Any] = {}
     try:
         if args.sflow_rt:
             engine_url = args.sflow_rt
@@ -167,6 +168,8 @@ def _watch(args: argparse.Namespace, err: IO[str]) -> int:
                           RuntimeOptions(on_exit=args.on_exit, dry_run=args.dry_run))
         # Handlers only enqueue: the mutator thread acts on them once run() starts.
         # Installed before start() so that no signal finds the default action.
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGHUP, signal.SIGTERM,
+                                                           signal.SIGINT)}
         signal.signal(signal.SIGHUP, lambda *_: runtime.request_reload())
         signal.signal(signal.SIGTERM, lambda *_: runtime.request_stop("SIGTERM"))
         signal.signal(signal.SIGINT, lambda *_: runtime.request_stop("SIGINT"))
@@ -177,6 +180,8 @@ def _watch(args: argparse.Namespace, err: IO[str]) -> int:
         runtime.run()
         return EXIT_OK
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         store.close()
         if engine is not None:
             engine.stop()
