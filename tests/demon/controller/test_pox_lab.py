@@ -22,7 +22,9 @@ from demon.rpc.protocol import RpcError
 from tests.demon.controller.conformance import Capture, ConformanceSuite, H, is_flow
 from tests.demon.controller.conftest import POX_HOME, Component, seed_fabric_json, write_json
 
-pytestmark = [pytest.mark.integration, pytest.mark.pox, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.pox, pytest.mark.slow,
+              pytest.mark.skipif(not POX_HOME, reason="POX_HOME not set: POX is a git checkout "
+                                 "(e.g. /tmp/pox), never a pip package")]
 S1, S2, S3 = 1, 2, 3
 UPLINK = 6
 
