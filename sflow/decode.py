@@ -589,6 +589,8 @@ _HEADER_V6 = struct.Struct(">16s4I")
 
 def decode_datagram(data: bytes) -> Datagram:
     """Decode one sFlow v5 datagram (a UDP payload); raise ``DecodeError`` if malformed."""
+    if type(data) is not bytes:
+        data = bytes(data)  # bytearray / memoryview: record fields must hold real bytes
     try:
         return _decode(data)
     except DecodeError:

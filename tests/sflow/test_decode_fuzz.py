@@ -1,7 +1,9 @@
-"""Robustness: whatever the bytes, the decoder returns a Datagram or raises DecodeError."""
+"""Robustness: whatever the bytes, the decoder returns a Datagram or raises DecodeError,
+and whatever it returns, flow keys and the JSON view can be computed."""
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
@@ -10,6 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sflow.decode import REASONS, DecodeError, decode_datagram
+from sflow.jsonview import datagram_to_json
+from sflow.keys import datasource_of, sample_keys
 from sflow.model import Datagram
 
 from .conftest import corpus_cases
@@ -35,11 +39,17 @@ VALID = _valid_payloads()
 
 
 def _decode_or_error(data: bytes) -> Datagram | DecodeError:
+    """Decode; whatever decodes must also yield flow keys and a JSON view without error."""
     try:
-        return decode_datagram(data)
+        dg = decode_datagram(data)
     except DecodeError as exc:
         assert exc.reason in REASONS
         return exc
+    for sample in dg.flow_samples:
+        keys = sample_keys(dg.agent, sample)
+        assert keys["agent"] == dg.agent and isinstance(datasource_of(sample), str)
+    json.dumps(datagram_to_json(dg))
+    return dg
 
 
 @settings(max_examples=400, deadline=None)
