@@ -76,6 +76,7 @@ class RuntimeOptions:
     tick_interval: float = 1.0
     requests_interval: float = 1.0
     topology_interval: float = 10.0
+    controller_probe_interval: float = 1.0
     event_poll_timeout: float = 20.0
     max_events: int = 100
     batch_max: int = 500
@@ -205,6 +206,8 @@ class Runtime:
         self._halt = threading.Event()
         self._stopping = False
         self._controller_up = False
+        self._controller_lock = threading.Lock()
+        self._reconnecting = False
         self._rpc_queue: "queue.Queue[Command | None]" = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._scheduler: BackgroundScheduler | None = None
@@ -324,6 +327,9 @@ class Runtime:
         scheduler.add_job(lambda: self.inputs.put(_PollRequests()), "interval",
                           seconds=self.options.requests_interval / speed, id="requests",
                           coalesce=True, max_instances=1)
+        scheduler.add_job(self._controller_back, "interval",
+                          seconds=self.options.controller_probe_interval / speed,
+                          id="controller-probe", coalesce=True, max_instances=1)
         scheduler.add_job(self._refresh_topology, "interval",
                           seconds=self.options.topology_interval / speed, id="topology",
                           coalesce=True, max_instances=1)
@@ -412,24 +418,40 @@ class Runtime:
         self.inputs.put(_NewTopology(Topology(self._port_map, self._switches)))
 
     def _on_connection(self, up: bool) -> None:
+        """The controller came (subscription connected) or went (any failed call)."""
         if up:
             threading.Thread(target=self._controller_back, daemon=True).start()
-        elif self._controller_up:
-            self._controller_up = False
+            return
+        with self._controller_lock:
+            was_up, self._controller_up = self._controller_up, False
+        if was_up:
             log.warning("lost the controller at %s; taps wait until it is back",
                         self.controller.address)
             self.inputs.put(ControllerStatus(up=False))
 
     def _controller_back(self) -> None:
-        if self._controller_up:
-            return  # the first connection after start: already reconciled
+        """Reconcile with a controller seen again (from the subscription or the probe).
+
+        Also run every second while the controller is down: a call may have failed
+        (timeout) while the event connection stayed up, so no reconnect would tell.
+        """
+        with self._controller_lock:
+            if self._controller_up or self._reconnecting:
+                return
+            self._reconnecting = True
         try:
             switches = self.controller.list_switches()
             mirrors = self.controller.list_mirrors()
         except RpcError as exc:
-            log.warning("controller reconnected but did not answer: %s", exc)
+            log.debug("controller at %s not back yet: %s", self.controller.address, exc)
             return
-        self._controller_up = True
+        finally:
+            with self._controller_lock:
+                self._reconnecting = False
+        with self._controller_lock:
+            if self._controller_up:
+                return
+            self._controller_up = True
         log.info("controller at %s is back: reconciling %d mirror(s)",
                  self.controller.address, len(mirrors))
         self.inputs.put(_ControllerBack(switches=list(switches), mirrors=list(mirrors)))

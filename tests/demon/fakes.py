@@ -70,7 +70,8 @@ class FakeController:
         self.mirrors: dict[str, dict[str, Any]] = {}
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.fail_installs = 0          # answer this many installs with -32004
-        self.install_delay = 0.0        # seconds each install takes
+        self.install_delay = 0.0        # seconds each install takes...
+        self.slow_installs = -1         # ...for this many installs (-1: all)
         self.max_concurrent = 0         # most mirrors held at once
         self.lock = threading.Lock()
         self.server: RpcServer | None = None
@@ -153,7 +154,8 @@ class FakeController:
         spec = parse_mirror_params(params)
         if spec.dpid not in {sw["dpid"] for sw in self.switches}:
             raise RpcError(p.UNKNOWN_SWITCH, f"switch {spec.dpid} is not connected")
-        if self.install_delay:
+        if self.install_delay and self.slow_installs != 0:
+            self.slow_installs -= 1
             time.sleep(self.install_delay)
         with self.lock:
             if self.fail_installs > 0:
@@ -354,7 +356,8 @@ class Harness:
     def __init__(self, tmp: Path, mock: Any, policies: dict[str, str],
                  controller: FakeController | None = None,
                  engine: ScriptedEngine | None = None,
-                 clock: Callable[[], float] | None = None, **options: Any) -> None:
+                 clock: Callable[[], float] | None = None, rpc_timeout: float = 2.0,
+                 **options: Any) -> None:
         self.policies_dir = tmp / "policies"
         self.policies_dir.mkdir(exist_ok=True)
         for old in self.policies_dir.glob("*.yaml"):
@@ -367,7 +370,8 @@ class Harness:
         self.store = Store(self.state_path)
         self.options = RuntimeOptions(speed=SPEED, event_poll_timeout=1, **options)
         self.runtime = Runtime(self.policies_dir, self.engine.base_url,
-                               RpcClient(self.controller.address, token=TOKEN, timeout=2.0),
+                               RpcClient(self.controller.address, token=TOKEN,
+                                         timeout=rpc_timeout),
                                self.store, self.options,
                                clock=clock or accelerated_clock(SPEED))
         self.thread = threading.Thread(target=self.runtime.run, daemon=True)

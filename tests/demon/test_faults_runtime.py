@@ -90,6 +90,27 @@ def test_controller_down_taps_wait_caps_hold_installed_once_on_recovery(
     assert h.controller.max_concurrent == 2
 
 
+def test_a_timed_out_install_is_settled_without_a_duplicate(
+        tmp_path: Path, mock: responses.RequestsMock) -> None:
+    """The call times out but the event connection stays up: the runtime probes the
+    controller, reconciles, and the tap ends up active on one mirror."""
+    controller = FakeController().start()
+    controller.install_delay, controller.slow_installs = 1.0, 1
+    h = Harness(tmp_path, mock, {"elephant": ELEPHANT.format(max_taps=4)},
+                controller=controller, rpc_timeout=0.5).start()
+    try:
+        h.engine.set_flows("demon_elephant", [(FLOW_A, 400_000.0, "101")])
+        h.engine.fire("demon_elephant", FLOW_A)
+        wait_for(lambda: h.runtime.state.taps.get("elephant.1") is not None
+                 and h.runtime.state.taps["elephant.1"].state == "active", timeout=10,
+                 what="tap active after the timeout")
+        assert list(controller.mirrors) == ["elephant.1"]
+        assert set(t for m, t in controller.writes() if m == "install_mirror") == {"elephant.1"}
+    finally:
+        h.stop()
+        controller.stop()
+
+
 def test_an_event_storm_never_exceeds_the_caps(tmp_path: Path,
                                                make: Callable[..., Harness]) -> None:
     policies = {"elephant": ELEPHANT.format(max_taps=5), "_global": "max_taps: 3\n"}
