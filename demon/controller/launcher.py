@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from demon.controller.fabric import FabricError, load_fabric, load_static
@@ -26,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="shared RPC token; created 0600 with a random value if missing")
     parser.add_argument("--fabric", required=True, help="fabric description JSON (docs/fabric.md)")
     parser.add_argument("--static", help="static config: JSON (the fabric's static section) or mirrorPorts.txt")
+    parser.add_argument("--state-file",
+                        help="where tap ids are remembered by cookie across restarts "
+                             "(default: osken-taps.json beside the token file)")
     parser.add_argument("--barrier-timeout", type=float, default=5.0, help="seconds to wait for a switch")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser
@@ -63,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demon-controller: openflow {args.of_host}:{args.of_port} rpc {address}", flush=True)
 
     osken_app.configure(osken_app.Settings(fabric=fabric, static=static, rpc_address=args.rpc, token=token,
-                                           barrier_timeout=args.barrier_timeout, on_rpc_ready=ready))
+                                           barrier_timeout=args.barrier_timeout, on_rpc_ready=ready,
+                                           state_file=Path(args.state_file) if args.state_file
+                                           else Path(args.token_file).parent / "osken-taps.json"))
 
     def stop(signum: int, _frame: Any) -> None:
         # os-ken's native hub cannot kill its threads; the switches keep their entries

@@ -9,10 +9,13 @@ xid and waits on a plain ``threading.Event`` with its own timeout (os-ken's nati
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from os_ken.base import app_manager
@@ -27,7 +30,7 @@ from demon.controller.fabric import (Entry, Fabric, FabricError, StaticConfig, i
                                      mirror_entries, mirror_record, no_flood_ports, parse_static,
                                      static_entries)
 from demon.controller.spec import (BASELINE_COOKIE, EXACT_MASK, MIRROR_BIT, PROJECT_MASK,
-                                   STATIC_COOKIE, MirrorSpec, SpecError, allocate_cookie,
+                                   STATIC_COOKIE, MirrorSpec, SpecError, allocate_cookie, cookie_for_tap,
                                    is_mirror_cookie, parse_dpid, parse_mirror_params, parse_tap_id)
 from demon.rpc.protocol import RpcError
 
@@ -52,6 +55,8 @@ class Settings:
     rpc_address: str = "tcp:127.0.0.1:7733"
     token: str = ""
     barrier_timeout: float = 5.0
+    #: where tap ids are remembered by cookie, so a restarted component still names them
+    state_file: Path | None = None
     on_rpc_ready: Callable[[str], None] | None = None
 
 
@@ -229,6 +234,34 @@ class TapService:
         # OVS may send FlowRemoved after the barrier reply, so a window, not a flag.
         self._quiet: dict[tuple[int, int], float] = {}
         self._collect: dict[tuple[int, int], list[Any]] = {}
+        self.remembered: dict[int, str] = self._load_remembered()
+
+    # ------------------------------------------------------ remembered tap ids
+    def _load_remembered(self) -> dict[int, str]:
+        path = self.settings.state_file
+        if path is None or not path.exists():
+            return {}
+        try:
+            raw = json.loads(path.read_text())
+            return {int(cookie, 16): str(tap_id) for cookie, tap_id in raw.get("taps", {}).items()}
+        except (OSError, ValueError, AttributeError) as exc:
+            LOG.warning("state file %s unreadable (%s): tap ids of earlier mirrors unknown", path, exc)
+            return {}
+
+    def _remember(self, cookie: int, tap_id: str | None) -> None:
+        if tap_id is None:
+            self.remembered.pop(cookie, None)
+        else:
+            self.remembered[cookie] = tap_id
+        path = self.settings.state_file
+        if path is None:
+            return
+        try:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps({"taps": {f"{c:#x}": t for c, t in sorted(self.remembered.items())}}))
+            os.replace(tmp, path)
+        except OSError as exc:
+            LOG.warning("cannot write state file %s: %s", path, exc)
 
     def methods(self) -> set[str]:
         return set(self.METHODS)
@@ -349,7 +382,8 @@ class TapService:
             return
         match = of13.oxm_to_match(list(msg.match.items()))
         params: dict[str, Any] = {
-            "tap_id": tap.spec.tap_id if tap else None, "dpid": dp.id, "cookie": msg.cookie,
+            "tap_id": tap.spec.tap_id if tap else self.remembered.get(msg.cookie), "dpid": dp.id,
+            "cookie": msg.cookie,
             "reason": reason, "packets": msg.packet_count, "bytes": msg.byte_count,
             "duration_s": round(msg.duration_sec + msg.duration_nsec / 1e9, 3)}
         if tap is not None:
@@ -359,6 +393,7 @@ class TapService:
             tap.live.discard(direction)
             if not tap.live and self.taps.get(tap.spec.tap_id) is tap:
                 del self.taps[tap.spec.tap_id]
+                self._remember(tap.cookie, None)
         self.publish("mirror_removed", params)
 
     def _reassert_static(self, dpid: int, priority: int, match: dict[str, Any]) -> None:
@@ -399,6 +434,7 @@ class TapService:
                       "replaced": old is not None, "installed_at": round(time.time(), 3)}
             self.taps[spec.tap_id] = Tap(spec, cookie, result, {d: dict(e.match) for d, e in entries},
                                          {d for d, _ in entries})
+            self._remember(cookie, spec.tap_id)
             return dict(result)
 
     def rpc_remove_mirror(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -411,26 +447,47 @@ class TapService:
         with self.lock:
             tap = self.taps.get(tap_id)
             if tap is None:
-                return {"tap_id": tap_id, "removed": False, "packets": 0, "bytes": 0}
+                return self._remove_orphan(tap_id)
             sw = self.switches.get(tap.spec.dpid)
-            removed: list[Any] = []
-            if sw is not None:
-                key = (tap.spec.dpid, tap.cookie)
-                self._quiet.pop(key, None)
-                expected = len(tap.live)
-                self._collect[key] = removed
-                try:
-                    self._delete(sw, tap.cookie)
-                    # OVS may send the FlowRemoved messages after the barrier reply.
-                    deadline = time.monotonic() + min(1.0, self.settings.barrier_timeout)
-                    while len(removed) < expected and time.monotonic() < deadline:
-                        time.sleep(0.002)
-                finally:
-                    self._collect.pop(key, None)
+            removed = self._delete_collecting(sw, tap.cookie, len(tap.live)) if sw is not None else []
             self.taps.pop(tap_id, None)
+            self._remember(tap.cookie, None)
             return {"tap_id": tap_id, "removed": bool(removed) or sw is None,
                     "packets": sum(m.packet_count for m in removed),
                     "bytes": sum(m.byte_count for m in removed)}
+
+    def _delete_collecting(self, sw: SwitchState, cookie: int, expected: int) -> list[Any]:
+        """Delete a cookie's entries and return their FlowRemoved messages (final counters)."""
+        key = (sw.link.dp.id, cookie)
+        removed: list[Any] = []
+        self._quiet.pop(key, None)
+        self._collect[key] = removed
+        try:
+            self._delete(sw, cookie)
+            # OVS may send the FlowRemoved messages after the barrier reply.
+            deadline = time.monotonic() + min(1.0, self.settings.barrier_timeout)
+            while len(removed) < expected and time.monotonic() < deadline:
+                time.sleep(0.002)
+        finally:
+            self._collect.pop(key, None)
+        return removed
+
+    def _remove_orphan(self, tap_id: str) -> dict[str, Any]:
+        """A tap this process did not install (it ran before a restart): its entries are
+        found by the cookie derived from its id."""
+        cookies = {cookie_for_tap(tap_id)} | {c for c, t in self.remembered.items() if t == tap_id}
+        removed: list[Any] = []
+        for sw in list(self.switches.values()):
+            for cookie in cookies:
+                rows = self._flow_table(sw, cookie, EXACT_MASK)
+                if rows:
+                    self.remembered.setdefault(cookie, tap_id)  # names the mirror_removed events
+                    removed += self._delete_collecting(sw, cookie, len(rows)) or [None]
+        for cookie in cookies:
+            self._remember(cookie, None)
+        got = [m for m in removed if m is not None]
+        return {"tap_id": tap_id, "removed": bool(removed), "packets": sum(m.packet_count for m in got),
+                "bytes": sum(m.byte_count for m in got)}
 
     def rpc_list_mirrors(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         dpid = self._dpid_param(params, required=False)
@@ -443,9 +500,11 @@ class TapService:
                 by_cookie.setdefault(row[0].cookie, []).append(row)
             for cookie, rows in sorted(by_cookie.items()):
                 tap = known.get((sw.link.dp.id, cookie))
-                out.append(mirror_record(sw.link.dp.id, cookie, rows,
-                                         tap.spec if tap else None,
-                                         tap.result["installed_at"] if tap else None))
+                record = mirror_record(sw.link.dp.id, cookie, rows, tap.spec if tap else None,
+                                       tap.result["installed_at"] if tap else None)
+                if record["tap_id"] is None:
+                    record["tap_id"] = self.remembered.get(cookie)
+                out.append(record)
         return out
 
     def rpc_list_switches(self, params: dict[str, Any]) -> list[dict[str, Any]]:

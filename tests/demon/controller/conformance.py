@@ -481,8 +481,10 @@ class ConformanceSuite:
 
     def test_mirrors_survive_a_component_restart(self, lab: Any, component: Component) -> None:
         rpc = component.client()
-        result = rpc.install_mirror("conf-restart", S1, five_tuple(2, 3, 41501, 5501), UPLINK,
-                                    idle_timeout=0, hard_timeout=120)
+        a = rpc.install_mirror("conf-restart-a", S1, five_tuple(2, 3, 41501, 5501), UPLINK,
+                               idle_timeout=0, hard_timeout=120)
+        b = rpc.install_mirror("conf-restart-b", S1, five_tuple(2, 4, 41502, 5502), UPLINK + 1,
+                               idle_timeout=0, hard_timeout=120, bidirectional=True)
         component.stop()
         component.start()
         deadline = time.monotonic() + 30
@@ -490,12 +492,19 @@ class ConformanceSuite:
         while len(rpc.list_switches()) < 3:
             assert time.monotonic() < deadline, component.log_tail()
             time.sleep(0.1)
-        listed = [m for m in rpc.list_mirrors(S1) if m["cookie"] == result["cookie"]]
-        assert len(listed) == 1
-        assert listed[0]["match"]["tcp_dst"] == 5501 and listed[0]["copy_port"] == UPLINK
-        # the daemon's reconciliation re-asserts it: same tap id, same spec → still one entry
-        again = rpc.install_mirror("conf-restart", S1, five_tuple(2, 3, 41501, 5501), UPLINK,
+        listed = {m["cookie"]: m for m in rpc.list_mirrors(S1)}
+        assert set(listed) >= {a["cookie"], b["cookie"]}
+        assert listed[a["cookie"]]["match"]["tcp_dst"] == 5501 and listed[a["cookie"]]["copy_port"] == UPLINK
+        assert listed[b["cookie"]]["bidirectional"] is True and listed[b["cookie"]]["copy_port"] == UPLINK + 1
+        assert {listed[a["cookie"]]["tap_id"], listed[b["cookie"]]["tap_id"]} == {"conf-restart-a",
+                                                                                 "conf-restart-b"}
+        # the daemon's reconciliation re-asserts a: same tap id, same spec → still one entry
+        again = rpc.install_mirror("conf-restart-a", S1, five_tuple(2, 3, 41501, 5501), UPLINK,
                                    idle_timeout=0, hard_timeout=120)
-        assert again["cookie"] == result["cookie"]
-        assert len(self.project_entries(component, S1, result["cookie"])) == 1
-        assert rpc.remove_mirror("conf-restart")["removed"] is True
+        assert again["cookie"] == a["cookie"]
+        assert len(self.project_entries(component, S1, a["cookie"])) == 1
+        # … and removes b, which this process never installed
+        assert rpc.remove_mirror("conf-restart-b")["removed"] is True
+        assert self.project_entries(component, S1, b["cookie"]) == []
+        assert rpc.remove_mirror("conf-restart-a")["removed"] is True
+        assert self.project_entries(component, S1, a["cookie"]) == []
