@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from demon.controller.fabric import load_fabric, parse_mirror_ports, static_entries
+from demon.controller.fabric import intended_entries, load_fabric, parse_mirror_ports
 from demon.controller.ovsofctl import dump_flows
 from demon.controller.spec import BASELINE_COOKIE, STATIC_COOKIE
 from tests.conftest import REPO
@@ -468,7 +468,6 @@ class ConformanceSuite:
         subprocess.run(["ovs-vsctl", "del-controller", "s2"], check=True)
         subprocess.run(["ovs-vsctl", "set-controller", "s2", target], check=True)
         deadline = time.monotonic() + 20
-        from demon.controller.fabric import intended_entries
 
         want = sorted(e.key() for e in intended_entries(fabric, S2, component.openflow))
         while True:
