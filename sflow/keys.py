@@ -206,7 +206,7 @@ def _record_keys(sample: FlowSample, keys: dict[str, object]) -> None:
             keys["macsource"] = str(f["ethernet_src"]).upper()
             keys["macdestination"] = str(f["ethernet_dst"]).upper()
             keys["ethernetprotocol"] = str(f["ethernet_type"])
-            keys.setdefault("bytes", f["ethernet_len"])
+            keys["bytes"] = f["ethernet_len"]  # the frame length wins over an IP length
         elif rec.format in (3, 4):
             proto = int(f["IPProtocol"])  # type: ignore[call-overload]
             if rec.format == 3:

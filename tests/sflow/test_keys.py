@@ -247,7 +247,7 @@ def test_sampled_ipv4_record_without_header() -> None:
                             "dstPort": 3000, "TCPFlags": 0x12})
     ether = Record(0, 2, 24, {"ethernet_len": 1390, "ethernet_src": "00fec8990547",
                               "ethernet_dst": "01005e2aaa04", "ethernet_type": 2048})
-    keys = sample_keys("a", flow_sample([ether, ip4]))
+    keys = sample_keys("a", flow_sample([ip4, ether]))
     assert keys["macsource"] == "00FEC8990547" and keys["ethernetprotocol"] == "2048"
     assert keys["ipsource"] == "50.50.50.50" and keys["tcpdestinationport"] == "3000"
     assert keys["tcpflags"] == "000010010"
