@@ -291,8 +291,8 @@ def record(url: str, flow: str, threshold: str | None, duration: float, out: str
     """
     with Recorder(out) as recorder:
         client = SFlowRTClient(url, retries=0, session=recorder.session(url))
-        stream = EventStream(client, threshold_id=threshold,
-                             poll_timeout=max(1, int(round(interval))))
+        # a long poll never outlasts one active-flow interval
+        stream = EventStream(client, threshold_id=threshold, poll_timeout=interval)
         deadline = time.monotonic() + duration
         _try(client.port_map)
         next_flows = time.monotonic()

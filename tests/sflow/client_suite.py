@@ -286,7 +286,10 @@ def test_agents(sflowrt: EngineHarness, captures_dir: Path) -> None:
         pass
     agents = client.agents()
     assert set(agents) == {"127.0.0.1"}
-    assert agents["127.0.0.1"]["sFlowDatagramsReceived"] == capture_datagrams(captures_dir)
+    sent = capture_datagrams(captures_dir)
+    assert agents["127.0.0.1"]["sFlowDatagramsReceived"] == sent
+    analyzer = client.analyzer()  # fields sFlow-RT's own UI reads
+    assert analyzer["sFlowDatagramsReceived"] == sent and analyzer["sFlowAgents"] == 1
 
 
 def test_port_map_matches_the_capture_topology(sflowrt: EngineHarness,

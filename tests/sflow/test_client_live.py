@@ -241,3 +241,54 @@ def sflowrt(request: pytest.FixtureRequest, capture: list[tuple[float, bytes]]) 
     failed_before = request.session.testsfailed
     yield live
     live.close(passed=request.session.testsfailed == failed_before)
+
+
+def test_recorder_cli_records_a_live_elephant(capture: list[tuple[float, bytes]],
+                                              tmp_path: Path) -> None:
+    """``python -m sflow.recorder`` against the engine while the capture plays."""
+    import subprocess
+    import sys
+
+    import responses
+
+    from sflow.client import EventStream
+    from sflow.recorder import load_recording, register_recording
+
+    from .client_suite import ELEPHANT, LOW_BYTES_PER_S, QUICK_FLOW
+
+    engine = _start_engine()
+    try:
+        client = SFlowRTClient(engine.url)
+        client.define_flow("demon_rec_tcp", QUICK_FLOW)
+        client.define_threshold("demon_rec_elephant", {"metric": "demon_rec_tcp",
+                                                       "value": LOW_BYTES_PER_S, "byFlow": True})
+        out = tmp_path / "live.jsonl"
+        player = threading.Thread(target=replay, args=(capture, engine.sflow_address, 4.0))
+        player.start()
+        result = subprocess.run(
+            [sys.executable, "-m", "sflow.recorder", "--url", engine.url, "--flow", "demon_rec_tcp",
+             "--threshold", "demon_rec_elephant", "--duration", "3", "--interval", "0.5",
+             "--out", str(out)], capture_output=True, text=True, timeout=60,
+            cwd=Path(__file__).resolve().parents[2])
+        player.join()
+    finally:
+        engine.stop()
+    assert result.returncode == 0, result.stderr
+    entries = load_recording(out)
+    assert entries[0].path == entries[-1].path == "/demon/portmap/json"
+    assert all(e.status == 200 for e in entries if e.path != "/flow/demon_rec_tcp/json")
+    snapshots = [e.body for e in entries if e.path == "/activeflows/ALL/demon_rec_tcp/json"]
+    assert len(snapshots) >= 4 and any(s and s[0]["key"] == ",".join(ELEPHANT) for s in snapshots)
+    seen = [ev for e in entries if e.path == "/events/json" for ev in e.body]
+    assert ",".join(ELEPHANT) in {ev["flowKey"] for ev in seen}
+    ids = sorted({ev["eventID"] for ev in seen})
+    # replayed, the recording walks a new stream through the same polls: every event once
+    polls = sum(1 for e in entries if e.path == "/events/json")
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        register_recording(mock, entries, "http://replayed:8008")
+        stream = EventStream(SFlowRTClient("http://replayed:8008", retries=0),
+                             threshold_id="demon_rec_elephant", poll_timeout=0.5)
+        delivered: list[int] = []
+        for _ in range(polls):
+            delivered += [e.event_id for e in stream.poll()]
+    assert delivered == ids
