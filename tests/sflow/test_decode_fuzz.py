@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import struct
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,7 +15,7 @@ from sflow.jsonview import datagram_to_json
 from sflow.keys import datasource_of, sample_keys
 from sflow.model import Datagram
 
-from .conftest import corpus_cases
+from .conftest import CORPUS, corpus_cases
 
 
 def _valid_payloads() -> list[bytes]:
@@ -28,8 +27,8 @@ def _valid_payloads() -> list[bytes]:
         for p in case.payloads()[:3]:
             if p[:4] == b"\x00\x00\x00\x05":
                 payloads.append(p)
-    ovs = Path(corpus_cases()[0].source).parents[2] / "captures" / "ovs-seed-elephant.pcap" if payloads else None
-    if ovs is not None and ovs.exists():
+    ovs = CORPUS.parent / "captures" / "ovs-seed-elephant.pcap"
+    if ovs.exists():
         from sflow.pcap import read_udp
         payloads += [u.payload for u in list(read_udp(ovs))[:40:8]]
     return payloads
