@@ -67,7 +67,9 @@ class RuntimeOptions:
     ``speed`` > 1 runs every periodic job that many times faster; pair it with
     :func:`accelerated_clock` (tests, demos). ``dry_run``: decide, log and
     persist, but send no RPC write (installs/removes are answered as if they
-    had succeeded).
+    had succeeded). ``backlog_max_age``: on a first start (no saved event
+    cursor) the engine's retained events older than this (wall-clock seconds)
+    are skipped, not acted on.
     """
 
     on_exit: str = "leave"
@@ -77,6 +79,7 @@ class RuntimeOptions:
     requests_interval: float = 1.0
     topology_interval: float = 10.0
     controller_probe_interval: float = 1.0
+    backlog_max_age: float = 60.0
     event_poll_timeout: float = 20.0
     max_events: int = 100
     batch_max: int = 500
@@ -150,6 +153,8 @@ def describe(entry: HistoryEntry) -> str:
 @dataclass(frozen=True)
 class _Events:
     events: list[Event]
+    #: Epoch seconds: events stamped earlier are skipped (the cursor still advances).
+    skip_before: float | None = None
 
 
 @dataclass(frozen=True)
@@ -354,6 +359,7 @@ class Runtime:
     def _event_loop(self) -> None:
         assert self._stream is not None
         backoff, failing = 0.2, False
+        backlog = self.last_event_id < 0
         while not self._halt.is_set():
             try:
                 events = self._stream.poll()
@@ -370,7 +376,13 @@ class Runtime:
                          self._stream.last_event_id)
             failing, backoff = False, 0.2
             if events and not self._halt.is_set():
-                self.inputs.put(_Events(events))
+                skip_before = None
+                if backlog:
+                    # A first start (no saved cursor) gets the engine's retained events:
+                    # act on recent ones only, as sFlow-RT apps do.
+                    skip_before = time.time() - self.options.backlog_max_age
+                self.inputs.put(_Events(events, skip_before))
+                backlog = False
 
     def _poll_flows(self, name: str) -> None:
         ctx = self.ctx
@@ -527,10 +539,13 @@ class Runtime:
         for item in batch:
             if isinstance(item, _Events):
                 for event in item.events:
+                    cursor = event.event_id
+                    if item.skip_before and event.timestamp_ms / 1000.0 < item.skip_before:
+                        log.debug("skipping event %d from before the start", event.event_id)
+                        continue
                     inp = threshold_event(event, self._by_threshold)
                     if inp is not None:
                         self._step(inp, entries, outbox)
-                    cursor = event.event_id
             elif isinstance(item, _PollRequests):
                 handled = {rid for rid, _ in answered}
                 for request in self.store.pending_requests():

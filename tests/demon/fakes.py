@@ -216,10 +216,12 @@ class ScriptedEngine:
     # -- scripting -------------------------------------------------------------------
 
     def fire(self, threshold: str, flow_key: str, value: float = 500_000.0,
-             data_source: str = "101", agent: str = AGENT) -> int:
+             data_source: str = "101", agent: str = AGENT, age: float = 0.0) -> int:
+        """Add an event (``age``: seconds before now in its timestamp); returns its id."""
         with self.cond:
             event_id = len(self.events) + 1
-            self.events.append({"eventID": event_id, "timestamp": int(time.time() * 1000),
+            self.events.append({"eventID": event_id,
+                                "timestamp": int((time.time() - age) * 1000),
                                 "thresholdID": threshold, "metric": threshold, "agent": agent,
                                 "dataSource": data_source, "value": value,
                                 "threshold": self.thresholds.get(threshold, {}).get("value", 0),

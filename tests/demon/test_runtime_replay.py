@@ -15,7 +15,8 @@ import pytest
 import responses
 
 from demon.store import Store
-from tests.demon.fakes import (ELEPHANT, FLOW_A, FLOW_B, FLOW_C, TOP, Harness, wait_for)
+from tests.demon.fakes import (ELEPHANT, FLOW_A, FLOW_B, FLOW_C, TOP, Harness, ScriptedEngine,
+                               wait_for)
 
 pytestmark = pytest.mark.replay
 
@@ -103,6 +104,24 @@ def test_operator_release_pause_and_resume(make: Callable[..., Harness]) -> None
         assert wait_for(lambda: operator.request(bogus).outcome) == "no live tap 'elephant.99'"
     who = [e.detail for e in h.store.history("elephant.1") if "alice" in str(e.detail)]
     assert who, "the operator's name is recorded with the release"
+
+
+def test_a_first_start_skips_the_engines_old_events(tmp_path: Path,
+                                                    mock: responses.RequestsMock) -> None:
+    engine = ScriptedEngine().register(mock)
+    engine.fire("demon_elephant", FLOW_A, age=3600)  # retained from an hour ago
+    engine.fire("demon_elephant", FLOW_B, data_source="102", age=2)
+    h = Harness(tmp_path, mock, {"elephant": ELEPHANT.format(max_taps=4)}, engine=engine)
+    try:
+        h.start()
+        wait_for(lambda: h.store.last_event_id() == 2, what="backlog consumed")
+        wait_for(lambda: h.controller.mirrors, what="install")
+        time.sleep(0.2)
+        assert [p["match"]["tcp_src"] for m, p in h.controller.calls
+                if m == "install_mirror"] == [5002]
+    finally:
+        h.stop()
+        h.controller.stop()
 
 
 def test_other_apps_events_advance_the_cursor_but_tap_nothing(
