@@ -105,7 +105,8 @@ class PortMapEntry:
     """Where an sFlow (agent, ifIndex) is in OpenFlow terms.
 
     ``dpid``/``of_port`` are None when the source does not know them;
-    ``last_seen_ms`` is an age in ms (None from a topology fallback).
+    ``last_seen_ms`` is an age in ms (None from a topology fallback), left out
+    of equality so two reads of an unchanged map compare equal.
     """
 
     agent: str
@@ -113,7 +114,8 @@ class PortMapEntry:
     dpid: int | None
     of_port: int | None
     name: str | None
-    last_seen_ms: int | None = None
+    # an age that changes on every read: not part of what the entry says
+    last_seen_ms: int | None = field(default=None, compare=False)
 
     @property
     def dpid_hex(self) -> str | None:

@@ -341,3 +341,12 @@ def test_port_map_unsupported_without_ifindexes(client: SFlowRTClient) -> None:
     responses.add("GET", URL + "/topology/json", json={"links": {}, "nodes": {"s1": {"agent": "a"}}})
     with pytest.raises(Unsupported, match="ifindex"):
         client.port_map()
+
+
+def test_port_map_entries_compare_by_location_not_age() -> None:
+    from sflow.client import parse_port_map_entry
+
+    base = {"agent": "127.0.0.1", "ifIndex": 1478, "dpid": 1, "ofPort": 1, "name": "s1-eth1"}
+    assert parse_port_map_entry({**base, "lastSeen": 10}) == \
+        parse_port_map_entry({**base, "lastSeen": 2000})
+    assert parse_port_map_entry(base) != parse_port_map_entry({**base, "ofPort": 2})
