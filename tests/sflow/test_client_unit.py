@@ -350,3 +350,13 @@ def test_port_map_entries_compare_by_location_not_age() -> None:
     assert parse_port_map_entry({**base, "lastSeen": 10}) == \
         parse_port_map_entry({**base, "lastSeen": 2000})
     assert parse_port_map_entry(base) != parse_port_map_entry({**base, "ofPort": 2})
+
+
+@responses.activate
+def test_activeflows_of_a_flow_the_engine_forgot_is_not_found(client: SFlowRTClient) -> None:
+    # defined earlier (separator cached), then the engine restarted and lost it
+    responses.add("PUT", URL + "/flow/demon_tcp/json", status=204)
+    responses.add("GET", URL + "/activeflows/ALL/demon_tcp/json", status=404)
+    client.define_flow("demon_tcp", {"keys": "ipsource", "value": "bytes"})
+    with pytest.raises(NotFound, match="demon_tcp"):
+        client.activeflows("demon_tcp")
