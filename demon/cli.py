@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"SQLite state file (default $DEMON_STATE, {SYSTEM_STATE} as root, "
                          "else ./demon-state.sqlite)")
     ap.add_argument("--dry-run", action="store_true",
-                    help="decide and log only: no RPC writes, state kept in memory")
+                    help="decide and log only: no RPC writes (installs/removes), state kept "
+                         "in memory; the engine still gets the policies' flow definitions")
     ap.add_argument("--on-exit", choices=("leave", "remove"), default="leave",
                     help="on SIGTERM/SIGINT leave taps to their hard timeouts (default) "
                          "or remove them")
@@ -193,7 +194,8 @@ def _start_embedded(args: argparse.Namespace) -> Any:
     engine = EmbeddedEngine(sflow_addr=("127.0.0.1", args.sflow_port),
                             http_addr=("127.0.0.1", args.engine_http_port))
     engine.start()
-    log.info("embedded engine: sFlow on 127.0.0.1:%d, API at %s", args.sflow_port, engine.url)
+    host, port = engine.sflow_address
+    log.info("embedded engine: sFlow on %s:%d, API at %s", host, port, engine.url)
     return engine
 
 

@@ -136,24 +136,36 @@ def test_watch_runs_until_stopped_and_dry_run_sends_no_writes(tmp_path: Path,
         argv = ["--policies", str(pol), "--sflow-rt", engine.base_url, "--controller",
                 controller.address, "--token-file", str(token_file), "--dry-run",
                 "--log-format", "json"]
-        result: list[int] = []
-        original = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM,
-                                                    signal.SIGINT)}
-        # Handlers can only be installed by the main thread: run there, stop from a timer.
+        # Handlers are installed by the main thread (main() restores them on return):
+        # run there, stop with a signal from a timer.
         stopper = threading.Timer(2.0, lambda: signal.raise_signal(signal.SIGTERM))
-        try:
-            stopper.start()
-            result.append(cli.main(argv, stdout=io.StringIO(), stderr=err))
-            stopper.join()
-        finally:
-            for sig, handler in original.items():
-                signal.signal(sig, handler)
+        stopper.start()
+        result = [cli.main(argv, stdout=io.StringIO(), stderr=err)]
+        stopper.join()
         assert result == [0]
         assert [m for m, _ in controller.calls if m in FakeController.WRITES] == []
         lines = [json.loads(line) for line in err.getvalue().splitlines() if line.startswith("{")]
         assert any(line.get("kind") == "created" for line in lines), err.getvalue()[-2000:]
         assert any("dry run: would install mirror" in line["msg"] for line in lines)
         assert "demon_e" not in engine.flows  # definitions removed on a clean exit
+
+
+def test_watch_starts_the_embedded_engine_by_default(tmp_path: Path, token_file: Path) -> None:
+    err = io.StringIO()
+    with FakeController() as controller:
+        stopper = threading.Timer(1.5, lambda: signal.raise_signal(signal.SIGINT))
+        stopper.start()
+        status = cli.main(["--policies", str(REPO / "policies"), "--sflow-port", "0",
+                           "--controller", controller.address, "--token-file", str(token_file),
+                           "--state", str(tmp_path / "s.sqlite")], stdout=io.StringIO(),
+                          stderr=err)
+        stopper.join()
+    assert status == 0, err.getvalue()
+    log = err.getvalue()
+    assert "embedded engine: sFlow on 127.0.0.1:" in log and "API at http://127.0.0.1:" in log
+    assert "embedded engine: sFlow on 127.0.0.1:0," not in log  # the bound port is shown
+    assert "stopping: SIGINT" in log
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
 # -- demon-tap -------------------------------------------------------------------------
