@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import os
 import struct
 import sys
 import time
@@ -309,6 +310,11 @@ def main_decode(argv: list[str], stdout: TextIO | None = None, stderr: TextIO | 
                 line = datagram_to_json(dg, source_ip=udp.src_ip, size=len(udp.payload),
                                         timestamp=udp.timestamp)
             out.write(json.dumps(line) + "\n")
+    except BrokenPipeError:
+        # the reader went away (| head): stop quietly, as line tools do
+        if out is sys.stdout:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (OSError, PcapError, struct.error) as exc:
         err.write(f"demon-sflow decode: cannot read {args.file}: {exc}\n")
         return 1

@@ -67,3 +67,16 @@ def test_unreadable_file_exits_1_with_one_line(tmp_path: Path) -> None:
     junk.write_bytes(b"definitely not a capture")
     status, lines, err = run([str(junk)])
     assert status == 1 and lines == [] and "not a pcap" in err
+
+
+def test_closed_output_stops_quietly(tmp_path: Path) -> None:
+    class Closed(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    path = tmp_path / "p.pcap"
+    with open(path, "wb") as fh:
+        PcapWriter(fh).write_udp(1.0, b"\x00\x00\x00\x05")
+    err = io.StringIO()
+    assert main_decode([str(path)], Closed(), err) == 0
+    assert "cannot read" not in err.getvalue()
