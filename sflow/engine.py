@@ -15,8 +15,11 @@ impulse; between samples the rate decays::
 
 so a steady stream of R units/s converges to R (the impulses' decaying tails
 integrate to R), and a flow that stops falls to 1/e of its rate in ``t``
-seconds. The decay is applied lazily: each flow keeps (rate, time of last
-update) and readers decay it to ``now``.
+seconds. Storage: one float per flow, the rate expressed at a per-definition
+reference time ``T`` (``stored = rate(now) * exp((now - T) / t)``), so an
+update is ``stored += impulse * exp((now - T) / t)`` with no per-flow time,
+samples may arrive out of time order, and ranking needs no decay at all. ``T``
+moves forward (rescaling every flow) before the factor could overflow.
 
 Thresholds are evaluated on every update of the flow they watch (so an event
 is raised by the very sample that crosses; no tick delay). A threshold fires
@@ -27,9 +30,11 @@ for ``timeout`` seconds (the time the rate fell below is computed exactly from
 the decay: ``t_last + t * ln(rate / value)``). Without ``byFlow`` the metric
 value of a data source is its largest flow (like ``/metric``'s ``topKeys[0]``).
 
-Bounds. Flows not updated for ``IDLE_FACTOR * t`` seconds (rate decayed by
-e^-10) are evicted by :meth:`Engine.tick`; each definition holds at most
-``max_flows`` flows, and on overflow the idle and then the smallest flows are
+Bounds. A flow whose rate has decayed below ``e^-IDLE_FACTOR`` (e^-10) of
+the smallest impulse its definition has seen is idle and is evicted by
+:meth:`Engine.tick` (a flow seen once goes after 10 ``t``; a big one after
+10 ``t`` plus ``t * ln(size ratio)``). Each definition holds at most
+``max_flows`` flows; on overflow the idle and then the smallest flows are
 evicted down to 90 % of the cap. Events are a ring of ``max_events``.
 """
 
@@ -52,6 +57,7 @@ VERSION = "3.0-100"
 IDLE_FACTOR = 10.0
 AGG_MODES = ("max", "sum", "avg", "edge", "core")
 _SHRINK_TO = 0.9
+_REBASE_AT = 200.0  # e^200 ~ 7e86: far from overflow, and rebasing stays rare
 OFPP_LOCAL = 0xFFFE
 
 KeysFn = Callable[[str, FlowSample], dict[str, object]]
@@ -64,16 +70,45 @@ def _default_keys() -> tuple[KeysFn, DataSourceFn]:
 
 
 class _FlowTable:
-    """Tracked flows of one definition: (agent, dataSource) -> flow key -> [rate, last]."""
+    """Tracked flows of one definition: (agent, dataSource) -> flow key -> stored rate.
 
-    __slots__ = ("fd", "sources", "count", "thresholds", "last_sweep")
+    A stored rate is the rate at reference time ``ref`` (see the module
+    docstring); ``last_update`` holds the newest sample time per data source.
+    """
+
+    __slots__ = ("fd", "sources", "last_update", "count", "thresholds", "last_sweep", "ref",
+                 "min_impulse")
 
     def __init__(self, fd: FlowDef) -> None:
         self.fd = fd
-        self.sources: dict[tuple[str, str], dict[str, list[float]]] = {}
+        self.sources: dict[tuple[str, str], dict[str, float]] = {}
+        self.last_update: dict[tuple[str, str], float] = {}
         self.count = 0
         self.thresholds: list[ThresholdDef] = []
         self.last_sweep = 0.0
+        self.ref: float | None = None
+        self.min_impulse = math.inf
+
+    def scale(self, now: float) -> float:
+        """exp((now - ref) / t): stored value / scale = rate at ``now``."""
+        ref = self.ref
+        if ref is None:
+            ref = self.ref = now
+        x = (now - ref) / self.fd.t
+        if x > _REBASE_AT:
+            self.rebase(now)
+            return 1.0
+        if x < -_REBASE_AT:  # the clock jumped far back: keep the rates as they were
+            self.ref = now
+            return 1.0
+        return math.exp(x)
+
+    def rebase(self, now: float) -> None:
+        factor = math.exp(-(now - self.ref) / self.fd.t) if self.ref is not None else 1.0
+        for flows in self.sources.values():
+            for key in flows:
+                flows[key] *= factor
+        self.ref = now
 
 
 @dataclass
@@ -313,7 +348,7 @@ class Engine:
     def add_sample(self, now: float, agent: str, data_source: str,
                    keys: Mapping[str, Any], sampling_rate: float) -> None:
         """Feed one flow sample's keys (``sflow.keys.sample_keys``) to every flow definition."""
-        exp = math.exp
+        where = (agent, data_source)
         for table in self._tables.values():
             fd = table.fd
             predicate = fd.predicate
@@ -326,27 +361,24 @@ class Engine:
             if value is None:
                 continue
             impulse = value * sampling_rate / fd.t
-            where = (agent, data_source)
+            if impulse < table.min_impulse and impulse > 0:
+                table.min_impulse = impulse
+            scale = table.scale(now)
             flows = table.sources.get(where)
             if flows is None:
                 flows = table.sources[where] = {}
-            entry = flows.get(key)
-            if entry is None:
-                flows[key] = [impulse, now]
-                rate = impulse
+            stored = flows.get(key)
+            if stored is None:
+                stored = flows[key] = impulse * scale
                 table.count += 1
                 if table.count > self.max_flows:
                     self._shrink(table, now)
             else:
-                dt = now - entry[1]
-                if dt > 0:
-                    rate = entry[0] * exp(-dt / fd.t) + impulse
-                    entry[1] = now
-                else:  # out-of-order time (several agents): add without decay
-                    rate = entry[0] + impulse
-                entry[0] = rate
+                stored = flows[key] = stored + impulse * scale
+            if table.last_update.get(where, -math.inf) < now:
+                table.last_update[where] = now
             if table.thresholds:
-                self._check(table, agent, data_source, key, rate, now)
+                self._check(table, agent, data_source, key, stored / scale, now)
 
     def _check(self, table: _FlowTable, agent: str, data_source: str, key: str,
                rate: float, now: float) -> None:
@@ -389,30 +421,30 @@ class Engine:
         excess = table.count - target
         if excess <= 0:
             return
-        t = table.fd.t
-        ranked = sorted(((entry[0] * math.exp(-(now - entry[1]) / t) if now > entry[1] else entry[0],
-                          where, key)
-                         for where, flows in table.sources.items() for key, entry in flows.items()),
-                        key=lambda item: item[0])
+        # stored values share one scale: rank them as they are
+        ranked = sorted(((stored, where, key) for where, flows in table.sources.items()
+                         for key, stored in flows.items()), key=lambda item: item[0])
         for _, where, key in ranked[:excess]:
             flows = table.sources[where]
             del flows[key]
             if not flows:
                 del table.sources[where]
+                table.last_update.pop(where, None)
         table.count -= excess
         self.evicted += excess
 
     def _evict_idle(self, table: _FlowTable, now: float) -> None:
-        horizon = now - IDLE_FACTOR * table.fd.t
+        floor = table.min_impulse * math.exp(-IDLE_FACTOR) * table.scale(now)
         removed = 0
         for where in list(table.sources):
             flows = table.sources[where]
-            idle = [key for key, entry in flows.items() if entry[1] < horizon]
+            idle = [key for key, stored in flows.items() if stored < floor]
             for key in idle:
                 del flows[key]
             removed += len(idle)
             if not flows:
                 del table.sources[where]
+                table.last_update.pop(where, None)
         table.count -= removed
         self.evicted += removed
         table.last_sweep = now
@@ -440,14 +472,16 @@ class Engine:
 
     def _rates(self, table: _FlowTable, agents: set[str] | None,
                now: float) -> Iterable[tuple[str, str, str, float, float]]:
-        """(agent, dataSource, key, rate decayed to now, last update) of every tracked flow."""
-        t = table.fd.t
-        exp = math.exp
-        for (agent, ds), flows in table.sources.items():
+        """(agent, dataSource, key, rate at now, data source's last update) of every flow."""
+        inverse = 1.0 / table.scale(now) if table.ref is not None else 1.0
+        last_update = table.last_update
+        for where, flows in table.sources.items():
+            agent, ds = where
             if agents is not None and agent not in agents:
                 continue
-            for key, (rate, last) in flows.items():
-                yield agent, ds, key, (rate * exp(-(now - last) / t) if now > last else rate), last
+            last = last_update.get(where, now)
+            for key, stored in flows.items():
+                yield agent, ds, key, stored * inverse, last
 
     def active_flows(self, name: str, now: float, agents: set[str] | None = None,
                      max_flows: int = 100, min_value: float = 0.0,

@@ -79,6 +79,22 @@ def test_value_decays_by_e_per_time_constant_when_traffic_stops() -> None:
     assert top(engine, last + 6)[0]["value"] == pytest.approx(before * math.exp(-3), rel=1e-9)
 
 
+def test_long_runs_and_out_of_order_samples_keep_exact_rates() -> None:
+    """Rates survive many time constants (internal rescaling) and samples out of time order."""
+    engine = engine_with({"keys": PAIR, "value": "bytes", "t": 0.2})
+    last = stream(engine, T0, 100)  # 500 time constants
+    assert top(engine, last)[0]["value"] == pytest.approx(1_000_000, rel=0.03)
+    ordered = engine_with({"keys": PAIR, "t": 2})
+    shuffled = engine_with({"keys": PAIR, "t": 2})
+    times = [T0 + i / 100 for i in range(500)]
+    for now in times:
+        ordered.add_sample(now, "a", "1", keys(), 10)
+    for now in times[1::2] + times[0::2]:
+        shuffled.add_sample(now, "a", "1", keys(), 10)
+    assert top(shuffled, times[-1])[0]["value"] == pytest.approx(top(ordered, times[-1])[0]["value"],
+                                                                rel=1e-9)
+
+
 def test_defaults_and_clamps_are_echoed() -> None:
     fd = parse_flow("f", {"keys": PAIR})
     assert fd.to_json()["fs"] == "," and fd.value == "bytes" and fd.t == 2 and fd.n == 5
@@ -304,13 +320,21 @@ def test_events_are_a_bounded_ring() -> None:
 
 # --- bounds --------------------------------------------------------------------------------
 
-def test_idle_flows_are_evicted_after_ten_time_constants() -> None:
+def test_idle_flows_are_evicted_when_decayed_below_the_floor() -> None:
+    """Floor: e^-10 of the smallest impulse (one 1000-byte sample at 1-in-10, t = 1: 10 kB/s)."""
     engine = engine_with({"keys": PAIR, "t": 1})
-    stream(engine, T0, 1, src="10.0.0.1")
-    last = stream(engine, T0 + 8, 1, src="10.0.0.3")
-    engine.tick(last + 5)  # 10.0.0.1 last seen ~13 s ago (> 10 t), 10.0.0.3 5 s ago
-    assert [f["key"] for f in top(engine, last + 5)] == ["10.0.0.3,10.0.0.2"]
+    engine.add_sample(T0, "127.0.0.1", "1", keys(src="10.0.0.1"), 10)  # seen once
+    last = stream(engine, T0 + 1, 8, src="10.0.0.3")
+    rate = top(engine, last)[0]["value"]
+    engine.tick(T0 + 10.2)  # the single sample has decayed by e^-10.2
+    assert [f["key"] for f in top(engine, T0 + 10.2)] == ["10.0.0.3,10.0.0.2"]
     assert engine.flow_count("f") == 1
+    # the stream stays until its rate is below the floor: 10 t + t ln(rate / 10 kB/s)
+    gone_at = last + 10 + math.log(rate / 10_000)
+    engine.tick(gone_at - 0.1)
+    assert engine.flow_count("f") == 1
+    engine.tick(gone_at + 1.1)  # sweeps run at most once per max(1 s, t)
+    assert engine.flow_count("f") == 0 and top(engine, gone_at + 1.1) == []
 
 
 def test_flow_cap_evicts_the_smallest() -> None:

@@ -1,0 +1,346 @@
+"""Embedded engine ingest: highest lossless rate over loopback UDP, CPU and memory per flow.
+
+Usage: .venv/bin/python benchmarks/ingest.py [--step-seconds S] [--quick]
+
+Data: generated sFlow v5 datagrams (7 compact flow samples each, sampled
+Ethernet/IPv4/TCP headers from a pool of distinct 5-tuples; ~920 bytes, an
+Open vSwitch-like shape) and the captured ../shared/captures/ovs-seed-elephant.pcap.
+
+Receivers, each fed the very same datagrams at the same increasing rates:
+
+* ``ceiling``   a bare Python ``recvfrom`` loop that only counts (the anchor);
+* ``engine``    ``demon-sflow`` (decode + flow keys + a 5-tuple flow + a byFlow
+                threshold), counts from its ``/analyzer/json``, kernel drops from
+                ``/proc/net/udp`` (reported there too);
+* ``sfcapd``    nfdump's sFlow collector, counting the flow records it wrote
+                (``nfdump -I``), i.e. samples.
+
+A step is lossless when every datagram sent arrived (engine/ceiling count, or
+7 x datagrams flow records for sfcapd). Then, in-process: CPU µs per datagram
+of the engine at a fixed rate (from /proc/<pid>/stat), and resident memory per
+100,000 active flows and after 1,000,000 distinct flows have passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import requests  # noqa: E402
+
+from sflow.collector import open_udp_socket, pcap_payloads, send_payloads  # noqa: E402
+
+SHARED = Path(os.environ.get("DEMON_SHARED", REPO.parent / "shared"))
+CAPTURE = SHARED / "captures" / "ovs-seed-elephant.pcap"
+SAMPLES_PER_DATAGRAM = 7
+FLOW = {"keys": "ipsource,ipdestination,tcpsourceport,tcpdestinationport", "value": "bytes"}
+THRESHOLD = {"metric": "bench", "value": 12_500_000, "byFlow": True}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --- generated sFlow ------------------------------------------------------------------
+
+def _tcp_header(src: int, dst: int, sport: int, dport: int) -> bytes:
+    eth = b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00"
+    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 1500, 0, 0x4000, 64, 6, 0,
+                     struct.pack(">I", src), struct.pack(">I", dst))
+    tcp = struct.pack(">HHIIBBHHH", sport, dport, 1, 1, 0x50, 0x10, 1024, 0, 0)
+    return eth + ip + tcp + b"\x00" * 10  # 64 bytes
+
+
+def make_datagrams(count: int, distinct_flows: int, seed: int = 1) -> list[bytes]:
+    """``count`` datagrams whose samples cycle through ``distinct_flows`` 5-tuples."""
+    return list(iter_datagrams(count, distinct_flows, seed))
+
+
+def iter_datagrams(count: int, distinct_flows: int, seed: int = 1,
+                   first_flow: int = 0) -> Iterator[bytes]:
+    """The datagrams of :func:`make_datagrams`, one at a time (no list in memory)."""
+    rng = random.Random(seed)
+    headers = []
+    for i in range(min(distinct_flows, 50_000)):
+        headers.append(_tcp_header(0x0A000000 | rng.getrandbits(16), 0x0A010001,
+                                   1024 + rng.getrandbits(15), 5201))
+    flow = 0
+    for seq in range(1, count + 1):
+        samples = []
+        for k in range(SAMPLES_PER_DATAGRAM):
+            if distinct_flows > len(headers):  # many flows: vary the source port per sample
+                i = first_flow + flow
+                hdr = _tcp_header(0x0A000000 | (i >> 16) & 0xFFFF, 0x0A010001,
+                                  1024 + (i & 0xFFFF) % 60000, 5201)
+            else:
+                hdr = headers[flow % len(headers)]
+            flow = (flow + 1) % distinct_flows
+            record = struct.pack(">IIII", 1, 1518, 4, len(hdr)) + hdr
+            body = struct.pack(">IIIIIIII", seq * 8 + k, (2 << 24) | 1000, 100, seq * 800, 0,
+                               1 + k % 5, 2, 1) + struct.pack(">II", 1, len(record)) + record
+            samples.append(struct.pack(">II", 1, len(body)) + body)
+        yield struct.pack(">II4sIIII", 5, 1, b"\x7f\x00\x00\x01", 0, seq, seq * 10,
+                          len(samples)) + b"".join(samples)
+
+
+# --- receivers --------------------------------------------------------------------------
+
+class Receiver:
+    name = ""
+
+    def start(self) -> tuple[str, int]:
+        raise NotImplementedError
+
+    def count(self) -> int:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        pass
+
+
+class Ceiling(Receiver):
+    """A child process that receives and counts, nothing else."""
+
+    name = "ceiling (bare recv loop)"
+    CODE = r"""
+import socket, sys, select
+from sflow.collector import open_udp_socket
+s = open_udp_socket("127.0.0.1", 0)
+print(s.getsockname()[1], flush=True)
+n = 0
+s.setblocking(False)
+p = select.poll(); p.register(s, select.POLLIN); p.register(sys.stdin, select.POLLIN)
+while True:
+    for fd, _ in p.poll(1000):
+        if fd == s.fileno():
+            try:
+                while True:
+                    s.recv(65535); n += 1
+            except BlockingIOError:
+                pass
+        else:
+            line = sys.stdin.readline()
+            if not line:
+                sys.exit(0)
+            print(n, flush=True)
+"""
+
+    def start(self) -> tuple[str, int]:
+        self.proc = subprocess.Popen([sys.executable, "-c", self.CODE], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, cwd=REPO)
+        return ("127.0.0.1", int(self.proc.stdout.readline()))
+
+    def count(self) -> int:
+        self.proc.stdin.write("count\n")
+        self.proc.stdin.flush()
+        return int(self.proc.stdout.readline())
+
+    def stop(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=5)
+
+
+class EngineProcess(Receiver):
+    name = "demon-sflow engine"
+
+    def start(self) -> tuple[str, int]:
+        self.proc = subprocess.Popen([sys.executable, "-m", "sflow.cli", "--sflow-port", "0",
+                                      "--http-port", "0", "--log-level", "warning"],
+                                     stdout=subprocess.PIPE, text=True, cwd=REPO)
+        ready = json.loads(self.proc.stdout.readline())
+        self.url = ready["http"]
+        requests.put(self.url + "/flow/bench/json", data=json.dumps(FLOW), timeout=5)
+        requests.put(self.url + "/threshold/bench/json", data=json.dumps(THRESHOLD), timeout=5)
+        return tuple(ready["sflow"])  # type: ignore[return-value]
+
+    def analyzer(self) -> dict:
+        return requests.get(self.url + "/analyzer/json", timeout=30).json()
+
+    def count(self) -> int:
+        return int(self.analyzer()["sFlowDatagramsReceived"])
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=10)
+
+
+class Sfcapd(Receiver):
+    """nfdump's sFlow collector; counts flow records (samples) via ``nfdump -I``."""
+
+    name = "sfcapd (nfdump, C)"
+
+    def start(self) -> tuple[str, int]:
+        self.dir = tempfile.mkdtemp(prefix="bench-sfcapd-")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.port = port
+        self._launch()
+        return ("127.0.0.1", port)
+
+    def _launch(self) -> None:
+        self.proc = subprocess.Popen(["sfcapd", "-w", self.dir, "-p", str(self.port), "-b",
+                                      "127.0.0.1", "-B", str(32 << 20), "-t", "3600"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        self.done = 0
+
+    def count(self) -> int:
+        """Samples written so far: stop (flushes its file), count, start again."""
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=10)
+        out = subprocess.run(["nfdump", "-R", self.dir, "-I"], capture_output=True, text=True).stdout
+        flows = sum(int(line.split(":")[1]) for line in out.splitlines()
+                    if line.startswith("Flows:"))
+        self._launch()
+        return flows // SAMPLES_PER_DATAGRAM
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def settle(count: Callable[[], int], target: int, timeout: float = 10.0) -> int:
+    """Wait until ``count()`` reaches ``target`` or stops growing."""
+    last, stable = -1, 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = count()
+        if now >= target:
+            return now
+        stable = stable + 1 if now == last else 0
+        if stable >= 3:
+            return now
+        last = now
+        time.sleep(0.2)
+    return last
+
+
+def ladder(receiver: Receiver, datagrams: list[bytes], rates: list[int], seconds: float) -> list[tuple[int, float, int, int]]:
+    """(target rate, achieved send rate, sent, received) per step; stops after two lossy steps."""
+    address = receiver.start()
+    rows = []
+    try:
+        lossy = 0
+        base = receiver.count() if not isinstance(receiver, Sfcapd) else 0
+        for rate in rates:
+            n = int(rate * seconds)
+            batch = [datagrams[i % len(datagrams)] for i in range(n)]
+            start = time.perf_counter()
+            send_payloads(batch, address, rate=rate)
+            achieved = n / (time.perf_counter() - start)
+            got = settle(receiver.count, base + n) - base
+            base += got
+            rows.append((rate, achieved, n, got))
+            lossy = lossy + 1 if got < n else 0
+            if lossy >= 2:
+                break
+    finally:
+        receiver.stop()
+    return rows
+
+
+def best_lossless(rows: list[tuple[int, float, int, int]]) -> float:
+    ok = [achieved for _, achieved, sent, got in rows if got >= sent]
+    return max(ok) if ok else 0.0
+
+
+# --- in-process figures --------------------------------------------------------------------
+
+def rss_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def memory_figures(distinct: int) -> tuple[float, float, int]:
+    """(MB per 100k active flows, RSS growth MB after ``distinct`` distinct flows, flows held)."""
+    from sflow.engine import Engine
+    from sflow.flowdef import parse_flow
+
+    engine = Engine(max_flows=100_000)
+    engine.set_flow(parse_flow("f", FLOW))
+    per_dg = SAMPLES_PER_DATAGRAM
+    before = rss_mb()
+    now = 1000.0
+    for payload in iter_datagrams(100_000 // per_dg, 100_000 * 10):
+        engine.receive(payload, now)
+        now += 1e-4
+    per_100k = (rss_mb() - before) * 100_000 / max(engine.flow_count("f"), 1)
+    for payload in iter_datagrams(distinct // per_dg, distinct * 10, first_flow=1 << 24):
+        engine.receive(payload, now)
+        now += 1e-4
+    return per_100k, rss_mb() - before, engine.flow_count("f")
+
+
+def cpu_per_datagram(datagrams: list[bytes], rate: int, seconds: float) -> tuple[float, int]:
+    engine = EngineProcess()
+    address = engine.start()
+    try:
+        n = int(rate * seconds)
+        cpu0 = engine.cpu_seconds()
+        base = engine.count()
+        send_payloads([datagrams[i % len(datagrams)] for i in range(n)], address, rate=rate)
+        got = settle(engine.count, base + n) - base
+        cpu = engine.cpu_seconds() - cpu0
+    finally:
+        engine.stop()
+    return cpu / max(got, 1) * 1e6, got
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--step-seconds", type=float, default=2.0, help="seconds per rate step")
+    parser.add_argument("--quick", action="store_true", help="fewer steps, smaller memory run")
+    args = parser.parse_args()
+    rates = [2000, 5000, 8000, 11000, 14000, 17000, 20000, 25000, 30000, 40000, 60000]
+    if args.quick:
+        rates = [2000, 8000, 14000, 20000, 40000]
+    generated = make_datagrams(20_000, 5_000)
+    sets = {"generated (7 samples/dg)": generated}
+    if CAPTURE.exists():
+        sets["OVS capture (5.4 samples/dg)"] = [p for _, p in pcap_payloads(CAPTURE)]
+    print(f"# ingest benchmark, {os.cpu_count()} cores, {args.step_seconds:.0f} s per step, "
+          f"net.core.rmem_max={Path('/proc/sys/net/core/rmem_max').read_text().strip()}")
+    print(f"{'data':30} {'receiver':28} {'max lossless dg/s':>18} {'samples/s':>10}  steps (target: got/sent)")
+    receivers: list[Callable[[], Receiver]] = [Ceiling, EngineProcess]
+    if shutil.which("sfcapd") and shutil.which("nfdump"):
+        receivers.append(Sfcapd)
+    for label, data in sets.items():
+        per_dg = (SAMPLES_PER_DATAGRAM if data is generated
+                  else 2049 / 382)
+        for make in receivers:
+            receiver = make()
+            rows = ladder(receiver, data, rates, args.step_seconds)
+            best = best_lossless(rows)
+            steps = " ".join(f"{r // 1000}k:{got}/{sent}" for r, _, sent, got in rows)
+            print(f"{label:30} {receiver.name:28} {best:18,.0f} {best * per_dg:10,.0f}  {steps}",
+                  flush=True)
+    cpu_rate = 5000
+    us, got = cpu_per_datagram(generated, cpu_rate, 4 if not args.quick else 2)
+    print(f"engine CPU per datagram at {cpu_rate} dg/s (generated, 7 samples): {us:.1f} µs "
+          f"({us / SAMPLES_PER_DATAGRAM:.1f} µs/sample, {got} datagrams)")
+    distinct = 200_000 if args.quick else 1_000_000
+    per_100k, grown, held = memory_figures(distinct)
+    print(f"engine RSS per 100,000 active flows: {per_100k:.1f} MB; after {distinct:,} more "
+          f"distinct flows: RSS +{grown:.1f} MB in all, {held:,} flows held (cap 100,000)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
