@@ -22,8 +22,10 @@ carries the tap's idle timeout; every entry's hard timeout is the earliest
 hard deadline of its members, so the switch itself removes copies for an
 expired tap. After any change the component recompiles and applies the
 difference: ADD for new or changed entries, DELETE_STRICT (match + priority)
-for entries no longer wanted. Limitation: a tap's idle timer sees only packets
-that hit its owned entry, not those counted in a merged sub-region.
+for entries no longer wanted. A tap's idle timer only sees packets that hit
+its owned entry, so when that entry idles out the component first asks
+:func:`kept_alive` whether the tap's merged sub-regions counted packets since
+it last looked; if so the tap lives on and its entry is re-added.
 """
 
 from __future__ import annotations
@@ -373,3 +375,19 @@ def ended_rules(removed: CompiledEntry, reason: str, rules: Mapping[RuleKey, Mir
         earliest = min(r.expires_at for r in members)
         due = {r.key for r in members if r.expires_at == earliest}
     return due
+
+
+def kept_alive(removed: CompiledEntry, installed: Mapping[EntryKey, CompiledEntry],
+               packets: Mapping[EntryKey, int], seen: Mapping[EntryKey, int]) -> set[RuleKey]:
+    """Owners of an idled-out entry whose traffic still flows through a merged sub-region.
+
+    ``packets``: the switch's current packet counts per entry; ``seen``: the counts
+    at the previous look (absent = 0, i.e. since the entry was written).
+    """
+    alive: set[RuleKey] = set()
+    for owner in removed.owners:
+        for key, entry in installed.items():
+            if key != removed.key and owner in entry.members and packets.get(key, 0) > seen.get(key, 0):
+                alive.add(owner)
+                break
+    return alive

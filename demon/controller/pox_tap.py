@@ -178,6 +178,8 @@ class PoxTapService:
         self._own_deletes: set[tuple[int, of10.EntryKey]] = set()
         self._collect: dict[tuple[int, of10.EntryKey], list[Any]] = {}
         self._collected = threading.Event()
+        # Packet counts of merged entries at the last idle check (see of10.kept_alive).
+        self._seen: dict[int, dict[of10.EntryKey, int]] = {}
         self._waiting: dict[int, _Waiter] = {}
         self._plock = threading.Lock()
         self._events: "queue.Queue[tuple[Callable[..., None], tuple[Any, ...]]]" = queue.Queue()
@@ -261,7 +263,9 @@ class PoxTapService:
             self._own_deletes.add((sw.dpid, key))
             msgs.append(flow_mod(entry, of.OFPFC_DELETE_STRICT))
         for entry in to_add:
-            self._own_deletes.discard((sw.dpid, of10.entry_key(entry.priority, entry.match)))
+            key = of10.entry_key(entry.priority, entry.match)
+            self._own_deletes.discard((sw.dpid, key))
+            self._seen.get(sw.dpid, {}).pop(key, None)  # counters restart with the entry
             msgs.append(flow_mod(entry, of.OFPFC_ADD))
         self._send_confirmed(sw, msgs)
 
@@ -688,7 +692,10 @@ class PoxTapService:
                                                 "reason": reason, **counters})
                 return
             rules = self.rules.get(dpid, {})
-            for tap_id, direction in sorted(of10.ended_rules(compiled, reason, rules, now)):
+            ended = of10.ended_rules(compiled, reason, rules, now)
+            if reason == "idle_timeout":
+                ended -= self._kept_alive(dpid, compiled)
+            for tap_id, direction in sorted(ended):
                 rules.pop((tap_id, direction), None)
                 tap = self.taps.get(tap_id)
                 event = {"tap_id": tap_id, "dpid": dpid, "cookie": tap.cookie if tap else msg.cookie,
@@ -701,6 +708,23 @@ class PoxTapService:
                         del self.taps[tap_id]
                 self.publish("mirror_removed", event)
             self._sync(dpid)
+
+    def _kept_alive(self, dpid: int, removed: of10.CompiledEntry) -> set[of10.RuleKey]:
+        """Owners of an idled-out entry whose packets now hit a merged sub-region instead."""
+        installed = self.installed.get(dpid, {})
+        shared = [c for c in installed.values() if removed.owners & c.members]
+        sw = self.switches.get(dpid)
+        if not shared or sw is None or not sw.ready:
+            return set()
+        packets = {of10.entry_key(e.priority, e.match): pk for e, pk, _, _ in self._flow_table(sw)}
+        seen = self._seen.setdefault(dpid, {})
+        alive = of10.kept_alive(removed, installed, packets, seen)
+        for c in shared:
+            seen[c.key] = packets.get(c.key, 0)
+        if alive:
+            log.info("switch %s: %s idle on its own entry but active in a merged one: kept",
+                     dpid, ", ".join(f"{t}/{d}" for t, d in sorted(alive)))
+        return alive
 
     def _reassert_static(self, dpid: int, key: of10.EntryKey) -> None:
         with self.lock:

@@ -198,6 +198,19 @@ def test_ended_rules() -> None:
     assert of10.ended_rules(inner, "hard_timeout", rules, NOW + 20) == {("short", "forward")}  # switch ran ahead
 
 
+def test_idle_owner_kept_alive_by_its_merged_sub_region() -> None:
+    host = rule("host", {"ipv4_src": "10.0.0.1"}, idle=2)
+    flow = rule("flow", {"ipv4_src": "10.0.0.1", "tcp_dst": 80}, idle=0)
+    installed = {c.key: c for c in of10.compile_mirrors([host, flow], NOW)}
+    own = next(c for c in installed.values() if c.owners == {("host", "forward")})
+    sub = next(c for c in installed.values() if c.owners == {("flow", "forward")})
+    assert own.entry.idle_timeout == 2 and sub.entry.idle_timeout == 0
+    assert of10.kept_alive(own, installed, {sub.key: 10}, {}) == {("host", "forward")}
+    assert of10.kept_alive(own, installed, {sub.key: 10}, {sub.key: 10}) == set()
+    assert of10.kept_alive(own, installed, {}, {}) == set()
+    assert of10.kept_alive(sub, installed, {own.key: 5}, {}) == set()  # "flow" is not inside "host"'s own entry
+
+
 def test_bidirectional_spec_gives_two_rules() -> None:
     spec = parse_mirror_params({"tap_id": "t", "dpid": 1, "copy_port": 6, "bidirectional": True,
                                 "match": {"ipv4_src": "10.0.0.1", "ipv4_dst": "10.0.0.2", "tcp_dst": 80}}, "1.0")

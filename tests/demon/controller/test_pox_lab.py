@@ -144,6 +144,34 @@ def test_merged_tap_expiry_leaves_the_other_tap_whole(lab: Any, rpc: Any, events
     rpc.remove_mirror("pox-long")
 
 
+def test_idle_tap_kept_alive_by_traffic_in_a_merged_entry(lab: Any, rpc: Any, events: Any, tmp_path: Path) -> None:
+    """h1's only traffic is the 5-tuple tap's: the host tap's own entry idles out, yet the
+    host tap must live (and copy) while that traffic lasts, and end once it stops."""
+    ping(lab, 1, 5, 1)
+    ConformanceSuite.drain(events)
+    rpc.install_mirror("pox-idle-host", S1, {"ipv4_src": H[1]}, UPLINK, idle_timeout=2, hard_timeout=60)
+    rpc.install_mirror("pox-idle-flow", S1, {"ipv4_src": H[1], "ipv4_dst": H[5], "ip_proto": 1}, UPLINK,
+                       vlan_tag=30, idle_timeout=0, hard_timeout=60)
+    try:
+        with Capture(lab, tmp_path / "idle.pcap", "icmp or vlan") as cap:
+            ping(lab, 1, 5, 30)  # 6 s: three times the host tap's idle timeout
+        removed_early = []
+        while True:
+            try:
+                removed_early.append(events.get(timeout=0.05))
+            except Exception:  # queue.Empty
+                break
+        assert [e.params["tap_id"] for e in removed_early if e.event == "mirror_removed"] == []
+        copies = icmp_requests(cap.packets(), 1, 5)
+        assert sorted(str(p["vlan"]) for p in copies) == ["30"] * 30 + ["None"] * 30
+        event = ConformanceSuite.wait_event(events, lambda e: e.event == "mirror_removed", timeout=15)
+        assert (event.params["tap_id"], event.params["reason"]) == ("pox-idle-host", "idle_timeout")
+        assert [m["tap_id"] for m in rpc.list_mirrors(S1)] == ["pox-idle-flow"]
+    finally:
+        rpc.remove_mirror("pox-idle-host")
+        rpc.remove_mirror("pox-idle-flow")
+
+
 def test_packet_in_never_reinstalls_flows(lab: Any, rpc: Any) -> None:
     """The prototype re-sent its whole flow set on every PacketIn (baseline §1.4)."""
     before = {d: {(e["priority"], str(e["match"])): e["duration_s"] for e in rpc.flow_stats(d)} for d in (1, 2, 3)}
