@@ -125,6 +125,9 @@ def main(argv: list[str] | None = None, *, stdout: IO[str] | None = None,
         return _watch(args, err)
     except KeyboardInterrupt:
         return EXIT_OK
+    except Exception as exc:  # the log has the traceback; the operator gets one line
+        log.exception("internal error")
+        return _fail(err, f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL)
 
 
 def _fail(err: IO[str], message: str, status: int) -> int:

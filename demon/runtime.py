@@ -581,7 +581,13 @@ class Runtime:
 
     def _step(self, inp: Any, entries: list[HistoryEntry], outbox: list[Command]) -> None:
         assert self.ctx is not None
-        self.state, commands = core.step(self.state, self.ctx, inp, self.clock())
+        try:
+            self.state, commands = core.step(self.state, self.ctx, inp, self.clock())
+        except Exception:
+            # A bug must not turn one input into a crash loop (a restart would read
+            # the same event again): skip it, state unchanged, and say so loudly.
+            log.exception("decision core failed on %r; input skipped", inp)
+            return
         self.steps += 1
         for cmd in commands:
             if isinstance(cmd, Record):

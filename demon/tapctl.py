@@ -139,7 +139,9 @@ def cmd_show(store: Store, tap_id: str, as_json: bool, out: IO[str], err: IO[str
               ("bidirectional", "yes" if tap.bidirectional else "no"),
               ("state", tap.state + (f" ({tap.reason})" if tap.reason else "")),
               ("trigger", tap.trigger or "-"), ("rate", format_rate(tap.rate_bps)),
-              ("created", _when(tap.created_at)), ("expires", _when(tap.expires_at)),
+              ("created", _when(tap.created_at)),
+              ("last trigger", _when(tap.last_trigger_at)),
+              ("expires", _when(tap.expires_at)),
               ("ended", _when(tap.ended_at)),
               ("mirrored", f"{tap.packets} packets, {tap.bytes} bytes")]
     for name, value in fields:

@@ -131,3 +131,13 @@ def test_other_apps_events_advance_the_cursor_but_tap_nothing(
     wait_for(lambda: h.store.last_event_id() == 1, what="cursor")
     time.sleep(0.2)
     assert h.controller.writes() == []
+
+
+def test_an_input_the_core_cannot_take_is_skipped_not_fatal(make: Callable[..., Harness],
+                                                            caplog: pytest.LogCaptureFixture
+                                                            ) -> None:
+    h = make()
+    h.runtime.submit("not an input")
+    h.engine.fire("demon_elephant", FLOW_A)
+    wait_for(lambda: h.controller.mirrors, what="install after the bad input")
+    assert any("input skipped" in r.getMessage() for r in caplog.records)
