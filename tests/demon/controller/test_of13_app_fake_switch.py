@@ -269,3 +269,10 @@ def test_set_static_replaces_and_timed_out_static_entries_come_back(h: Harness) 
                                                                                   "entries": 2}
     assert s1.entries(STATIC_COOKIE) == [] and len(h.switches[2].entries(STATIC_COOKIE)) == 2
     assert [p for p in h.removed_events()] == []  # static churn is not a mirror event
+
+
+def test_static_config_from_the_launcher_is_installed_on_connect(tmp_path: Path) -> None:
+    h = Harness(tmp_path, static=parse_mirror_ports("s2MirrorSrc,2\ns2MirrorDst,7\n"))
+    assert {e.match["in_port"]: e.actions for e in h.switches[2].entries(STATIC_COOKIE)} == {
+        1: ("output:2", "output:7"), 2: ("output:1", "output:7")}
+    assert len(h.switches[3].entries(STATIC_COOKIE)) == 10
