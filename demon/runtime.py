@@ -208,6 +208,7 @@ class Runtime:
         self._by_threshold: dict[str, str] = {}
         self._switches: list[dict[str, Any]] = []
         self._port_map: list[Any] = []
+        self._topology_read_at = 0.0
         self._halt = threading.Event()
         self._stopping = False
         self._controller_up = False
@@ -335,8 +336,11 @@ class Runtime:
         scheduler.add_job(self._controller_back, "interval",
                           seconds=self.options.controller_probe_interval / speed,
                           id="controller-probe", coalesce=True, max_instances=1)
+        # Every second while the port map is empty (agents still appearing), then
+        # every topology_interval.
         scheduler.add_job(self._refresh_topology, "interval",
-                          seconds=self.options.topology_interval / speed, id="topology",
+                          seconds=min(1.0, self.options.topology_interval) / speed,
+                          id="topology",
                           coalesce=True, max_instances=1)
         self._scheduler = scheduler
         self._schedule_polls()
@@ -406,6 +410,11 @@ class Runtime:
         self.inputs.put(top_flows(name, flows))
 
     def _refresh_topology(self) -> None:
+        now = time.monotonic()
+        due = self._topology_read_at + self.options.topology_interval / self.options.speed
+        if self._port_map and now < due:
+            return
+        self._topology_read_at = now
         port_map = self._read_port_map()
         if port_map != self._port_map:
             self._port_map = port_map
@@ -538,6 +547,7 @@ class Runtime:
         cursor: int | None = None
         for item in batch:
             if isinstance(item, _Events):
+                assert self.ctx is not None
                 for event in item.events:
                     cursor = event.event_id
                     if item.skip_before and event.timestamp_ms / 1000.0 < item.skip_before:
@@ -546,6 +556,8 @@ class Runtime:
                     inp = threshold_event(event, self._by_threshold)
                     if inp is not None:
                         self._step(inp, entries, outbox)
+                        if self.ctx.topology.locate(inp.agent, inp.data_source) is None:
+                            self._topology_read_at = 0.0  # a port we do not know: re-read soon
             elif isinstance(item, _PollRequests):
                 handled = {rid for rid, _ in answered}
                 for request in self.store.pending_requests():

@@ -16,7 +16,7 @@ import responses
 
 from demon.store import Store
 from tests.demon.fakes import (ELEPHANT, FLOW_A, FLOW_B, FLOW_C, TOP, Harness, ScriptedEngine,
-                               wait_for)
+                               seed_port_map, wait_for)
 
 pytestmark = pytest.mark.replay
 
@@ -141,3 +141,22 @@ def test_an_input_the_core_cannot_take_is_skipped_not_fatal(make: Callable[..., 
     h.engine.fire("demon_elephant", FLOW_A)
     wait_for(lambda: h.controller.mirrors, what="install after the bad input")
     assert any("input skipped" in r.getMessage() for r in caplog.records)
+
+
+def test_port_map_is_reread_every_second_while_empty(tmp_path: Path,
+                                                     mock: responses.RequestsMock) -> None:
+    """Agents appear after the daemon started: it taps as soon as the map has them."""
+    engine = ScriptedEngine(port_map=[]).register(mock)
+    h = Harness(tmp_path, mock, {"elephant": ELEPHANT.format(max_taps=4)}, engine=engine,
+                topology_interval=1000.0)  # only the while-empty re-read can help
+    try:
+        h.start()
+        engine.set_flows("demon_elephant", [(FLOW_A, 400_000.0, "101")])
+        engine.fire("demon_elephant", FLOW_A)
+        time.sleep(0.3)
+        assert h.controller.mirrors == {}  # nowhere to place it yet
+        engine.port_map = seed_port_map()
+        wait_for(lambda: h.controller.mirrors, timeout=5, what="tap once the port is known")
+    finally:
+        h.stop()
+        h.controller.stop()
