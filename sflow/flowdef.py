@@ -26,6 +26,7 @@ N_DEFAULT, N_MIN, N_MAX = 5, 5, 20
 THRESHOLD_TIMEOUT_DEFAULT = 2.0
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}\Z")
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
 #: value name -> (key in the sample dict, multiplier)
 _VALUES = {"bytes": ("bytes", 1.0), "frames": ("frames", 1.0),
            "bps": ("bytes", 8.0), "fps": ("frames", 1.0)}
@@ -91,6 +92,8 @@ class FlowDef:
     key_fns: tuple[KeyFn, ...] = field(repr=False, compare=False)
     value_fn: ValueFn = field(repr=False, compare=False)
     predicate: Predicate | None = field(repr=False, compare=False)
+    #: the key names when every key is a plain name (no key function): a faster join
+    plain_keys: tuple[str, ...] | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"keys": ",".join(self.keys), "value": self.value, "filter": self.filter,
@@ -99,6 +102,14 @@ class FlowDef:
 
     def flow_key(self, keys: Mapping[str, Any]) -> str | None:
         """The sample's flow key (key values joined with ``fs``), None if a key is missing."""
+        plain = self.plain_keys
+        if plain is not None:  # fast path: plain key names, string values (sflow.keys)
+            try:
+                return self.fs.join([keys[name] for name in plain])
+            except KeyError:
+                return None
+            except TypeError:
+                pass  # a non-string value: format it below
         parts = []
         for fn in self.key_fns:
             part = fn(keys)
@@ -200,8 +211,10 @@ def parse_flow(name: str, body: Any) -> FlowDef:
         if body.get(ignored) not in (None, "", []):
             raise DefinitionError(f"{ignored}: not supported by the embedded engine")
     _number(body, "activeTimeout", 60)
+    plain = tuple(keys) if all(_PLAIN_KEY.match(k) for k in keys) else None
     return FlowDef(name=name, keys=tuple(keys), value=value, filter=filt, t=t, n=n, fs=fs,
-                   key_fns=tuple(key_fns), value_fn=value_fn, predicate=predicate)
+                   key_fns=tuple(key_fns), value_fn=value_fn, predicate=predicate,
+                   plain_keys=plain)
 
 
 @dataclass(frozen=True)

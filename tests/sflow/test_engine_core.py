@@ -348,3 +348,10 @@ def test_flow_cap_evicts_the_smallest() -> None:
     assert engine.evicted >= 900
     big = {f"10.1.0.{i},10.0.0.2" for i in range(10)}
     assert big <= {f["key"] for f in top(engine, T0 + 1)}
+
+
+def test_flow_keys_format_non_string_values() -> None:
+    fd = parse_flow("f", {"keys": "inputifindex,ipsource"})
+    assert fd.flow_key({"inputifindex": 7, "ipsource": "10.0.0.1"}) == "7,10.0.0.1"
+    assert fd.flow_key({"inputifindex": "7"}) is None
+    assert parse_flow("f", {"keys": "or:a:b,c"}).flow_key({"b": 2, "c": True}) == "2,true"
