@@ -79,6 +79,7 @@ class Collector:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.received = 0
+        self.ingest_errors = 0
         if self.rcvbuf < rcvbuf:
             log.warning("UDP receive buffer is %d bytes (asked %d): raise net.core.rmem_max "
                         "or run as root to avoid drops in bursts", self.rcvbuf, rcvbuf)
@@ -144,9 +145,11 @@ class Collector:
                     else:
                         try:
                             engine.ingest(item, now, source, size)
-                        except Exception:  # noqa: BLE001 - a bad datagram must not stop collection
-                            log.exception("ingest failed for a datagram from %s", source)
-                            engine.count_malformed("ingest-error", size)
+                        except Exception:  # noqa: BLE001 - counted by the engine; collection goes on
+                            self.ingest_errors += 1
+                            if self.ingest_errors <= 10 or self.ingest_errors % 1000 == 0:
+                                log.exception("ingest failed for a datagram from %s (%d so far)",
+                                              source, self.ingest_errors)
                 if now - last_tick >= 1.0:
                     engine.tick(now)
                     last_tick = now

@@ -264,10 +264,22 @@ class Engine:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
 
     def ingest(self, dg: Datagram, now: float, source: str = "", size: int = 0) -> None:
-        """Account one decoded datagram and feed its samples to every flow definition."""
+        """Account one decoded datagram and feed its samples to every flow definition.
+
+        Should that fail (a bug, not bad input: the decoder vetted the datagram),
+        the datagram is counted as dropped with reason ``ingest-error`` and the
+        exception propagates.
+        """
         self.datagrams += 1
-        self.decoded += 1
         self.bytes += size
+        try:
+            self._ingest(dg, now, source)
+        except Exception:
+            self.dropped["ingest-error"] = self.dropped.get("ingest-error", 0) + 1
+            raise
+        self.decoded += 1
+
+    def _ingest(self, dg: Datagram, now: float, source: str) -> None:
         agent_name = dg.agent or source
         agent = self._agents.get(agent_name)
         if agent is None:
