@@ -5,7 +5,9 @@ Subcommands:
 * ``elephant``  iperf3 TCP or UDP at a set rate, fixed client port (a known 5-tuple);
   ``serve`` runs the matching one-shot iperf3 server;
 * ``udp``       an exact number of UDP datagrams at a set rate (IPv4 or IPv6),
-  the tool for tests that count packets;
+  the tool for tests that count packets (``sink`` counts them);
+* ``tcp``       exactly N bytes over one TCP connection at a set rate (``tcpsink``
+  counts what arrived: "the receiver got every byte");
 * ``mice``      many small UDP flows, each from its own source port;
 * ``ping``      raw-socket ICMP echo built with dpkt (the prototype's B11 tool);
 * ``sniff``     what reaches this host (B12): one line per inbound frame.
@@ -211,6 +213,63 @@ def cmd_mice(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- plain TCP (exact byte counts) -------------------------------------------------------
+def send_tcp(dst: str, dport: int, sport: int, nbytes: int, rate_bps: int,
+             chunk: int = 65536) -> dict[str, Any]:
+    """Send exactly ``nbytes`` over one TCP connection from ``sport``, paced at ``rate_bps``."""
+    family = socket.AF_INET6 if ipaddress.ip_address(dst).version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if sport:
+        sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", sport))
+    sock.settimeout(10)
+    sock.connect((dst, dport))
+    sport = sock.getsockname()[1]
+    block = os.urandom(chunk)
+    started = time.monotonic()
+    sent = 0
+    while sent < nbytes:
+        n = min(chunk, nbytes - sent)
+        sock.sendall(block[:n])
+        sent += n
+        delay = started + sent * 8 / rate_bps - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    sock.shutdown(socket.SHUT_WR)
+    sock.recv(1)  # wait for the receiver's close: every byte arrived
+    sock.close()
+    return {"dst": dst, "dport": dport, "sport": sport, "bytes_sent": sent,
+            "seconds": round(time.monotonic() - started, 3)}
+
+
+def cmd_tcp(args: argparse.Namespace) -> int:
+    _emit({"role": "tcp", **send_tcp(args.dst, args.dport, args.sport, args.bytes, args.rate)})
+    return 0
+
+
+def cmd_tcp_sink(args: argparse.Namespace) -> int:
+    """Accept one TCP connection and count its bytes until the sender closes."""
+    family = socket.AF_INET6 if ":" in args.bind else socket.AF_INET
+    srv = socket.socket(family, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((args.bind, args.port))
+    srv.listen(1)
+    srv.settimeout(args.max_time)
+    print(json.dumps({"role": "tcpsink", "listening": args.port}), flush=True)
+    conn, peer = srv.accept()
+    conn.settimeout(args.max_time)
+    received = 0
+    while True:
+        data = conn.recv(1 << 20)
+        if not data:
+            break
+        received += len(data)
+    conn.close()
+    srv.close()
+    _emit({"role": "tcpsink", "port": args.port, "peer": f"{peer[0]}:{peer[1]}", "bytes_received": received})
+    return 0
+
+
 # -- ICMP echo (B11) ------------------------------------------------------------------
 def ping_once(dst: str, timeout: float = 1.0, payload: bytes = b"hello world") -> dict[str, Any]:
     """One ICMP echo over a raw socket, built and parsed with dpkt (the prototype's tool)."""
@@ -320,6 +379,20 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--idle", type=float, default=2.0)
     k.add_argument("--max-time", type=float, default=120)
     k.set_defaults(fn=cmd_udp_sink)
+
+    t = sub.add_parser("tcp", help="exactly BYTES over one TCP connection at RATE")
+    t.add_argument("--dst", required=True)
+    t.add_argument("--dport", type=int, default=5201)
+    t.add_argument("--sport", type=int, default=0)
+    t.add_argument("--bytes", type=int, default=100_000_000)
+    t.add_argument("--rate", type=parse_rate, default=parse_rate("200M"))
+    t.set_defaults(fn=cmd_tcp)
+
+    ts = sub.add_parser("tcpsink", help="count the bytes of one TCP connection")
+    ts.add_argument("--port", type=int, default=5201)
+    ts.add_argument("--bind", default="0.0.0.0")
+    ts.add_argument("--max-time", type=float, default=120)
+    ts.set_defaults(fn=cmd_tcp_sink)
 
     m = sub.add_parser("mice", help="many small UDP flows")
     m.add_argument("--dst", required=True)
