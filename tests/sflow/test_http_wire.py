@@ -82,3 +82,27 @@ def test_elephant_rate_while_it_runs(demon_sflow: dict, captures_dir: Path) -> N
     # ~7 s = 3.5 t into a 25 MB/s flow: 97 % of it, ± the EWMA's sampling noise (~8 %)
     # and replay timing jitter
     assert 0.80 * 25e6 < flows[0]["value"] < 1.15 * 25e6
+
+
+def test_decode_and_replay_subcommands(captures_dir: Path) -> None:
+    capture = str(captures_dir / "ovs-seed-elephant.pcap")
+    decoded = subprocess.run([sys.executable, "-m", "sflow.cli", "decode", capture],
+                             capture_output=True, text=True, timeout=60, check=True)
+    lines = decoded.stdout.splitlines()
+    assert len(lines) == 382 and all(json.loads(line) for line in lines[:3])
+    from sflow.collector import open_udp_socket
+    sock = open_udp_socket("127.0.0.1", 0)
+    try:
+        port = sock.getsockname()[1]
+        replayed = subprocess.run([sys.executable, "-m", "sflow.cli", "replay", capture,
+                                   "--to", f"127.0.0.1:{port}"],
+                                  capture_output=True, text=True, timeout=60, check=True)
+        assert "sent 382 datagrams" in replayed.stderr
+        sock.settimeout(2)
+        first = sock.recv(65535)
+        assert first[:4] == b"\x00\x00\x00\x05"
+    finally:
+        sock.close()
+    bad = subprocess.run([sys.executable, "-m", "sflow.cli", "replay", capture, "--to", "nowhere"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--to" in bad.stderr
