@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,17 @@ from demon.controller.fabric import FabricError, load_fabric, load_static
 from demon.rpc.token import TokenError, ensure_token
 
 DEFAULT_TOKEN_FILE = "/run/pytapdemon/rpc.token"
+
+
+def _check_free(host: str, port: int) -> None:
+    """os-ken listens on a thread of its own and only logs a busy port: check first."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise OSError(f"--of-host/--of-port {host}:{port}: {exc.strerror}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,13 +75,27 @@ def main(argv: list[str] | None = None) -> int:
     cfg.CONF.set_override("ofp_listen_host", args.of_host)
     cfg.CONF.set_override("ofp_tcp_listen_port", args.of_port)
 
-    def ready(address: str) -> None:
-        print(f"demon-controller: openflow {args.of_host}:{args.of_port} rpc {address}", flush=True)
+    from demon.rpc.server import RpcServer
 
-    osken_app.configure(osken_app.Settings(fabric=fabric, static=static, rpc_address=args.rpc, token=token,
-                                           barrier_timeout=args.barrier_timeout, on_rpc_ready=ready,
-                                           state_file=Path(args.state_file) if args.state_file
-                                           else Path(args.token_file).parent / "osken-taps.json"))
+    settings = osken_app.Settings(fabric=fabric, static=static, rpc_address=args.rpc, token=token,
+                                  barrier_timeout=args.barrier_timeout,
+                                  state_file=Path(args.state_file) if args.state_file
+                                  else Path(args.token_file).parent / "osken-taps.json")
+    service = osken_app.TapService(settings)
+    try:
+        _check_free(args.of_host, args.of_port)
+    except OSError as exc:
+        print(f"demon-controller: cannot listen: {exc}", file=sys.stderr)
+        return 2
+    try:
+        server = RpcServer(args.rpc, token, service).start()
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(f"demon-controller: cannot listen: --rpc {args.rpc}: {reason}", file=sys.stderr)
+        return 2
+    service.publish = server.publish
+    osken_app.configure(service)
+    print(f"demon-controller: openflow {args.of_host}:{args.of_port} rpc {server.address}", flush=True)
 
     def stop(signum: int, _frame: Any) -> None:
         # os-ken's native hub cannot kill its threads; the switches keep their entries

@@ -2,7 +2,8 @@
 
 Started by ``demon-controller`` (:mod:`demon.controller.launcher`), which calls
 :func:`configure` before os-ken instantiates :class:`TapApp`. The RPC server (from
-``demon.rpc``) runs its own threads and calls :meth:`TapService.call`; those calls
+``demon.rpc``, started by the launcher before os-ken so a busy address fails fast)
+runs its own threads and calls :meth:`TapService.call`; those calls
 talk to the switch through :class:`SwitchLink`, which pairs requests with replies by
 xid and waits on a plain ``threading.Event`` with its own timeout (os-ken's native hub).
 """
@@ -48,7 +49,7 @@ MIRROR_COOKIE_MASK = PROJECT_MASK | MIRROR_BIT
 
 @dataclass
 class Settings:
-    """What the launcher hands the app (os-ken instantiates apps without arguments)."""
+    """The component's configuration (built by the launcher)."""
 
     fabric: Fabric
     static: StaticConfig | None = None
@@ -57,15 +58,15 @@ class Settings:
     barrier_timeout: float = 5.0
     #: where tap ids are remembered by cookie, so a restarted component still names them
     state_file: Path | None = None
-    on_rpc_ready: Callable[[str], None] | None = None
 
 
-_SETTINGS: Settings | None = None
+_SERVICE: "TapService | None" = None
 
 
-def configure(settings: Settings) -> None:
-    global _SETTINGS
-    _SETTINGS = settings
+def configure(service: "TapService") -> None:
+    """Hand the app its service (os-ken instantiates apps without arguments)."""
+    global _SERVICE
+    _SERVICE = service
 
 
 class SwitchTimeout(Exception):
@@ -560,28 +561,10 @@ class TapApp(app_manager.OSKenApp):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if _SETTINGS is None:
+        if _SERVICE is None:
             raise RuntimeError("demon.controller.osken_app.configure() was not called (use demon-controller)")
-        self.service = TapService(_SETTINGS)
-        self.rpc: Any = None
+        self.service = _SERVICE
         self._pending: dict[int, SwitchLink] = {}
-
-    def start(self) -> Any:
-        thread = super().start()
-        from demon.rpc.server import RpcServer
-
-        self.rpc = RpcServer(self.service.settings.rpc_address, self.service.settings.token, self.service)
-        self.rpc.start()
-        self.service.publish = self.rpc.publish
-        LOG.info("RPC listening on %s", self.rpc.address)
-        if self.service.settings.on_rpc_ready:
-            self.service.settings.on_rpc_ready(self.rpc.address)
-        return thread
-
-    def stop(self) -> None:
-        if self.rpc is not None:
-            self.rpc.close()
-        super().stop()
 
     def _link(self, dp: Any) -> SwitchLink | None:
         link = self._pending.get(id(dp))
