@@ -145,3 +145,27 @@ def test_launcher_refuses_a_bad_fabric_before_starting(tmp_path: Path, capsys: p
     bad.write_text(json.dumps({**SEED, "switches": [{**SEED["switches"][0], "role": "spine"}]}))
     assert main(["--fabric", str(bad), "--token-file", str(tmp_path / "tok")]) == 2
     assert "switches[0].role: must be one of filter, aggregation" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("busy", ["rpc", "openflow"])
+def test_launcher_exits_when_an_address_is_busy(tmp_path: Path, busy: str) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    fabric = tmp_path / "fabric.json"
+    fabric.write_text(json.dumps(SEED))
+    with socket.socket() as taken, socket.socket() as spare:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        spare.bind(("127.0.0.1", 0))  # a free port, released when the launcher binds it
+        free = spare.getsockname()[1]
+        spare.close()
+        rpc = f"tcp:127.0.0.1:{port if busy == 'rpc' else 0}"
+        of_port = port if busy == "openflow" else free
+        done = subprocess.run([sys.executable, "-m", "demon.controller.launcher", "--fabric", str(fabric),
+                               "--token-file", str(tmp_path / "tok"), "--rpc", rpc, "--of-port", str(of_port)],
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert f"127.0.0.1:{port}: Address already in use" in done.stderr
