@@ -23,12 +23,15 @@ Standard library + POX only.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import queue
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import demon
@@ -164,7 +167,7 @@ class PoxTapService:
     """The RPC handler and the OpenFlow event listener."""
 
     def __init__(self, fabric: Fabric, static: StaticConfig | None, barrier_timeout: float = 5.0,
-                 call_later: Callable[..., None] | None = None) -> None:
+                 call_later: Callable[..., None] | None = None, state_file: Path | None = None) -> None:
         self.fabric = fabric
         self.static = static if static is not None else fabric.static
         self.barrier_timeout = barrier_timeout
@@ -184,8 +187,70 @@ class PoxTapService:
         self._plock = threading.Lock()
         self._events: "queue.Queue[tuple[Callable[..., None], tuple[Any, ...]]]" = queue.Queue()
         self.publish: Callable[[str, dict[str, Any]], Any] = lambda event, params: None
+        self.state_file = state_file
+        self._load_state()
         self._worker = threading.Thread(target=self._event_loop, name="pox-tap-events", daemon=True)
         self._worker.start()
+
+    # ------------------------------------------------------- remembered taps
+
+    def _load_state(self) -> None:
+        """Taps installed before a restart (their entries outlive the process): the switch's
+        table decides on connection which of them still exist."""
+        if self.state_file is None or not self.state_file.exists():
+            return
+        try:
+            raw = json.loads(self.state_file.read_text())
+            now = time.time()
+            for item in raw.get("taps", []):
+                spec = parse_mirror_params(item["params"], "1.0")
+                installed_at = float(item["installed_at"])
+                if installed_at + spec.hard_timeout <= now:
+                    continue  # its hard timeout has removed it already
+                rules = [r for r in of10.rules_for(spec, int(item["cookie"]), installed_at)
+                         if r.direction in item["live"]]
+                if not rules:
+                    continue
+                for r in rules:
+                    self.rules.setdefault(spec.dpid, {})[r.key] = r
+                self.taps[spec.tap_id] = _Tap(spec, int(item["cookie"]), dict(item["result"]),
+                                              {r.direction for r in rules})
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("state file %s unreadable (%s): earlier taps unknown until re-installed",
+                        self.state_file, exc)
+        else:
+            log.info("state file %s: %d taps remembered", self.state_file, len(self.taps))
+
+    def _save_state(self) -> None:
+        if self.state_file is None:
+            return
+        taps = [{"params": t.spec.to_params(), "cookie": t.cookie, "installed_at": t.result["installed_at"],
+                 "result": t.result, "live": sorted(t.live)} for _, t in sorted(self.taps.items())]
+        try:
+            tmp = self.state_file.with_name(self.state_file.name + ".tmp")
+            tmp.write_text(json.dumps({"taps": taps}))
+            os.replace(tmp, self.state_file)
+        except OSError as exc:
+            log.warning("cannot write state file %s: %s", self.state_file, exc)
+
+    def _end_rules(self, dpid: int, ended: set[of10.RuleKey], reason: str, counters: dict[str, Any],
+                   cookie: int) -> None:
+        """Forget ended rules (and taps with none left) and announce each."""
+        rules = self.rules.get(dpid, {})
+        for tap_id, direction in sorted(ended):
+            rules.pop((tap_id, direction), None)
+            tap = self.taps.get(tap_id)
+            event = {"tap_id": tap_id, "dpid": dpid, "cookie": tap.cookie if tap else cookie,
+                     "reason": reason, **counters}
+            if tap is not None:
+                if tap.spec.bidirectional:
+                    event["direction"] = direction
+                tap.live.discard(direction)
+                if not tap.live:
+                    del self.taps[tap_id]
+            self.publish("mirror_removed", event)
+        if ended:
+            self._save_state()
 
     # ---------------------------------------------------------- RPC entry
 
@@ -365,6 +430,7 @@ class PoxTapService:
             result = {"tap_id": spec.tap_id, "dpid": spec.dpid, "cookie": cookie, "entries": entries,
                       "replaced": old is not None, "installed_at": round(now, 3)}
             self.taps[spec.tap_id] = _Tap(spec, cookie, result, {r.direction for r in new_rules})
+            self._save_state()
             return dict(result)
 
     def rpc_remove_mirror(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -395,6 +461,7 @@ class PoxTapService:
                 if tap.spec.bidirectional:
                     event["direction"] = direction
                 self.publish("mirror_removed", event)
+            self._save_state()
             log.info("tap %s removed from switch %s (%d entries touched)", tap_id, dpid, len(mine))
             return {"tap_id": tap_id, "removed": True, "packets": packets, "bytes": nbytes}
 
@@ -647,11 +714,33 @@ class PoxTapService:
             stale = [r[0] for r in rows if r[0].cookie in (BASELINE_COOKIE, STATIC_COOKIE)
                      and of10.entry_key(r[0].priority, r[0].match) not in wanted_keys]
             self._apply(sw, intended, stale)
-            self.installed[dpid] = {}  # re-add every known mirror (the switch may have lost them)
+            self._adopt_mirrors(dpid, rows)
             sw.ready = True
             self._sync(dpid)
         log.info("switch %s (%s) up, role %s, %d baseline/static entries", dpid, sw.name, sw.role, len(intended))
         self.publish("switch_up", {"dpid": dpid, "name": sw.name, "role": sw.role})
+
+    def _adopt_mirrors(self, dpid: int, rows: list[tuple[Entry, int, int, float]]) -> None:
+        """The switch's table is the truth after a reconnect or a restart: entries it still
+        holds as compiled are kept (not re-sent); a tap none of whose own entries it holds
+        was removed while we were not listening (reason ``unknown``)."""
+        table = {of10.entry_key(e.priority, e.match): e for e, _, _, _ in rows if is_mirror_cookie(e.cookie)}
+        wanted = of10.compile_mirrors(self.rules.get(dpid, {}).values(), time.time(), self._forward(dpid))
+        present = {c.key: c for c in wanted if c.key in table
+                   and (table[c.key].actions, table[c.key].cookie) == (c.entry.actions, c.entry.cookie)}
+        owned_somewhere = {k for c in wanted if c.key in table for k in c.owners}
+        gone = set(self.rules.get(dpid, {})) - owned_somewhere
+        self.installed[dpid] = present
+        # Entries of our taps that the switch holds in an outdated shape (the taps changed
+        # while it was away): replaced by _sync, so delete the old shape now.
+        cookies = {t.cookie for t in self.taps.values() if t.spec.dpid == dpid}
+        wanted_keys = {c.key for c in wanted}
+        outdated = [e for k, e in table.items() if k not in wanted_keys and e.cookie in cookies]
+        if outdated:
+            self._apply(self.switches[dpid], [], outdated)
+        if gone:
+            log.info("switch %s: no longer holds %s", dpid, ", ".join(f"{t}/{d}" for t, d in sorted(gone)))
+            self._end_rules(dpid, gone, "unknown", {"packets": 0, "bytes": 0, "duration_s": 0.0}, 0)
 
     def _switch_down(self, dpid: int, connection: Any) -> None:
         with self.lock:
@@ -691,22 +780,10 @@ class PoxTapService:
                 self.publish("mirror_removed", {"tap_id": None, "dpid": dpid, "cookie": msg.cookie,
                                                 "reason": reason, **counters})
                 return
-            rules = self.rules.get(dpid, {})
-            ended = of10.ended_rules(compiled, reason, rules, now)
+            ended = of10.ended_rules(compiled, reason, self.rules.get(dpid, {}), now)
             if reason == "idle_timeout":
                 ended -= self._kept_alive(dpid, compiled)
-            for tap_id, direction in sorted(ended):
-                rules.pop((tap_id, direction), None)
-                tap = self.taps.get(tap_id)
-                event = {"tap_id": tap_id, "dpid": dpid, "cookie": tap.cookie if tap else msg.cookie,
-                         "reason": reason, **counters}
-                if tap is not None:
-                    if tap.spec.bidirectional:
-                        event["direction"] = direction
-                    tap.live.discard(direction)
-                    if not tap.live:
-                        del self.taps[tap_id]
-                self.publish("mirror_removed", event)
+            self._end_rules(dpid, ended, reason, counters, msg.cookie)
             self._sync(dpid)
 
     def _kept_alive(self, dpid: int, removed: of10.CompiledEntry) -> set[of10.RuleKey]:
@@ -738,16 +815,18 @@ class PoxTapService:
 # ----------------------------------------------------------------- launch
 
 def launch(rpc: str = p.DEFAULT_ADDRESS, token_file: str = p.DEFAULT_TOKEN_FILE, fabric: str | None = None,
-           static: str | None = None, barrier_timeout: str = "5") -> None:
+           static: str | None = None, barrier_timeout: str = "5", state_file: str | None = None) -> None:
     """POX entry point (``demon.controller.pox_tap --rpc=… --token-file=… --fabric=… --static=…``).
 
     ``--static`` takes a JSON file of the fabric's ``static`` shape or the prototype's
-    ``mirrorPorts.txt``; it overrides the fabric's own ``static`` section.
+    ``mirrorPorts.txt``; it overrides the fabric's own ``static`` section. ``--state-file``
+    (default ``pox-taps.json`` beside the token file) remembers the taps across restarts.
     """
     fab = load_fabric(fabric) if fabric else Fabric({})
     stat = load_static(static) if static else None
     token = ensure_token(token_file)
-    service = PoxTapService(fab, stat, float(barrier_timeout))
+    state = Path(state_file) if state_file else Path(token_file).parent / "pox-taps.json"
+    service = PoxTapService(fab, stat, float(barrier_timeout), state_file=state)
     server = RpcServer(rpc, token, service).start()  # bind now: a taken port fails the launch
     service.publish = server.publish
 

@@ -212,22 +212,47 @@ def test_port_stats_count_traffic(lab: Any, rpc: Any) -> None:
     assert after[2]["tx_packets"] - before[2]["tx_packets"] >= 5
 
 
-def test_orphan_tap_removed_after_restart(lab: Any, component: Component) -> None:
-    rpc = component.client()
-    first = rpc.install_mirror("pox-orphan", S2, {"ipv4_src": H[6], "ipv4_dst": H[7], "ip_proto": 17,
-                                                   "udp_dst": 9999}, UPLINK, hard_timeout=120)
+def _restart(component: Component, forget: bool = False) -> Any:
     component.stop()
+    if forget:
+        (component.workdir / "pox-taps.json").unlink()
     component.start()
     rpc = component.client()
     deadline = time.monotonic() + 30
     while len(rpc.list_switches()) < 3:
         assert time.monotonic() < deadline, component.log_tail()
         time.sleep(0.1)
+    return rpc
+
+
+def test_orphan_tap_removed_after_restart_without_state(lab: Any, component: Component) -> None:
+    rpc = component.client()
+    first = rpc.install_mirror("pox-orphan", S2, {"ipv4_src": H[6], "ipv4_dst": H[7], "ip_proto": 17,
+                                                   "udp_dst": 9999}, UPLINK, hard_timeout=120)
+    rpc = _restart(component, forget=True)
     listed = [m for m in rpc.list_mirrors(S2) if m["cookie"] == first["cookie"]]
     assert len(listed) == 1 and listed[0]["tap_id"] is None  # known from the switch only
     assert rpc.remove_mirror("pox-orphan") == {"tap_id": "pox-orphan", "removed": True, "packets": 0, "bytes": 0}
     assert [e for e in rpc.flow_stats(S2) if e["cookie"] == first["cookie"]] == []
     assert rpc.remove_mirror("pox-orphan")["removed"] is False
+
+
+def test_tap_removed_while_component_was_down_is_forgotten(lab: Any, component: Component) -> None:
+    rpc = component.client()
+    kept = rpc.install_mirror("pox-kept", S2, {"ipv4_src": H[8], "ip_proto": 1}, UPLINK, hard_timeout=120)
+    lost = rpc.install_mirror("pox-lost", S2, {"ipv4_src": H[9], "ip_proto": 1}, UPLINK, hard_timeout=120)
+    component.stop()
+    lab.ofctl("--strict", "del-flows", "s2", f"priority=40000,icmp,nw_src={H[9]}")
+    rpc = _restart(component)
+    assert {m["tap_id"]: m["cookie"] for m in rpc.list_mirrors(S2)} == {"pox-kept": kept["cookie"]}
+    assert rpc.install_mirror("pox-lost", S2, {"ipv4_src": H[9], "ip_proto": 1}, UPLINK,
+                              hard_timeout=120)["replaced"] is False
+    again = rpc.install_mirror("pox-kept", S2, {"ipv4_src": H[8], "ip_proto": 1}, UPLINK, hard_timeout=120)
+    assert again == kept  # remembered: the same install is a no-op
+    for tap in ("pox-kept", "pox-lost"):
+        assert rpc.remove_mirror(tap)["removed"] is True
+    assert [e for e in rpc.flow_stats(S2) if e["priority"] >= 40000] == []
+    assert lost["cookie"] != kept["cookie"]
 
 
 # ------------------------------------------- static mode from a file (B5, B6)
