@@ -14,7 +14,7 @@ from demon.capture.pcapwriter import read_pcap
 from demon.capture.packet import FlowKey, parse_frame
 from demon.controller.fabric import STATIC_COOKIE
 from demon.controller.ovsofctl import dump_flows
-from topo.hostproc import traffic_result
+from topo.hostproc import traffic, traffic_result
 from topo.session import LabSession, SessionOptions
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::DeprecationWarning:mininet.*")]
@@ -42,6 +42,8 @@ def test_static_mode_tables_and_what_reaches_the_capture_host(tmp_path: Path) ->
     with LabSession(SessionOptions(out=tmp_path, static=True, watch=False)) as s:
         assert {sw: static_table(sw) for sw in ("s1", "s2", "s3")} == EXPECTED
         h = s.lab.host
+        sniffer = traffic(h("h11"), "sniff", "--interface", "h11-eth0", "--seconds", "8")  # B12
+        time.sleep(0.5)
         assert traffic_result(h("h1"), "ping", "--dst", "10.0.0.2", "--count", "3")["replies"] == 3
         assert traffic_result(h("h3"), "ping", "--dst", "10.0.0.4", "--count", "3")["replies"] == 3
         assert traffic_result(h("h6"), "ping", "--dst", "10.0.0.7", "--count", "3")["replies"] == 3
@@ -49,6 +51,9 @@ def test_static_mode_tables_and_what_reaches_the_capture_host(tmp_path: Path) ->
         assert traffic_result(h("h1"), "ping", "--dst", "10.0.0.3", "--count", "1",
                               "--timeout", "0.5")["replies"] == 0
         time.sleep(0.5)
+        sniffed = {line["flow"] for line in (sniffer.proc.wait(15), sniffer.json_lines())[1]}
+    assert {"1:10.0.0.1:None>10.0.0.2:None", "1:10.0.0.7:None>10.0.0.6:None"} <= sniffed
+    assert not any("10.0.0.3" in flow for flow in sniffed)
     frames = [parse_frame(f) for p in sorted((tmp_path / "captures" / "unmatched").glob("*.pcap"))
               for _t, f, _l in read_pcap(p)]
     icmp = {(FlowKey.of(f).src, FlowKey.of(f).dst) for f in frames if f.get("ip_proto") == 1}
