@@ -44,17 +44,40 @@ class EmbeddedEngine:
         self.collector = Collector(self.engine, self.sflow_addr[0], self.sflow_addr[1],
                                    rcvbuf=self._rcvbuf, clock=self.clock)
         try:
-            self.http = EngineHTTPServer(self.http_addr, self.engine, self.readonly, self.clock,
-                                         extra_analyzer=self.collector.stats)
+            self._serve_http(self.http_addr)
         except OSError:
             self.collector.sock.close()
             raise
         self.collector.start()
+        return self
+
+    def _serve_http(self, address: tuple[str, int]) -> None:
+        assert self.collector is not None
+        self.http = EngineHTTPServer(address, self.engine, self.readonly, self.clock,
+                                     extra_analyzer=self.collector.stats)
         self._http_thread = threading.Thread(target=self.http.serve_forever,
                                              kwargs={"poll_interval": 0.2},
                                              name="sflow-http", daemon=True)
         self._http_thread.start()
-        return self
+
+    def _close_http(self) -> None:
+        if self.http is not None:
+            self.http.closing.set()
+            with self.engine.lock:
+                self.engine.lock.notify_all()
+            self.http.shutdown()
+            self.http.server_close()
+
+    def suspend_http(self) -> None:
+        """Close the HTTP API (connections refused) while collection goes on (tests: outages)."""
+        self._close_http()
+
+    def resume_http(self) -> None:
+        """Serve the HTTP API again on the same address, with the same engine state."""
+        if self.http is None:
+            raise RuntimeError("engine not started")
+        host, port = self.http.server_address[:2]
+        self._serve_http((str(host), int(port)))
 
     @property
     def url(self) -> str:
@@ -72,12 +95,7 @@ class EmbeddedEngine:
 
     def stop(self) -> None:
         """Stop serving and close both sockets (pending long polls return)."""
-        if self.http is not None:
-            self.http.closing.set()
-            with self.engine.lock:
-                self.engine.lock.notify_all()
-            self.http.shutdown()
-            self.http.server_close()
+        self._close_http()
         if self.collector is not None:
             self.collector.stop()
 

@@ -216,3 +216,18 @@ def test_stop_ends_open_connections_and_a_restart_reuses_the_ports() -> None:
         assert requests.get(url + "/flow/json", timeout=5).json() == {}  # a fresh engine
     finally:
         second.stop()
+
+
+def test_suspended_api_refuses_connections_and_resumes_with_its_state() -> None:
+    service = EmbeddedEngine(("127.0.0.1", 0), ("127.0.0.1", 0)).start()
+    try:
+        url = service.url
+        assert put(url + "/flow/f/json", TCP).status_code == 204
+        service.suspend_http()
+        with pytest.raises(requests.ConnectionError):
+            requests.get(url + "/flow/json", timeout=5)
+        service.resume_http()
+        assert service.url == url
+        assert list(requests.get(url + "/flow/json", timeout=5).json()) == ["f"]
+    finally:
+        service.stop()
