@@ -83,3 +83,23 @@ def test_replay_of_a_broken_recording_names_the_line(tmp_path: Path) -> None:
     bad.write_text(RECORDING.read_text().splitlines()[0] + "\n{not json\n")
     with pytest.raises(ReplayError, match=r"bad.jsonl:2"):
         backtest(POLICIES, bad, fabric=FIXTURES / "elephant_session.fabric.json")
+
+
+def test_backtest_of_a_live_engine_recording() -> None:
+    """``live_session.jsonl``: recorded from the embedded engine fed sFlow (see
+    record_live_session.py). A is hot from +1 s to +12 s and decays through the
+    engine's smoothing; B is hot from +24 s to the end."""
+    result = backtest(POLICIES, FIXTURES / "live_session.jsonl")
+    taps = sorted(result.taps.values(), key=lambda t: t.created_at)
+    assert [(t.flow_key, t.dpid, t.in_port, t.state) for t in taps] == [
+        ("10.0.0.1,10.0.0.2,6,51792,5201", 1, 1, "removed"),
+        ("10.0.0.8,10.0.0.6,6,40100,80", 2, 3, "removed")]
+    a, b = taps
+    assert a.created_at - result.start < 2.0  # tapped on the engine's first event
+    assert b.created_at - result.start == pytest.approx(24.0, abs=1.5)
+    # A stays above the threshold in the engine's smoothed rates for a while after +12 s,
+    # so both end by max_duration (20 s), not by the condition clearing.
+    for tap in taps:
+        assert "max duration" in tap.reason
+        assert tap.ended_at - tap.created_at == pytest.approx(20.0, abs=1.5)
+    assert result.events == 2
