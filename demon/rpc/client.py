@@ -310,7 +310,7 @@ class Subscription:
                 self._set_connected(True)
                 delay = self.retry_min
                 self._pump(self._sock)
-            except (ControllerUnreachable, _ConnectionLost, socket.timeout, p.BadRequest) as exc:
+            except (ControllerUnreachable, _ConnectionLost, OSError, p.BadRequest) as exc:
                 if not self._stop.is_set():
                     log.debug("rpc: event connection to %s: %s", self.address, exc)
             finally:
