@@ -178,3 +178,24 @@ def test_on_exit_remove_takes_the_taps_down(lab: dict) -> None:
     assert proc.wait(timeout=20) == 0
     assert controller.mirrors == {}
     assert controller.writes()[-1] == ("remove_mirror", "elephant.1")
+
+
+def test_demon_tap_lists_and_releases_a_running_daemons_tap(lab: dict) -> None:
+    controller: FakeController = lab["controller"]
+    lab["watch"]("watch.log")
+    wait_for(lambda: controller.mirrors, timeout=30, what="tap")
+    state = str(lab["tmp"] / "state.sqlite")
+
+    def tap(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "demon.tapctl", "--state", state, *argv],
+                              cwd=REPO, capture_output=True, text=True, timeout=30)
+
+    listed = tap("--json", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert [t["tap_id"] for t in json.loads(listed.stdout)] == ["elephant.1"]
+    released = tap("release", "elephant.1")
+    assert released.returncode == 0, released.stderr
+    assert "release requested" in released.stdout
+    wait_for(lambda: not controller.mirrors, timeout=10, what="mirror removed")
+    story = tap("show", "elephant.1")
+    assert "demon-tap" in story.stdout  # who released it is on record
