@@ -119,7 +119,11 @@ class Store:
                 raise StoreError(f"state file {self.path} does not exist "
                                  "(is demon-watch using another --state?)")
             if not readonly:
-                parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StoreError(f"cannot create the directory of state file "
+                                     f"{self.path}: {exc.strerror or exc}") from None
         try:
             # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE … COMMIT).
             self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None,

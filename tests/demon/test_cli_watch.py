@@ -112,6 +112,16 @@ def test_wrong_token_exits_4(tmp_path: Path) -> None:
     assert "--token-file" in err
 
 
+def test_unusable_state_file_exits_5(tmp_path: Path, token_file: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    status, _, err = run(cli.main, ["--policies", str(REPO / "policies"), "--sflow-rt",
+                                    "http://127.0.0.1:1", "--token-file", str(token_file),
+                                    "--state", str(blocker / "state.sqlite")])
+    assert status == cli.EXIT_STATE
+    assert "state file" in err and len(err.strip().splitlines()) == 1
+
+
 def test_bad_policy_set_refuses_to_start(tmp_path: Path, token_file: Path) -> None:
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "x.yaml").write_text("name: x\nkind: nonsense\n")
