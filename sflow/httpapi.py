@@ -153,7 +153,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             parts = urlsplit(self.path)
             segments = [unquote(s) for s in parts.path.split("/")[1:]]
-            body = self._read_body() if method == "PUT" else None
+            raw = self._read_raw()  # always drained: leftovers would corrupt a keep-alive stream
+            body = self._parse_body(raw) if method == "PUT" else None
             if method in ("PUT", "DELETE") and self.server.readonly:
                 raise HTTPError(403, "read-only engine: PUT and DELETE are disabled")
             self._route(method, segments, _Query(parts.query), body)
@@ -167,11 +168,18 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("error serving %s %s", method, self.path)
             self._send(500, b"internal error\n", "text/plain; charset=utf-8")
 
-    def _read_body(self) -> Any:
-        length = int(self.headers.get("Content-Length") or 0)
+    def _read_raw(self) -> bytes:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            raise HTTPError(400, "Content-Length: not a number") from None
         if length > _MAX_BODY:
+            self.close_connection = True
             raise HTTPError(413, f"body: larger than {_MAX_BODY} bytes")
-        raw = self.rfile.read(length) if length else b""
+        return self.rfile.read(length) if length > 0 else b""
+
+    @staticmethod
+    def _parse_body(raw: bytes) -> Any:
         try:
             return json.loads(raw or b"null")  # JSON whatever the Content-Type says
         except ValueError as exc:
