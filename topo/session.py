@@ -176,7 +176,7 @@ class LabSession:
                 raise RuntimeError(f"the engine's port map lacks {sorted(want - have)[:5]}... after {timeout:g}s")
             time.sleep(0.2)
         self.note("port map complete", ports=len(want))
-        refreshed = self.watch_started_at + TOPOLOGY_REFRESH + 0.5
+        refreshed = self.watch_started_at + TOPOLOGY_REFRESH + 1.5
         if time.time() < refreshed:
             time.sleep(refreshed - time.time())
         self.note("daemon knows the port map")
@@ -190,8 +190,9 @@ class LabSession:
         settings = WatchSettings(opts.policies, f"tcp:127.0.0.1:{self.ports['rpc']}", self.paths["token"],
                                  self.paths["state"], self.ports["sflow"], opts.sflow_rt,
                                  self.ports["engine_http"])
-        self.watch_started_at = time.time()
         self.watch = start_watch(settings, self.paths["logs"] / "demon-watch.log")
+        # Its engine is bound: the runtime (and its topology refresh timer) starts right after.
+        self.watch_started_at = time.time()
         self.note("demon-watch up", pid=self.watch.pid, policies=str(opts.policies))
         return self.watch
 
@@ -228,8 +229,9 @@ class LabSession:
                 if self.taps.get(tap.tap_id) != doc:
                     self.taps[tap.tap_id] = doc
                     changed = True
-            if changed:
-                write_tap_table(self.paths["taps"], [self._table_entry(d) for d in self.taps.values()])
+            if changed:  # a tap never placed (failed before install) has no match: nothing to file
+                write_tap_table(self.paths["taps"], [self._table_entry(d) for d in self.taps.values()
+                                                     if d.get("match") or d.get("vlan_tag")])
             # The history is append-only and read in order: only the new tail is news.
             for entry in history[self._history_seen:]:
                 self.note(f"tap {entry.kind}" if entry.tap_id else entry.kind, entry.tap_id,

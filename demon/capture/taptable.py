@@ -46,44 +46,58 @@ class Tap:
         return any(p(fields) for p in self.predicates)
 
 
-def parse_taps(doc: Any, source: str = "tap table") -> list[Tap]:
+def parse_taps(doc: Any, source: str = "tap table", errors: list[str] | None = None) -> list[Tap]:
+    """The table's taps. A bad entry raises :class:`TapTableError`, or, when an
+    ``errors`` list is given, is reported there and skipped (one bad tap must not
+    send every other tap's packets to ``unmatched``)."""
     entries = doc.get("taps") if isinstance(doc, dict) else doc
     if not isinstance(entries, list):
         raise TapTableError(f"{source}: expected a list of taps or {{\"taps\": [...]}}")
     taps: list[Tap] = []
     seen: set[str] = set()
     for i, entry in enumerate(entries):
-        where = f"{source}: taps[{i}]"
-        if not isinstance(entry, dict):
-            raise TapTableError(f"{where}: must be an object")
-        tap_id = entry.get("tap_id")
-        if not isinstance(tap_id, str) or not TAP_ID.match(tap_id):
-            raise TapTableError(f"{where}.tap_id: 1-64 chars of [A-Za-z0-9_.:-] required, got {tap_id!r}")
-        if tap_id in seen:
-            raise TapTableError(f"{where}.tap_id: duplicate {tap_id!r}")
-        seen.add(tap_id)
-        vlan = entry.get("vlan_tag")
-        if vlan is not None and (not isinstance(vlan, int) or not 1 <= vlan <= 4094):
-            raise TapTableError(f"{where}.vlan_tag: must be 1..4094 or null, got {vlan!r}")
-        match = entry.get("match")
-        predicates: list[Callable[[Fields], bool]] = []
-        if vlan is None:
-            if not isinstance(match, dict):
-                raise TapTableError(f"{where}.match: an object is required when there is no vlan_tag")
-            try:
-                predicates.append(compile_match(match, f"{where}.match"))
-                if entry.get("bidirectional"):
-                    predicates.append(compile_match(reverse_match(match), f"{where}.match"))
-            except MatchError as exc:
-                raise TapTableError(str(exc)) from None
-        taps.append(Tap(tap_id, dict(entry), vlan, predicates))
+        try:
+            tap = _parse_tap(entry, f"{source}: taps[{i}]", seen)
+        except TapTableError as exc:
+            if errors is None:
+                raise
+            errors.append(str(exc))
+            continue
+        taps.append(tap)
     return taps
+
+
+def _parse_tap(entry: Any, where: str, seen: set[str]) -> Tap:
+    if not isinstance(entry, dict):
+        raise TapTableError(f"{where}: must be an object")
+    tap_id = entry.get("tap_id")
+    if not isinstance(tap_id, str) or not TAP_ID.match(tap_id):
+        raise TapTableError(f"{where}.tap_id: 1-64 chars of [A-Za-z0-9_.:-] required, got {tap_id!r}")
+    if tap_id in seen:
+        raise TapTableError(f"{where}.tap_id: duplicate {tap_id!r}")
+    seen.add(tap_id)
+    vlan = entry.get("vlan_tag")
+    if vlan is not None and (not isinstance(vlan, int) or not 1 <= vlan <= 4094):
+        raise TapTableError(f"{where}.vlan_tag: must be 1..4094 or null, got {vlan!r}")
+    match = entry.get("match")
+    predicates: list[Callable[[Fields], bool]] = []
+    if vlan is None:
+        if not isinstance(match, dict):
+            raise TapTableError(f"{where}.match: an object is required when there is no vlan_tag")
+        try:
+            predicates.append(compile_match(match, f"{where}.match"))
+            if entry.get("bidirectional"):
+                predicates.append(compile_match(reverse_match(match), f"{where}.match"))
+        except MatchError as exc:
+            raise TapTableError(str(exc)) from None
+    return Tap(tap_id, dict(entry), vlan, predicates)
 
 
 class TapTable:
     """The taps of a JSON file, reloaded when its mtime or size changes.
 
-    A bad file is reported and the previous table stays in use.
+    An unreadable file is reported and the previous table stays in use; a bad
+    entry is reported and skipped, the others load.
     """
 
     def __init__(self, path: Path | None) -> None:
@@ -105,12 +119,13 @@ class TapTable:
         if stamp == self._stamp:
             return False
         self._stamp = stamp
+        errors: list[str] = []
         try:
-            taps = parse_taps(json.loads(self.path.read_text()), str(self.path))
+            taps = parse_taps(json.loads(self.path.read_text()), str(self.path), errors)
         except (OSError, ValueError) as exc:  # JSONDecodeError and TapTableError are ValueErrors
             self.last_error = str(exc)
             return False
-        self.last_error = None
+        self.last_error = "; ".join(errors) or None
         self.taps = taps
         self.by_id = {t.tap_id: t for t in taps}
         return True

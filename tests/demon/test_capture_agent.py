@@ -154,10 +154,14 @@ def test_a_bad_tap_table_is_reported_and_the_old_one_kept(tmp_path: Path) -> Non
     write_tap_table(table, [tap("good", ELEPHANT)])
     tt = TapTable(table)
     assert tt.reload_if_changed()
-    table.write_text(json.dumps({"taps": [tap("bad", {"tcp_dst": "http"})]}))
+    table.write_text("{not json")
     assert not tt.reload_if_changed()
-    assert "taps[0].match.tcp_dst" in (tt.last_error or "")
-    assert list(tt.by_id) == ["good"]
+    assert list(tt.by_id) == ["good"] and tt.last_error
+    # one bad entry (a tap that was never placed has no match) must not hide the others
+    table.write_text(json.dumps({"taps": [tap("bad", {"tcp_dst": "http"}), tap("never", {}), tap("ok", ELEPHANT)]}))
+    assert tt.reload_if_changed()
+    assert list(tt.by_id) == ["ok"]
+    assert "taps[0].match.tcp_dst" in (tt.last_error or "") and "taps[1].match" in (tt.last_error or "")
     with pytest.raises(TapTableError, match=r"taps\[1\].tap_id: duplicate"):
         parse_taps([tap("a", ELEPHANT), tap("a", ELEPHANT)])
     with pytest.raises(TapTableError, match=r"taps\[0\].match: an object is required"):
