@@ -458,7 +458,15 @@ class ConformanceSuite:
             assert json.loads(reader.readline())["error"]["code"] == -32001
             sock.sendall(json.dumps({"id": 2, "token": token, "method": "hello", "params": {}}).encode() + b"\n")
             assert json.loads(reader.readline())["result"]["protocol"] == 1
-        assert rpc.hello()["protocol"] == 1
+        with socket.create_connection(("127.0.0.1", component.rpc_port), timeout=5) as sock:
+            reader = sock.makefile("rb")
+            try:
+                sock.sendall(b'{"id": 3, "pad": "' + b"x" * (1 << 20) + b'"}\n')
+            except OSError:
+                pass  # the server may close before reading everything
+            assert json.loads(reader.readline())["error"]["code"] == -32600
+            assert reader.readline() == b""  # that connection is closed …
+        assert rpc.hello()["protocol"] == 1  # … the component keeps serving the others
         assert [m for m in rpc.list_mirrors() if m.get("tap_id") == "bad"] == []
 
     def test_reconnect_reasserts_the_baseline(self, lab: Any, rpc: Any, component: Component) -> None:
