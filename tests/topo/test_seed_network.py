@@ -190,3 +190,32 @@ def test_capture_agent_files_mirrored_copies_per_tap(tmp_path: Path) -> None:
     tshark = subprocess.run(["tshark", "-r", str(out / "by-vlan" / "by-vlan-0001.pcap"), "-T", "fields",
                              "-e", "vlan.id", "-e", "udp.dstport"], capture_output=True, text=True, timeout=60)
     assert tshark.returncode == 0 and set(tshark.stdout.split("\n")[:-1]) == {"42\t5002"}
+
+
+def test_ipv6_flows_are_mirrored_and_filed_by_their_tap(tmp_path: Path) -> None:
+    taps = tmp_path / "taps.json"
+    write_tap_table(taps, [{"tap_id": "v6", "match": {"ipv6_src": "fc00::1", "ipv6_dst": "fc00::2",
+                                                      "udp_dst": 5001}, "dpid": 1, "in_port": 1, "copy_port": 6}])
+    out = tmp_path / "cap"
+    with build_seed(controller_port=None, ipv6=True) as lab:
+        of = lab.ofctl
+        of("add-flow", "s1", "priority=10,in_port=1,actions=output:2")
+        of("add-flow", "s1", "priority=10,in_port=2,actions=output:1")
+        of("add-flow", "s1", "cookie=0x6,priority=100,udp6,ipv6_src=fc00::1,ipv6_dst=fc00::2,tp_dst=5001,"
+           "actions=output:2,output:6")
+        of("add-flow", "s3", "priority=10,in_port=1,actions=output:11")
+        agent = start_capture_agent(lab.host("h11"), out, taps, grace=1)
+        sink = traffic(lab.host("h2"), "sink", "--bind", "::", "--port", "5001", "--idle", "1.5")
+        time.sleep(0.3)
+        r = traffic_result(lab.host("h1"), "udp", "--dst", "fc00::2", "--dport", "5001", "--count", "100",
+                           "--pps", "500")
+        assert r["sent"] == 100
+        assert sink.proc.wait(30) == 0 and sink.json_lines()[-1]["packets"] == 100
+        counted = int(of("dump-flows", "s1", "cookie=0x6/-1").split("n_packets=")[1].split(",")[0])
+        time.sleep(0.3)
+        assert agent.stop() == 0
+    frames = [parse_frame(f) for p in sorted((out / "v6").glob("*.pcap")) for _t, f, _l in read_pcap(p)]
+    assert len(frames) == counted == 100
+    assert {(str(f["ipv6_src"]), f["udp_dst"]) for f in frames} == {("fc00::1", 5001)}
+    status = json.loads((out / "agent.json").read_text())
+    assert "unmatched" not in status["taps"]  # ND, MLD and router solicitations never filed
