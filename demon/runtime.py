@@ -173,6 +173,11 @@ class _Stop:
 
 
 @dataclass(frozen=True)
+class _Reread:
+    """The port map has been re-read: decide the events held for it."""
+
+
+@dataclass(frozen=True)
 class _NewTopology:
     topology: Topology
 
@@ -209,6 +214,8 @@ class Runtime:
         self._switches: list[dict[str, Any]] = []
         self._port_map: list[Any] = []
         self._topology_read_at = 0.0
+        self._deferred: list[ThresholdEvent] = []
+        self._rereading = False
         self._halt = threading.Event()
         self._stopping = False
         self._controller_up = False
@@ -409,6 +416,25 @@ class Runtime:
             return
         self.inputs.put(top_flows(name, flows))
 
+    def _defer(self, inp: ThresholdEvent) -> None:
+        """Hold ``inp`` until the port map has been re-read (one re-read at a time;
+        every event held meanwhile waits for it)."""
+        self._deferred.append(inp)
+        if self._rereading:
+            return
+        self._rereading = True
+
+        def reread() -> None:
+            port_map = self._read_port_map()
+            if port_map != self._port_map:
+                self._port_map = port_map
+                self.inputs.put(_NewTopology(Topology(port_map, self._switches)))
+            self.inputs.put(_Reread())  # after the new topology: decide, whatever it says
+
+        log.debug("event %d from unknown port %s/%s: re-reading the port map first",
+                  inp.event_id, inp.agent, inp.data_source)
+        threading.Thread(target=reread, name="demon-portmap", daemon=True).start()
+
     def _refresh_topology(self) -> None:
         now = time.monotonic()
         due = self._topology_read_at + self.options.topology_interval / self.options.speed
@@ -440,6 +466,8 @@ class Runtime:
 
     def _on_connection(self, up: bool) -> None:
         """The controller came (subscription connected) or went (any failed call)."""
+        if self._halt.is_set():
+            return  # our own shutdown closing the connection
         if up:
             threading.Thread(target=self._controller_back, daemon=True).start()
             return
@@ -554,10 +582,19 @@ class Runtime:
                         log.debug("skipping event %d from before the start", event.event_id)
                         continue
                     inp = threshold_event(event, self._by_threshold)
-                    if inp is not None:
-                        self._step(inp, entries, outbox)
-                        if self.ctx.topology.locate(inp.agent, inp.data_source) is None:
-                            self._topology_read_at = 0.0  # a port we do not know: re-read soon
+                    if inp is None:
+                        continue
+                    if self.ctx.topology.locate(inp.agent, inp.data_source) is None:
+                        # A port we do not know yet (agents announce ports with their
+                        # counters, after their first flow samples): re-read the port
+                        # map now and decide once it is in.
+                        self._defer(inp)
+                        continue
+                    self._step(inp, entries, outbox)
+            elif isinstance(item, _Reread):
+                held, self._deferred, self._rereading = self._deferred, [], False
+                for inp in held:
+                    self._step(inp, entries, outbox)
             elif isinstance(item, _PollRequests):
                 handled = {rid for rid, _ in answered}
                 for request in self.store.pending_requests():
@@ -682,8 +719,8 @@ class Runtime:
                     log.warning("could not delete %s from the engine: %s", pol.flow_name, exc)
         self.controller.close()
         left = len(self.state.live_taps())
-        log.info("stopped; %d live tap(s) %s", left,
-                 "left to their hard timeouts" if left else "")
+        log.info("stopped; %d live tap(s)%s", left,
+                 " left to their hard timeouts" if left else "")
 
     def _remove_all(self) -> None:
         """Release every live tap through the core and run the removals here."""

@@ -211,6 +211,9 @@ class ScriptedEngine:
         self.thresholds: dict[str, dict[str, Any]] = {}
         self.requests: list[tuple[str, str]] = []
         self.up = True
+        #: Answer an empty port map until some event has been served (an agent whose
+        #: port counters arrive after its first flow samples).
+        self.hide_ports_until_events = False
         self.cond = threading.Condition()
 
     # -- scripting -------------------------------------------------------------------
@@ -267,11 +270,13 @@ class ScriptedEngine:
         if path == "/version":
             return 200, {"Content-Type": "text/plain"}, "3.0-scripted"
         if path == "/demon/portmap/json":
-            return ok(self.port_map)
+            return ok([] if self.hide_ports_until_events else self.port_map)
         if path == "/events/json":
             events = self._events(query)
             if not self.up:  # went away during the long poll: the answer is lost
                 raise requests.ConnectionError(f"connection reset: {self.base_url}")
+            if events:
+                self.hide_ports_until_events = False
             return ok(events)
         if parts[0] in ("flow", "threshold") and len(parts) == 3:
             table = self.flows if parts[0] == "flow" else self.thresholds

@@ -160,3 +160,22 @@ def test_port_map_is_reread_every_second_while_empty(tmp_path: Path,
     finally:
         h.stop()
         h.controller.stop()
+
+
+def test_an_event_from_a_port_not_yet_mapped_waits_for_the_map(
+        tmp_path: Path, mock: responses.RequestsMock) -> None:
+    """The first event arrives before the port map has its port: the runtime re-reads
+    the map before deciding, instead of failing the flow for want of a location."""
+    engine = ScriptedEngine().register(mock)
+    engine.hide_ports_until_events = True
+    h = Harness(tmp_path, mock, {"elephant": ELEPHANT.format(max_taps=4)}, engine=engine,
+                topology_interval=1000.0)
+    try:
+        h.start()
+        assert h.runtime.ctx.topology.locate("127.0.0.1", "101") is None
+        h.engine.fire("demon_elephant", FLOW_A)  # and no activeflows sighting ever
+        wait_for(lambda: h.controller.mirrors, timeout=5, what="tap after the re-read")
+        assert list(h.controller.mirrors) == ["elephant.1"]
+    finally:
+        h.stop()
+        h.controller.stop()
