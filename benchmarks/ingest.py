@@ -15,8 +15,10 @@ Receivers, each fed the very same datagrams at the same increasing rates:
 * ``sfcapd``    nfdump's sFlow collector, counting the flow records it wrote
                 (``nfdump -I``), i.e. samples.
 
-A step is lossless when every datagram sent arrived (engine/ceiling count, or
-7 x datagrams flow records for sfcapd). Then, in-process: CPU µs per datagram
+A step is lossless when every datagram sent arrived (engine/ceiling count), or
+every flow sample became a flow record (sfcapd, less a tolerance of 14 samples:
+sfcapd loses a datagram or two right after each start, and counting its
+records means restarting it after every step). Then, in-process: CPU µs per datagram
 of the engine at a fixed rate (from /proc/<pid>/stat), and resident memory per
 100,000 active flows and after 1,000,000 distinct flows have passed.
 """
@@ -100,6 +102,7 @@ def iter_datagrams(count: int, distinct_flows: int, seed: int = 1,
 class Receiver:
     name = ""
     counts_samples = False  # count() gives flow samples (else datagrams)
+    tolerance = 0  # units a step may miss and still count as lossless
 
     def start(self) -> tuple[str, int]:
         raise NotImplementedError
@@ -186,6 +189,7 @@ class Sfcapd(Receiver):
 
     name = "sfcapd (nfdump, C)"
     counts_samples = True
+    tolerance = 2 * SAMPLES_PER_DATAGRAM  # start-up losses, see _launch
 
     def start(self) -> tuple[str, int]:
         self.dir = tempfile.mkdtemp(prefix="bench-sfcapd-")
@@ -200,11 +204,18 @@ class Sfcapd(Receiver):
         self.proc = subprocess.Popen(["sfcapd", "-w", self.dir, "-p", str(self.port), "-b",
                                       "127.0.0.1", "-B", str(32 << 20), "-t", "3600"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
-        # sfcapd drops the first datagram of an exporter after it starts (measured: 100
-        # sent, 99 x 7 records): prime it so that the steps count only real losses
-        send_payloads(make_datagrams(1, 1, seed=99), ("127.0.0.1", self.port))
-        time.sleep(0.1)
+        # wait until it has bound its socket: datagrams sent before are refused
+        local = f"0100007F:{self.port:04X}"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if any(line.split()[1] == local
+                   for line in Path("/proc/net/udp").read_text().splitlines()[1:]):
+                break
+            time.sleep(0.05)
+        # it also loses the first datagram or two after a start, without load (measured:
+        # 199 sent, 198 x 7 records): prime it; a step may still lose those (tolerance)
+        send_payloads(make_datagrams(2, 1, seed=99), ("127.0.0.1", self.port))
+        time.sleep(0.3)
 
     def count(self) -> int:
         """Samples written so far: stop (flushes its file), count, start again."""
@@ -263,8 +274,9 @@ def ladder(receiver: Receiver, datagrams: list[bytes], samples: list[int], rates
             got = settle(receiver.count, base + expected) - base
             base += got
             rows.append({"rate": rate, "achieved": n / elapsed, "sent": expected, "got": got,
+                         "tolerance": receiver.tolerance,
                          "kept_up": (at_end / expected) if at_end is not None else float("nan")})
-            lossy = lossy + 1 if got < expected else 0
+            lossy = lossy + 1 if got + receiver.tolerance < expected else 0
             if lossy >= 2:
                 break
     finally:
@@ -274,7 +286,7 @@ def ladder(receiver: Receiver, datagrams: list[bytes], samples: list[int], rates
 
 def best_lossless(rows: list[dict[str, float]], sustained: bool = False) -> float:
     """Highest achieved send rate of a lossless step (``sustained``: also kept up, >= 95 %)."""
-    ok = [r["achieved"] for r in rows if r["got"] >= r["sent"]
+    ok = [r["achieved"] for r in rows if r["got"] + r["tolerance"] >= r["sent"]
           and (not sustained or r["kept_up"] >= 0.95)]
     return max(ok) if ok else 0.0
 
