@@ -143,8 +143,9 @@ def describe(entry: HistoryEntry) -> str:
     """One log line for a recorded transition."""
     detail = dict(entry.detail)
     cause = detail.pop("cause", "")
-    subject = entry.tap_id or detail.get("flow_key") or detail.get("policy") or "-"
-    return f"{entry.kind} {subject}: {cause}".rstrip(": ")
+    subject = entry.tap_id or detail.get("flow_key") or detail.get("policy")
+    head = f"{entry.kind} {subject}" if subject else entry.kind
+    return f"{head}: {cause}" if cause else head
 
 
 # -- internal queue items -----------------------------------------------------------
