@@ -49,42 +49,71 @@ def free_udp_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_tcp_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+FLOW_A = (1411, tcp_frame("10.0.0.1", "10.0.0.2", 5001, 80))   # s1 port 1
+FLOW_B = (1423, tcp_frame("10.0.0.8", "10.0.0.6", 40100, 80))  # s2 port 3
+
+
 class Traffic:
-    """Sends port counters and, while ``hot``, samples of one elephant (s1 port 1)."""
+    """Sends port counters and samples of the ``flows`` that are hot (A at first)."""
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.hot = True
+        self.flows = [FLOW_A]
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        header = tcp_frame("10.0.0.1", "10.0.0.2", 5001, 80)
         seq = 0
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             while not self.stop.is_set():
                 seq += 1
-                flows = [(1411, header)] * 4 if self.hot else []
+                flows = [flow for flow in self.flows for _ in range(4)]
                 sock.sendto(sflow_datagram(seq, flows=flows,
                                            ports=PORTS if seq % 10 == 1 else []),
                             ("127.0.0.1", self.port))
                 self.stop.wait(0.1)
 
 
+class Engine:
+    """``demon-sflow`` as a subprocess on fixed ports, so it can be restarted."""
+
+    def __init__(self) -> None:
+        self.udp, self.http = free_udp_port(), free_tcp_port()
+        self.url = f"http://127.0.0.1:{self.http}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sflow.cli", "--sflow-port", str(self.udp), "--http-port",
+             str(self.http), "--log-level", "warning"], cwd=REPO, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, text=True)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if not line.startswith("{"):
+            self.stop()
+            pytest.fail(f"demon-sflow did not start: {line!r}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[dict]:
-    udp = free_udp_port()
-    engine = subprocess.Popen(
-        [sys.executable, "-m", "sflow.cli", "--sflow-port", str(udp), "--http-port", "0",
-         "--log-level", "warning"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        text=True)
-    line = engine.stdout.readline() if engine.stdout else ""
-    try:
-        url = json.loads(line)["http"]
-    except (ValueError, KeyError):
-        engine.kill()
-        pytest.fail(f"demon-sflow did not start: {line!r}")
-    traffic = Traffic(udp)
+    engine = Engine()
+    engine.start()
+    url = engine.url
+    traffic = Traffic(engine.udp)
     traffic.thread.start()
     controller = FakeController().start()
     token = tmp_path / "rpc.token"
@@ -105,18 +134,14 @@ def lab(tmp_path: Path) -> Iterator[dict]:
         return proc
 
     yield {"url": url, "controller": controller, "traffic": traffic, "watch": watch,
-           "policies": policies, "tmp": tmp_path}
+           "policies": policies, "tmp": tmp_path, "engine": engine}
     for proc in procs:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
     traffic.stop.set()
     controller.stop()
-    engine.send_signal(signal.SIGTERM)
-    try:
-        engine.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        engine.kill()
+    engine.stop()
 
 
 def install_ids(controller: FakeController) -> list[str]:
@@ -199,3 +224,27 @@ def test_demon_tap_lists_and_releases_a_running_daemons_tap(lab: dict) -> None:
     wait_for(lambda: not controller.mirrors, timeout=10, what="mirror removed")
     story = tap("show", "elephant.1")
     assert "demon-tap" in story.stdout  # who released it is on record
+
+
+def test_engine_restart_definitions_restored_and_new_events_taken(lab: dict) -> None:
+    """The engine restarts (definitions and event ids gone): the daemon defines its
+    flow and threshold again and takes the new engine's events; the flow it already
+    taps is not tapped twice."""
+    controller: FakeController = lab["controller"]
+    engine: Engine = lab["engine"]
+    (lab["policies"] / "elephant.yaml").write_text(POLICY.format(max_duration="60s"))
+    proc = lab["watch"]("watch.log")
+    wait_for(lambda: controller.mirrors, timeout=30, what="A tapped")
+    engine.stop()
+    time.sleep(1.0)
+    engine.start()
+    wait_for(lambda: requests.get(f"{engine.url}/threshold/demon_elephant/json",
+                                  timeout=5).status_code == 200,
+             timeout=20, what="threshold defined again")
+    lab["traffic"].flows = [FLOW_A, FLOW_B]
+    wait_for(lambda: len(set(install_ids(controller))) == 2, timeout=30, what="B tapped")
+    tapped = {m["match"]["ipv4_src"] for m in controller.mirrors.values()}
+    assert tapped == {"10.0.0.1", "10.0.0.8"}
+    assert sorted(set(install_ids(controller))) == ["elephant.1", "elephant.2"]
+    assert controller.max_concurrent == 2  # A's tap was kept, not doubled
+    assert proc.poll() is None
