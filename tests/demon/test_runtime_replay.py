@@ -179,3 +179,18 @@ def test_an_event_from_a_port_not_yet_mapped_waits_for_the_map(
     finally:
         h.stop()
         h.controller.stop()
+
+
+def test_a_mirror_the_switch_drops_is_recorded_not_removed_again(
+        make: Callable[..., Harness]) -> None:
+    h = make()
+    h.engine.set_flows("demon_elephant", [(FLOW_A, 400_000.0, "101")])
+    h.engine.fire("demon_elephant", FLOW_A)
+    wait_for(lambda: h.controller.mirrors, what="install")
+    wait_for(lambda: h.controller.server.subscribers, what="daemon subscribed")
+    assert h.controller.expire("elephant.1", "idle_timeout")  # pushes mirror_removed
+    wait_for(lambda: h.runtime.state.taps["elephant.1"].state == "removed",
+             what="tap removed on the controller's event")
+    time.sleep(0.2)
+    assert h.controller.writes() == [("install_mirror", "elephant.1")]
+    assert "idle_timeout" in h.runtime.state.taps["elephant.1"].reason
