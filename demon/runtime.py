@@ -227,8 +227,6 @@ class Runtime:
         self._scheduler: BackgroundScheduler | None = None
         self._subscription: Any = None
         self._stream: EventStream | None = None
-        #: Commands handed to the RPC worker, in order (what the daemon asked for).
-        self.sent: list[Command] = []
 
     # -- public, thread-safe ---------------------------------------------------------
 
@@ -625,7 +623,6 @@ class Runtime:
             decisions.info(describe(entry), extra={"tap_id": entry.tap_id, "kind": entry.kind,
                                                    "detail": dict(entry.detail)})
         for cmd in outbox:
-            self.sent.append(cmd)
             self._rpc_queue.put(cmd)
         return outbox
 
@@ -738,7 +735,6 @@ class Runtime:
             cmd = pending.pop(0)
             if not isinstance(cmd, RemoveMirror):
                 continue  # nothing new is installed on the way out
-            self.sent.append(cmd)
             result = self.execute(cmd)
             if getattr(result, "unreachable", False):
                 log.warning("controller unreachable at exit: taps left to their hard timeouts")
