@@ -103,3 +103,24 @@ def test_backtest_of_a_live_engine_recording() -> None:
         assert "max duration" in tap.reason
         assert tap.ended_at - tap.created_at == pytest.approx(20.0, abs=1.5)
     assert result.events == 2
+
+
+def test_backtest_of_a_top_talkers_policy_uses_the_polls(tmp_path: Path) -> None:
+    """Same live recording, read as the top-1 talker of the flow: taps come from the
+    /activeflows answers alone (the recording's threshold events belong to no
+    threshold of this policy)."""
+    (tmp_path / "elephant.yaml").write_text(
+        "name: elephant\nkind: top_talkers\n"
+        "keys: ipsource,ipdestination,ipprotocol,tcpsourceport,tcpdestinationport\n"
+        "top: 1\nmin_rate: 8Mbps\ninterval: 1s\nduration: 5s\nmax_duration: 60s\n")
+    result = backtest(tmp_path, FIXTURES / "live_session.jsonl",
+                      fabric=FIXTURES / "live_session.fabric.json")
+    taps = sorted(result.taps.values(), key=lambda t: t.created_at)
+    assert [t.flow_key for t in taps] == ["10.0.0.1,10.0.0.2,6,51792,5201",
+                                          "10.0.0.8,10.0.0.6,6,40100,80"]
+    a, b = taps
+    assert "condition cleared" in a.reason  # A fell below 8 Mbit/s, 5 s later released
+    assert a.ended_at <= b.created_at + 5.0
+    assert b.state == "active"  # still the top talker when the recording ends
+    assert all(e.detail.get("event_id") is None for e in result.timeline
+               if e.kind == "created")
