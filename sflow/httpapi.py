@@ -226,10 +226,12 @@ class _Handler(BaseHTTPRequestHandler):
         elif seg == ["agents", "json"]:
             only = set(q.params.get("agent", [])) or None
             with engine.lock:
-                self._json(engine.agents(now, only))
+                body = engine.agents(now, only)
+            self._json(body)
         elif seg == ["flowkeys", "json"]:
             with engine.lock:
-                self._json(engine.flow_keys(now))
+                body = engine.flow_keys(now)
+            self._json(body)
         elif seg == ["analyzer", "json"]:
             with engine.lock:
                 body = engine.analyzer()
@@ -238,7 +240,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(body)
         elif seg == ["demon", "portmap", "json"]:
             with engine.lock:
-                self._json(engine.port_map(now))
+                body = engine.port_map(now)
+            self._json(body)
         else:
             raise HTTPError(404, f"no such resource: {self.path}")
 
@@ -248,9 +251,9 @@ class _Handler(BaseHTTPRequestHandler):
         if name is None:
             if method != "GET":
                 raise HTTPError(405, f"{method} not allowed on /{kind}/json")
-            with engine.lock:
+            with engine.lock:  # answer outside the lock: a slow client must not stall ingest
                 defs = engine.flows() if flows else engine.thresholds()
-                self._json({k: v.to_json() for k, v in defs.items()})
+            self._json({k: v.to_json() for k, v in defs.items()})
             return
         if method == "GET":
             with engine.lock:
