@@ -22,6 +22,10 @@ PRIORITY_FORWARD = 10
 PRIORITY_FLOOD = 20
 PRIORITY_UPLINK = 100
 PRIORITY_STATIC = 20000
+#: OpenFlow 1.3 filter switches: table 1 holds the L2 entries the switch learns itself.
+L2_TABLE = 1
+LEARN_PRIORITY = 10
+LEARN_IDLE = 300
 #: Multicast/broadcast bit of the destination MAC.
 MULTICAST_MAC = "01:00:00:00:00:00/01:00:00:00:00:00"
 #: The prototype's fixed port pairs and aggregation ports (baseline §1.4).
@@ -317,22 +321,35 @@ def load_static(path: str | Path) -> StaticConfig:
 # ------------------------------------------------------------ intended state
 
 def baseline_entries(sw: SwitchRole, openflow: str = "1.3") -> list[Entry]:
-    """The role's pipeline. OpenFlow 1.3 cannot set ``OFPPC_NO_FLOOD`` on Open vSwitch
-    (the bit is 1.0-only), so there broadcast/multicast from a host port is flooded by
-    explicit entries to the other host ports instead of by ``NORMAL``.
+    """The role's pipeline.
+
+    OpenFlow 1.0 filter switches forward with ``NORMAL`` and keep the uplinks out of
+    its flooding with ``OFPPC_NO_FLOOD``. OpenFlow 1.3 has no such bit (Open vSwitch
+    ignores it in a 1.3 port-mod), and ``NORMAL`` would flood unknown unicast up every
+    uplink, so 1.3 filter switches learn instead: every frame from a host port teaches
+    table 1 ``eth_dst=<its eth_src> → output:<its in_port>`` (OVS ``learn``), and what
+    table 1 does not know is flooded to the other host ports only.
     """
     out: list[Entry] = []
-    if openflow != "1.0":
+    v13 = openflow != "1.0"
+    if v13:
         out.append(Entry(PRIORITY_MISS, {}, (), BASELINE_COOKIE))
     if sw.role == "filter":
+        learn = f"learn(table={L2_TABLE})"
         for port in sw.uplinks:
             out.append(Entry(PRIORITY_UPLINK, {"in_port": port}, (), BASELINE_COOKIE))
         for port in sw.host_ports:
-            out.append(Entry(PRIORITY_FORWARD, {"in_port": port}, ("NORMAL",), BASELINE_COOKIE))
-            if openflow != "1.0":
-                others = tuple(f"output:{p}" for p in sw.host_ports if p != port)
-                out.append(Entry(PRIORITY_FLOOD, {"in_port": port, "eth_dst": MULTICAST_MAC},
-                                 others, BASELINE_COOKIE))
+            others = tuple(f"output:{p}" for p in sw.host_ports if p != port)
+            if not v13:
+                out.append(Entry(PRIORITY_FORWARD, {"in_port": port}, ("NORMAL",), BASELINE_COOKIE))
+                continue
+            out.append(Entry(PRIORITY_FORWARD, {"in_port": port}, (learn, f"goto_table:{L2_TABLE}"),
+                             BASELINE_COOKIE))
+            out.append(Entry(PRIORITY_FLOOD, {"in_port": port, "eth_dst": MULTICAST_MAC}, (learn,) + others,
+                             BASELINE_COOKIE))
+            out.append(Entry(PRIORITY_MISS + 1, {"in_port": port}, others, BASELINE_COOKIE, table_id=L2_TABLE))
+        if v13:
+            out.append(Entry(PRIORITY_MISS, {}, (), BASELINE_COOKIE, table_id=L2_TABLE))
     else:
         for port in sw.uplinks:
             out.append(Entry(PRIORITY_UPLINK, {"in_port": port}, (f"output:{sw.capture_port}",),
@@ -364,6 +381,12 @@ def static_entries(static: StaticConfig | None, dpid: int) -> list[Entry]:
     return out
 
 
+def uses_l2_table(fabric: Fabric, dpid: int, openflow: str) -> bool:
+    """Whether mirrors on this switch forward through the learned L2 table (1.3 filters)."""
+    role = fabric.role(dpid)
+    return openflow != "1.0" and role is not None and role.role == "filter"
+
+
 def intended_entries(fabric: Fabric, dpid: int, openflow: str = "1.3",
                      static: StaticConfig | None = None) -> list[Entry]:
     """Baseline + static entries for a switch (``static`` defaults to the fabric's)."""
@@ -381,16 +404,26 @@ def forward_actions(static: StaticConfig | None, dpid: int, match: Mapping[str, 
     return ("NORMAL",)
 
 
-def mirror_entries(spec: MirrorSpec, cookie: int, static: StaticConfig | None = None
-                   ) -> list[tuple[str, Entry]]:
-    """``[(direction, Entry)]`` for a mirror. The forward output comes before the VLAN push,
-    so only the copy carries the tag."""
+def mirror_entries(spec: MirrorSpec, cookie: int, static: StaticConfig | None = None,
+                   l2_table: bool = False) -> list[tuple[str, Entry]]:
+    """``[(direction, Entry)]`` for a mirror: forward as before, plus the copy.
+
+    The forwarding output comes before the VLAN push, so only the copy carries the tag.
+    With ``l2_table`` (OpenFlow 1.3 filter switches) "as before" is the learned L2
+    table (``goto_table:1``, an instruction that runs after the actions): the copy goes
+    out first and the tag is popped again before forwarding.
+    """
     out = []
     for direction, match in spec.directions():
-        copy: tuple[str, ...] = ()
+        forward = forward_actions(static, spec.dpid, match)
+        tag: tuple[str, ...] = ()
         if spec.vlan_tag is not None:
-            copy = ("push_vlan:0x8100", f"set_field:vlan_vid={spec.vlan_tag}")
-        actions = forward_actions(static, spec.dpid, match) + copy + (f"output:{spec.copy_port}",)
+            tag = ("push_vlan:0x8100", f"set_field:vlan_vid={spec.vlan_tag}")
+        if l2_table and forward == ("NORMAL",):
+            actions = tag + (f"output:{spec.copy_port}",) + (("pop_vlan",) if tag else ()) \
+                + (f"goto_table:{L2_TABLE}",)
+        else:
+            actions = forward + tag + (f"output:{spec.copy_port}",)
         out.append((direction, Entry(spec.priority, match, actions, cookie,
                                      spec.idle_timeout, spec.hard_timeout, True)))
     return out

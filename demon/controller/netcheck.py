@@ -19,8 +19,8 @@ from typing import Any, Iterable, Mapping
 
 from demon.controller import of13
 from demon.controller.fabric import (Entry, Fabric, FabricError, StaticConfig, intended_entries,
-                                     load_fabric, load_static, mirror_entries)
-from demon.controller.spec import SpecError, is_mirror_cookie, parse_mirror_params
+                                     load_fabric, load_static, mirror_entries, uses_l2_table)
+from demon.controller.spec import LEARNED_COOKIE, SpecError, is_mirror_cookie, parse_mirror_params
 
 
 @dataclass
@@ -63,7 +63,7 @@ def _order(item: tuple[tuple[Any, ...], int]) -> tuple[Any, ...]:
 
 
 def mirror_intent(records: Iterable[Mapping[str, Any]], static: StaticConfig | None,
-                  openflow: str = "1.3") -> dict[int, list[Entry]]:
+                  openflow: str = "1.3", fabric: Fabric | None = None) -> dict[int, list[Entry]]:
     """Entries the ``list_mirrors`` records imply, per dpid (each tap compiled afresh)."""
     out: dict[int, list[Entry]] = {}
     for rec in records:
@@ -71,7 +71,8 @@ def mirror_intent(records: Iterable[Mapping[str, Any]], static: StaticConfig | N
                                       "idle_timeout", "hard_timeout", "priority")}
         params["tap_id"] = rec.get("tap_id") or f"cookie-{rec['cookie']:x}"
         spec = parse_mirror_params(params, openflow)
-        out.setdefault(spec.dpid, []).extend(e for _, e in mirror_entries(spec, rec["cookie"], static))
+        l2 = fabric is not None and uses_l2_table(fabric, spec.dpid, openflow)
+        out.setdefault(spec.dpid, []).extend(e for _, e in mirror_entries(spec, rec["cookie"], static, l2))
     return out
 
 
@@ -81,6 +82,10 @@ def check_switch(fabric: Fabric, dpid: int, table: list[Entry], static: StaticCo
     role = fabric.role(dpid)
     diff = SwitchDiff(dpid, role.name if role else f"dpid{dpid}")
     intended = intended_entries(fabric, dpid, openflow, static if static is not None else StaticConfig())
+    learned = [e for e in table if e.cookie == LEARNED_COOKIE]
+    if learned:  # the switch's own L2 learning: state, not configuration
+        table = [e for e in table if e.cookie != LEARNED_COOKIE]
+        diff.notes.append(f"{len(learned)} learned L2 entries not compared")
     if mirrors is None:
         skipped = [e for e in table if is_mirror_cookie(e.cookie)]
         table = [e for e in table if not is_mirror_cookie(e.cookie)]
@@ -136,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
             client = RpcClient(args.rpc, read_token(args.token_file), timeout=10.0)
             openflow = args.openflow or client.hello().get("openflow", "1.3")
-            mirrors = mirror_intent(client.list_mirrors(), static, openflow)
+            mirrors = mirror_intent(client.list_mirrors(), static, openflow, fabric)
         dpids = args.switch or sorted(fabric.switches)
         diffs = []
         for dpid in dpids:

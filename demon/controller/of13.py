@@ -10,7 +10,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Iterable, Mapping
 
-from demon.controller.fabric import Entry
+from demon.controller.fabric import LEARN_IDLE, LEARN_PRIORITY, Entry
+from demon.controller.spec import LEARNED_COOKIE
 
 OFPP_IN_PORT = 0xFFFFFFF8
 OFPP_NORMAL = 0xFFFFFFFA
@@ -92,6 +93,11 @@ def action_from_string(text: str) -> Action:
     kind, _, arg = text.partition(":")
     if kind == "output":
         return ("output", _PORT_BY_NAME.get(arg) or int(arg))
+    if kind == "goto_table":
+        return ("goto_table", int(arg))
+    if text.startswith("learn(table=") and text.endswith(")"):
+        # the one learn the fabric uses: eth_dst = this eth_src → output: this in_port
+        return ("learn", int(text[len("learn(table="):-1]), LEARN_IDLE, LEARN_PRIORITY, LEARNED_COOKIE)
     if kind == "push_vlan":
         return ("push_vlan", int(arg, 0))
     if kind == "pop_vlan":
@@ -112,6 +118,10 @@ def action_to_string(action: Action) -> str:
         return f"push_vlan:{action[1]:#06x}"
     if kind == "pop_vlan":
         return "pop_vlan"
+    if kind == "goto_table":
+        return f"goto_table:{action[1]}"
+    if kind == "learn":
+        return f"learn(table={action[1]})"
     if kind == "set_field":
         value = action[2] & 0x0FFF if action[1] == "vlan_vid" else action[2]
         return f"set_field:{action[1]}={value}"
@@ -130,7 +140,8 @@ def flow_mod(entry: Entry, command: str = "add") -> dict[str, Any]:
         "hard_timeout": entry.hard_timeout,
         "flags": OFPFF_SEND_FLOW_REM if entry.send_flow_rem else 0,
         "match": match_to_oxm(entry.match),
-        "actions": [action_from_string(a) for a in entry.actions],
+        "actions": [action_from_string(a) for a in entry.actions if not a.startswith("goto_table:")],
+        "goto_table": next((int(a.split(":")[1]) for a in entry.actions if a.startswith("goto_table:")), None),
         "out_port": OFPP_ANY,
         "out_group": OFPG_ANY,
     }
@@ -140,7 +151,7 @@ def delete_by_cookie(cookie: int, cookie_mask: int = 0xFFFFFFFF_FFFFFFFF) -> dic
     """A FlowMod deleting every entry (all tables) whose cookie matches under ``cookie_mask``."""
     return {"command": "delete", "table_id": OFPTT_ALL, "priority": 0, "cookie": cookie,
             "cookie_mask": cookie_mask, "idle_timeout": 0, "hard_timeout": 0, "flags": 0,
-            "match": {}, "actions": [], "out_port": OFPP_ANY, "out_group": OFPG_ANY}
+            "match": {}, "actions": [], "goto_table": None, "out_port": OFPP_ANY, "out_group": OFPG_ANY}
 
 
 def stats_to_entry(stat: Mapping[str, Any]) -> Entry:

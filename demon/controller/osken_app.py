@@ -29,7 +29,7 @@ import demon
 from demon.controller import of13
 from demon.controller.fabric import (Entry, Fabric, FabricError, StaticConfig, intended_entries,
                                      mirror_entries, mirror_record, no_flood_ports, parse_static,
-                                     static_entries)
+                                     static_entries, uses_l2_table)
 from demon.controller.spec import (BASELINE_COOKIE, EXACT_MASK, MIRROR_BIT, PROJECT_MASK,
                                    STATIC_COOKIE, MirrorSpec, SpecError, allocate_cookie, cookie_for_tap,
                                    is_mirror_cookie, parse_dpid, parse_mirror_params, parse_tap_id)
@@ -177,9 +177,17 @@ def _to_parser_flowmod(dp: Any, mod: dict[str, Any]) -> Any:
             actions.append(parser.OFPActionPopVlan())
         elif action[0] == "set_field":
             actions.append(parser.OFPActionSetField(**{action[1]: action[2]}))
+        elif action[0] == "learn":
+            _, table, idle, priority, cookie = action
+            actions.append(parser.NXActionLearn(
+                table_id=table, idle_timeout=idle, priority=priority, cookie=cookie,
+                specs=[parser.NXFlowSpecMatch(src=("eth_src_nxm", 0), dst=("eth_dst_nxm", 0), n_bits=48),
+                       parser.NXFlowSpecOutput(src=("in_port", 0), dst="", n_bits=32)]))
         else:
             raise ValueError(f"unsupported action {action!r}")
     instructions = [parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions)] if actions else []
+    if mod.get("goto_table") is not None:
+        instructions.append(parser.OFPInstructionGotoTable(mod["goto_table"]))
     command = {"add": ofp.OFPFC_ADD, "delete": ofp.OFPFC_DELETE,
                "delete_strict": ofp.OFPFC_DELETE_STRICT}[mod["command"]]
     return parser.OFPFlowMod(
@@ -191,7 +199,10 @@ def _to_parser_flowmod(dp: Any, mod: dict[str, Any]) -> Any:
 
 def _actions_of(instructions: list[Any]) -> list[tuple[Any, ...]]:
     out: list[tuple[Any, ...]] = []
+    goto: list[tuple[Any, ...]] = []
     for inst in instructions:
+        if type(inst).__name__ == "OFPInstructionGotoTable":
+            goto.append(("goto_table", inst.table_id))
         for action in getattr(inst, "actions", []) or []:
             name = type(action).__name__
             if name == "OFPActionOutput":
@@ -202,9 +213,11 @@ def _actions_of(instructions: list[Any]) -> list[tuple[Any, ...]]:
                 out.append(("pop_vlan",))
             elif name == "OFPActionSetField":
                 out.append(("set_field", action.key, action.value))
+            elif name == "NXActionLearn":
+                out.append(("learn", action.table_id, action.idle_timeout, action.priority, action.cookie))
             else:
                 out.append((name,))
-    return out
+    return out + goto
 
 
 def _stat_to_entry(stat: Any) -> tuple[Entry, int, int, float]:
@@ -424,7 +437,7 @@ class TapService:
                 if moved_from is not None:
                     self._delete_quietly(moved_from, old.cookie)
             self.taps.pop(spec.tap_id, None)
-            entries = mirror_entries(spec, cookie, self.static)
+            entries = mirror_entries(spec, cookie, self.static, uses_l2_table(self.fabric, spec.dpid, "1.3"))
             # One batch, one barrier: clear the tap's previous entries (also stale ones left
             # from before a restart), then add; the switch applies them in order.
             self._quiet[(spec.dpid, cookie)] = time.monotonic() + QUIET_WINDOW

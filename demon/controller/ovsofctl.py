@@ -90,6 +90,11 @@ def normalise_actions(text: str) -> tuple[str, ...]:
             out += ["push_vlan:0x8100", f"set_field:vlan_vid={_int(item.split(':', 1)[1])}"]
         elif item in ("strip_vlan", "pop_vlan"):
             out.append("pop_vlan")
+        elif item.startswith("learn("):
+            table = re.search(r"\btable=(\d+)", item)
+            out.append(f"learn(table={table.group(1) if table else 0})")
+        elif item.startswith("goto_table:"):
+            out.append(f"goto_table:{int(item.split(':', 1)[1])}")
         else:
             out.append(item)
     return tuple(out)

@@ -20,6 +20,8 @@ _PROJECT_BITS = PROJECT_MARKER << 32
 #: so that a reconnect or ``set_static`` can delete them with one cookie-masked delete.
 BASELINE_COOKIE = _PROJECT_BITS | 0x0000_0001
 STATIC_COOKIE = _PROJECT_BITS | 0x0000_0002
+#: Entries the switch learns itself (OpenFlow 1.3 filter switches' L2 table).
+LEARNED_COOKIE = _PROJECT_BITS | 0x0000_0003
 #: Mirror cookies have bit 31 set; the low 31 bits derive from the tap id.
 MIRROR_BIT = 0x8000_0000
 EXACT_MASK = 0xFFFFFFFF_FFFFFFFF

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from demon.controller.fabric import (FabricError, Entry, baseline_entries, forward_actions, intended_entries,
-                                     load_fabric, load_static, mirror_entries, mirror_record, parse_fabric,
-                                     parse_mirror_ports, parse_static, static_entries)
+                                     load_fabric, load_static, mirror_entries, mirror_record, no_flood_ports,
+                                     parse_fabric, parse_mirror_ports, parse_static, static_entries,
+                                     uses_l2_table)
 from demon.controller.spec import BASELINE_COOKIE, STATIC_COOKIE, parse_mirror_params
 
 SEED = {
@@ -26,9 +27,10 @@ def by_in_port(entries: list[Entry]) -> dict[int, tuple[str, ...]]:
     return {e.match["in_port"]: e.actions for e in entries}
 
 
-def test_filter_baseline_keeps_uplinks_out() -> None:
+@pytest.mark.parametrize("openflow", ["1.0", "1.3"])
+def test_filter_baseline_keeps_uplinks_out(openflow: str) -> None:
     fabric = parse_fabric(SEED)
-    entries = baseline_entries(fabric.role(1))
+    entries = baseline_entries(fabric.role(1), openflow)
     assert all(e.cookie == BASELINE_COOKIE and e.idle_timeout == e.hard_timeout == 0 for e in entries)
     drops = {e.match["in_port"] for e in entries if e.match.get("in_port") in range(6, 11)}
     assert drops == {6, 7, 8, 9, 10}
@@ -36,8 +38,23 @@ def test_filter_baseline_keeps_uplinks_out() -> None:
     # nothing a filter switch does ever outputs to an uplink
     outputs = {a for e in entries for a in e.actions}
     assert not outputs & {f"output:{p}" for p in range(6, 11)}
-    assert "NORMAL" in outputs
-    assert Entry(0, {}, (), BASELINE_COOKIE) in entries  # table-miss drop
+    if openflow == "1.0":  # NORMAL, with the uplinks marked no-flood
+        assert outputs == {"NORMAL"} and no_flood_ports(fabric.role(1)) == [6, 7, 8, 9, 10]
+    else:  # learned L2 table; unknown destinations flood to host ports only
+        assert Entry(0, {}, (), BASELINE_COOKIE) in entries  # table-miss drop
+        assert Entry(10, {"in_port": 2}, ("learn(table=1)", "goto_table:1"), BASELINE_COOKIE) in entries
+        assert Entry(1, {"in_port": 2}, ("output:1", "output:3", "output:4", "output:5"), BASELINE_COOKIE,
+                     table_id=1) in entries
+        assert "NORMAL" not in outputs
+
+
+def test_mirror_entries_through_the_l2_table_pop_the_tag_before_forwarding() -> None:
+    spec = parse_mirror_params({"tap_id": "t", "dpid": 1, "match": {"ipv4_src": "10.0.0.1"}, "copy_port": 6,
+                                "vlan_tag": 10})
+    (_, entry), = mirror_entries(spec, 0xDE30_8000_0001, l2_table=True)
+    assert entry.actions == ("push_vlan:0x8100", "set_field:vlan_vid=10", "output:6", "pop_vlan", "goto_table:1")
+    assert uses_l2_table(parse_fabric(SEED), 1, "1.3") and not uses_l2_table(parse_fabric(SEED), 1, "1.0")
+    assert not uses_l2_table(parse_fabric(SEED), 3, "1.3")
 
 
 def test_aggregation_baseline_sends_uplinks_to_capture() -> None:

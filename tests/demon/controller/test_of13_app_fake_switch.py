@@ -69,12 +69,12 @@ class FakeSwitch:
     # -- flow table ---------------------------------------------------------
     @staticmethod
     def _key(mod: Any) -> tuple[Any, ...]:
-        return (mod.priority, tuple(sorted(mod.match.items())))
+        return (mod.table_id, mod.priority, tuple(sorted(mod.match.items())))
 
     def _flow_mod(self, mod: Any) -> None:
         if mod.command == OFP.OFPFC_ADD:
             for inst in mod.instructions:
-                for action in inst.actions:
+                for action in getattr(inst, "actions", []):
                     port = getattr(action, "port", None)
                     if port is not None and port < of13.OFPP_IN_PORT and port not in self.ports:
                         self.link.on_error(SimpleNamespace(xid=mod.xid, type=OFP.OFPET_BAD_ACTION,
@@ -99,7 +99,7 @@ class FakeSwitch:
 
     def _stats(self, e: dict[str, Any]) -> Any:
         m = e["mod"]
-        return SimpleNamespace(table_id=0, duration_sec=1, duration_nsec=0, priority=m.priority,
+        return SimpleNamespace(table_id=m.table_id, duration_sec=1, duration_nsec=0, priority=m.priority,
                                idle_timeout=m.idle_timeout, hard_timeout=m.hard_timeout, flags=m.flags,
                                cookie=m.cookie, packet_count=e["packets"], byte_count=e["bytes"],
                                match=m.match, instructions=m.instructions)
@@ -118,7 +118,7 @@ class FakeSwitch:
             self._removed(e, reason)
 
     def entries(self, cookie: int | None = None) -> list[Any]:
-        rows = [of13.stats_to_entry({"table_id": 0, "priority": e["mod"].priority, "cookie": e["mod"].cookie,
+        rows = [of13.stats_to_entry({"table_id": e["mod"].table_id, "priority": e["mod"].priority, "cookie": e["mod"].cookie,
                                      "match": list(e["mod"].match.items()),
                                      "actions": _actions(e["mod"]), "idle_timeout": e["mod"].idle_timeout,
                                      "hard_timeout": e["mod"].hard_timeout, "flags": e["mod"].flags})
@@ -187,11 +187,11 @@ def test_install_is_idempotent_and_replace_is_silent(h: Harness) -> None:
     first = h.call("install_mirror", tap_id="t1", dpid=1, match=MATCH, copy_port=6)
     assert h.call("install_mirror", tap_id="t1", dpid=1, match=MATCH, copy_port=6) == first
     (entry,) = h.switches[1].entries(first["cookie"])
-    assert entry.actions == ("NORMAL", "output:6")
+    assert entry.actions == ("output:6", "goto_table:1")  # copy, then forward by the L2 table
     changed = h.call("install_mirror", tap_id="t1", dpid=1, match=MATCH, copy_port=7, vlan_tag=9)
     assert changed["replaced"] is True and changed["cookie"] == first["cookie"]
     (entry,) = h.switches[1].entries(first["cookie"])
-    assert entry.actions == ("NORMAL", "push_vlan:0x8100", "set_field:vlan_vid=9", "output:7")
+    assert entry.actions == ("push_vlan:0x8100", "set_field:vlan_vid=9", "output:7", "pop_vlan", "goto_table:1")
     assert h.removed_events() == []  # replacing is not removing
 
 

@@ -29,6 +29,12 @@ def test_round_trip_through_flow_stats_form() -> None:
     assert of13.entry_from_json(of13.entry_to_json(entry)).key() == entry.key()
 
 
+def test_goto_table_becomes_an_instruction_after_the_actions() -> None:
+    mod = of13.flow_mod(Entry(10, {"in_port": 1}, ("learn(table=1)", "goto_table:1"), 1))
+    assert mod["goto_table"] == 1
+    assert mod["actions"] == [("learn", 1, 300, 10, 0xDE30_0000_0003)]
+
+
 def test_delete_by_cookie_covers_all_tables() -> None:
     mod = of13.delete_by_cookie(0xDE30_8000_0001)
     assert mod["command"] == "delete" and mod["table_id"] == of13.OFPTT_ALL
@@ -36,7 +42,7 @@ def test_delete_by_cookie_covers_all_tables() -> None:
 
 
 @pytest.mark.parametrize("text", ["NORMAL", "output:6", "push_vlan:0x8100", "set_field:vlan_vid=10",
-                                  "pop_vlan", "CONTROLLER"])
+                                  "pop_vlan", "CONTROLLER", "goto_table:1", "learn(table=1)"])
 def test_action_strings_round_trip(text: str) -> None:
     assert of13.action_to_string(of13.action_from_string(text)) == text
 
