@@ -4,6 +4,7 @@ clean teardown both at the end and when interrupted."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -52,4 +53,17 @@ def test_demon_lab_tears_down_when_interrupted(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGTERM)
     rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1 and "interrupted, tearing down" in rest
+    assert leftovers(out) == []
+
+
+@pytest.mark.pox
+@pytest.mark.skipif(not os.environ.get("POX_HOME"), reason="POX_HOME not set (POX is a git checkout)")
+def test_demon_lab_with_the_pox_component(tmp_path: Path) -> None:
+    out = tmp_path / "lab"
+    proc = subprocess.run([sys.executable, "-m", "topo.lab", "--controller", "pox", "--out", str(out),
+                           "--no-lock", "--seconds", "5", "--report", str(tmp_path / "report.json")],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (tap,) = json.loads((tmp_path / "report.json").read_text())["taps"]
+    assert (tap["switch"], tap["in_port"], tap["state"]) == (1, 1, "removed") and tap["captured_packets"] > 0
     assert leftovers(out) == []
