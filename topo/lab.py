@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
         print(f"demon-lab: --policies {args.policies}: not a directory", file=sys.stderr)
         return 2
     sc = scenario(args.scenario, args.rate, args.seconds)
-    lock = None if args.no_lock else _take_lab_lock(out)
+    lock = None if args.no_lock else _take_lab_lock(out)  # noqa: F841 — held until the process exits
     # SIGTERM ends the run like Ctrl-C: through the finally below, which tears down.
     signal.signal(signal.SIGTERM, _interrupt)
     t0 = time.time()
@@ -198,13 +198,22 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
             return 3
         runs = run_scenario(session, sc, args.settle)
         if args.keep:
+            # Say what happened first: the lab then stays up until the operator leaves.
+            ok = _finish(args, out, session, sc, runs, t0)
             _keep(session, out)
+            return ok
     except KeyboardInterrupt:
         print("\ndemon-lab: interrupted, tearing down", file=out)
         session.stop()
         return 1
     finally:
         session.stop()
+    return _finish(args, out, session, sc, runs, t0)
+
+
+def _finish(args: argparse.Namespace, out: TextIO, session: LabSession, sc: Scenario, runs: list[FlowRun],
+            t0: float) -> int:
+    """Summary, picture and JSON report; the exit status."""
     taps = tap_report(session, runs)
     ok, problems = verdict(sc, taps, runs)
     print_summary(out, session, taps, runs, ok, problems)
@@ -252,15 +261,18 @@ def _render(path: Path, session: LabSession, taps: list[dict[str, Any]]) -> None
 
 
 def _keep(session: LabSession, out: TextIO) -> None:
-    print("demon-lab: --keep: the lab stays up; exit the Mininet CLI (or Ctrl-C) to tear down", file=out)
-    if sys.stdin.isatty():
-        from mininet.cli import CLI
+    print("\ndemon-lab: --keep: the lab stays up; exit the Mininet CLI (or Ctrl-C) to tear down", file=out)
+    try:
+        if sys.stdin.isatty():
+            from mininet.cli import CLI
 
-        CLI(session.lab.net)
-    else:
-        while True:
-            time.sleep(1)
-            session.poll()
+            CLI(session.lab.net)
+        else:
+            while True:
+                time.sleep(1)
+                session.poll()
+    except KeyboardInterrupt:
+        print("\ndemon-lab: tearing down", file=out)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from demon.capture.taptable import write_tap_table
+from demon.capture.taptable import placed, tap_table_entry, write_tap_table
 from topo.components import (ControllerSettings, Proc, WatchSettings, engine_port_map, free_port,
                              start_controller, start_watch, wait_for_switches)
 from topo.fabricgen import seed_fabric, write_fabric
@@ -229,9 +229,8 @@ class LabSession:
                 if self.taps.get(tap.tap_id) != doc:
                     self.taps[tap.tap_id] = doc
                     changed = True
-            if changed:  # a tap never placed (failed before install) has no match: nothing to file
-                write_tap_table(self.paths["taps"], [self._table_entry(d) for d in self.taps.values()
-                                                     if d.get("match") or d.get("vlan_tag")])
+            if changed:
+                write_tap_table(self.paths["taps"], [tap_table_entry(d) for d in self.taps.values() if placed(d)])
             # The history is append-only and read in order: only the new tail is news.
             for entry in history[self._history_seen:]:
                 self.note(f"tap {entry.kind}" if entry.tap_id else entry.kind, entry.tap_id,
@@ -239,13 +238,6 @@ class LabSession:
             self._history_seen = max(self._history_seen, len(history))
         self._poll_agent()
         self._poll_mirrors()
-
-    def _table_entry(self, tap: dict[str, Any]) -> dict[str, Any]:
-        return {"tap_id": tap["tap_id"], "match": tap.get("match"), "vlan_tag": tap.get("vlan_tag"),
-                "bidirectional": tap.get("bidirectional", False), "policy": tap.get("policy"),
-                "flow_key": tap.get("flow_key"), "trigger": tap.get("trigger"), "dpid": tap.get("dpid"),
-                "in_port": tap.get("in_port"), "copy_port": tap.get("copy_port"),
-                "start": tap.get("created_at"), "stop": tap.get("ended_at"), "state": tap.get("state")}
 
     def agent_status(self) -> dict[str, Any]:
         path = self.paths["captures"] / "agent.json"

@@ -4,7 +4,8 @@ It runs on the capture host (in the lab: inside h11's namespace), reads every
 frame *arriving* on its interface from an AF_PACKET socket (standard library:
 no tcpdump pipe to babysit, kernel receive timestamps, the VLAN tag the kernel
 strips put back), drops IPv6 link-local chatter, and files each frame under the
-tap it belongs to (see :mod:`demon.capture.taptable`). Frames of no known tap
+tap it belongs to (see :mod:`demon.capture.taptable`: a JSON tap table, or
+the daemon's state file read-only with ``--store``). Frames of no known tap
 wait ``--grace`` seconds (the tap table may be written just after the mirror
 went live) and then go to ``unmatched/``: that file proves "no packet of any
 other flow".
@@ -38,7 +39,7 @@ from typing import Any, Callable, Iterable
 
 from demon.capture.packet import FlowKey, Fields, is_ipv6_noise, parse_frame
 from demon.capture.pcapwriter import RotatingPcap, Segment, read_pcap
-from demon.capture.taptable import Tap, TapTable
+from demon.capture.taptable import StoreTapTable, Tap, TapTable
 
 log = logging.getLogger("demon.capture")
 
@@ -365,7 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("-i", "--interface", help="interface to capture on (inbound frames only)")
     src.add_argument("--read", type=Path, metavar="PCAP", help="file an existing pcap instead (offline)")
     p.add_argument("-o", "--out", type=Path, required=True, help="output directory")
-    p.add_argument("--taps", type=Path, help="tap table JSON (re-read when it changes)")
+    taps = p.add_mutually_exclusive_group()
+    taps.add_argument("--taps", type=Path, help="tap table JSON (re-read when it changes)")
+    taps.add_argument("--store", type=Path, help="or: the daemon's state file (demon-watch --state), read-only")
     p.add_argument("--rotate-bytes", type=int, default=100_000_000, help="new file above this size (0 = never)")
     p.add_argument("--rotate-seconds", type=float, default=0, help="new file after this age (0 = never)")
     p.add_argument("--grace", type=float, default=3.0,
@@ -383,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 0:
             print(f"demon-capture: --{name.replace('_', '-')}: must be >= 0", file=sys.stderr)
             return 2
-    agent = CaptureAgent(args.out, TapTable(args.taps), rotate_bytes=args.rotate_bytes,
+    table = StoreTapTable(args.store) if args.store else TapTable(args.taps)
+    agent = CaptureAgent(args.out, table, rotate_bytes=args.rotate_bytes,
                          rotate_seconds=args.rotate_seconds, grace=args.grace,
                          keep_noise=args.keep_noise)
     if args.read:

@@ -144,3 +144,64 @@ def write_tap_table(path: Path, taps: list[dict[str, Any]]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps({"version": 1, "taps": taps}, indent=1, default=str))
     os.replace(tmp, path)
+
+
+def tap_table_entry(tap: dict[str, Any]) -> dict[str, Any]:
+    """A tap table entry from the daemon's tap (``demon.model.tap_to_dict``)."""
+    return {"tap_id": tap["tap_id"], "match": tap.get("match"), "vlan_tag": tap.get("vlan_tag"),
+            "bidirectional": tap.get("bidirectional", False), "policy": tap.get("policy"),
+            "flow_key": tap.get("flow_key"), "trigger": tap.get("trigger"), "dpid": tap.get("dpid"),
+            "in_port": tap.get("in_port"), "copy_port": tap.get("copy_port"),
+            "start": tap.get("created_at"), "stop": tap.get("ended_at"), "state": tap.get("state")}
+
+
+def placed(tap: dict[str, Any]) -> bool:
+    """A tap that was never placed (failed before any install) has nothing to match."""
+    return bool(tap.get("match") or tap.get("vlan_tag"))
+
+
+class StoreTapTable(TapTable):
+    """The taps of the daemon's state file (``demon-watch --state``), read-only,
+    re-read when the file or its write-ahead log changes."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(None)
+        self.store_path = Path(path)
+        self._store: Any = None
+        self._store_stamp: tuple[int, ...] | None = None
+
+    def _stamp_now(self) -> tuple[int, ...]:
+        out: list[int] = []
+        for suffix in ("", "-wal"):
+            try:
+                st = os.stat(f"{self.store_path}{suffix}")
+                out += [st.st_mtime_ns, st.st_size]
+            except FileNotFoundError:
+                out += [0, 0]
+        return tuple(out)
+
+    def reload_if_changed(self) -> bool:
+        stamp = self._stamp_now()
+        if stamp == self._store_stamp:
+            return False
+        self._store_stamp = stamp
+        from demon.model import tap_to_dict
+        from demon.store import Store, StoreError
+
+        try:
+            if self._store is None:
+                self._store = Store(self.store_path, readonly=True)
+            entries = [tap_table_entry(tap_to_dict(t)) for t in self._store.taps()]
+        except (StoreError, OSError, ValueError) as exc:
+            self.last_error = f"{self.store_path}: {exc}"
+            self._store = None
+            return False
+        except Exception as exc:  # noqa: BLE001 — sqlite errors while the daemon migrates
+            self.last_error = f"{self.store_path}: {exc}"
+            return False
+        errors: list[str] = []
+        taps = parse_taps([e for e in entries if placed(e)], str(self.store_path), errors)
+        self.last_error = "; ".join(errors) or None
+        self.taps = taps
+        self.by_id = {t.tap_id: t for t in taps}
+        return True

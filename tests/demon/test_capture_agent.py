@@ -224,3 +224,26 @@ def test_offline_cli_output_opens_in_tshark(tmp_path: Path) -> None:
     assert out.stdout.split("\n")[:4] == ["10.0.0.1\t5201"] * 4
     status = json.loads((tmp_path / "out" / "agent.json").read_text())
     assert status["taps"]["t1"]["packets"] == 4 and status["taps"]["unmatched"]["packets"] == 1
+
+
+def test_the_agent_reads_taps_straight_from_the_daemons_state_file(tmp_path: Path) -> None:
+    from demon.model import State, Tap
+    from demon.store import Store
+    from demon.capture.taptable import StoreTapTable
+
+    def model_tap(tap_id: str, match: dict, state: str = "active") -> Tap:
+        return Tap(tap_id=tap_id, policy="elephant_tcp", flow_key="k", match=match, dpid=1, in_port=1,
+                   copy_port=6, vlan_tag=None, bidirectional=False, state=state, rate_bps=1e8, priority=200,
+                   created_at=1.0, updated_at=1.0, expires_at=9.0, last_trigger_at=1.0)
+
+    path = tmp_path / "state.sqlite"
+    writer = Store(path)
+    table = StoreTapTable(path)
+    assert table.reload_if_changed() and table.taps == []
+    writer.save(State(taps={"elephant_tcp.1": model_tap("elephant_tcp.1", {"in_port": 1, **ELEPHANT}),
+                            "elephant_tcp.2": model_tap("elephant_tcp.2", {}, state="failed")}))
+    assert table.reload_if_changed()
+    assert list(table.by_id) == ["elephant_tcp.1"]  # the never-placed one has nothing to match
+    assert table.lookup(parse_frame(tcp_frame("10.0.0.1", "10.0.0.2", 51792, 5201))).info["policy"] == "elephant_tcp"
+    assert not table.reload_if_changed()  # nothing written since
+    writer.close()
