@@ -69,46 +69,65 @@ def _default_keys() -> tuple[KeysFn, DataSourceFn]:
     return sample_keys, datasource_of
 
 
+class _Source:
+    """The flows of one definition at one (agent, dataSource): key -> stored rate."""
+
+    __slots__ = ("flows", "last")
+
+    def __init__(self, now: float) -> None:
+        self.flows: dict[str, float] = {}
+        self.last = now  # newest sample time
+
+
 class _FlowTable:
-    """Tracked flows of one definition: (agent, dataSource) -> flow key -> stored rate.
+    """Tracked flows of one definition, per (agent, dataSource).
 
     A stored rate is the rate at reference time ``ref`` (see the module
-    docstring); ``last_update`` holds the newest sample time per data source.
+    docstring); ``scale(now)`` converts, cached for the last ``now`` asked
+    (every sample of a datagram, or of a collector batch, shares it).
     """
 
-    __slots__ = ("fd", "sources", "last_update", "count", "thresholds", "last_sweep", "ref",
-                 "min_impulse")
+    __slots__ = ("fd", "sources", "count", "thresholds", "last_sweep", "ref", "min_impulse",
+                 "_scale_at", "_scale")
 
     def __init__(self, fd: FlowDef) -> None:
         self.fd = fd
-        self.sources: dict[tuple[str, str], dict[str, float]] = {}
-        self.last_update: dict[tuple[str, str], float] = {}
+        self.sources: dict[tuple[str, str], _Source] = {}
         self.count = 0
         self.thresholds: list[ThresholdDef] = []
         self.last_sweep = 0.0
         self.ref: float | None = None
         self.min_impulse = math.inf
+        self._scale_at = math.nan
+        self._scale = 1.0
 
     def scale(self, now: float) -> float:
         """exp((now - ref) / t): stored value / scale = rate at ``now``."""
+        if now == self._scale_at:
+            return self._scale
         ref = self.ref
         if ref is None:
             ref = self.ref = now
         x = (now - ref) / self.fd.t
         if x > _REBASE_AT:
             self.rebase(now)
-            return 1.0
-        if x < -_REBASE_AT:  # the clock jumped far back: keep the rates as they were
+            value = 1.0
+        elif x < -_REBASE_AT:  # the clock jumped far back: keep the rates as they were
             self.ref = now
-            return 1.0
-        return math.exp(x)
+            value = 1.0
+        else:
+            value = math.exp(x)
+        self._scale_at, self._scale = now, value
+        return value
 
     def rebase(self, now: float) -> None:
         factor = math.exp(-(now - self.ref) / self.fd.t) if self.ref is not None else 1.0
-        for flows in self.sources.values():
+        for source in self.sources.values():
+            flows = source.flows
             for key in flows:
                 flows[key] *= factor
         self.ref = now
+        self._scale_at = math.nan
 
 
 @dataclass
@@ -305,25 +324,33 @@ class Engine:
         self.samples += n
         self.flow_samples += n
         agent.flow_samples += n
-        for sample in samples:
-            sid = (sub, sample.source_class, sample.source_index)
-            tracker = agent.flow_seq.get(sid)
-            if tracker is None:
-                tracker = agent.flow_seq[sid] = _SeqTracker()
-            tracker.see(sample.sequence)
-            if sample.drops:  # a cumulative counter: report the growth since first seen
-                first = agent.flow_drops.get(sid, (sample.drops, 0))[0]
-                agent.flow_drops[sid] = (first, sample.drops)
-        if not self._tables:
-            return
+        flow_seq = agent.flow_seq
+        tables = self._tables
         keys_fn = self._keys_fn
         ds_fn = self._datasource_fn
-        for i, sample in enumerate(samples):
+        add = self.add_sample
+        first = True
+        for sample in samples:
+            sid = (sub, sample.source_class, sample.source_index)
+            tracker = flow_seq.get(sid)
+            if tracker is None:
+                tracker = flow_seq[sid] = _SeqTracker()
+            seq = sample.sequence
+            if seq == tracker.last + 1:  # the common case, inline
+                tracker.last = seq
+            else:
+                tracker.see(seq)
+            if sample.drops:  # a cumulative counter: report the growth since first seen
+                base = agent.flow_drops.get(sid, (sample.drops, 0))[0]
+                agent.flow_drops[sid] = (base, sample.drops)
+            if not tables:
+                continue
             keys = keys_fn(agent_name, sample)
-            if i == 0:
+            if first:
+                first = False
                 for name in keys:
                     self._flow_keys[name] = now
-            self.add_sample(now, agent_name, ds_fn(sample), keys, sample.sampling_rate or 1)
+            add(now, agent_name, ds_fn(sample), keys, sample.sampling_rate or 1)
 
     def _ingest_counters(self, agent_name: str, agent: _Agent, sub: int,
                          samples: list[CounterSample], now: float) -> None:
@@ -366,19 +393,33 @@ class Engine:
             predicate = fd.predicate
             if predicate is not None and not predicate(keys):
                 continue
-            key = fd.flow_key(keys)
+            plain = fd.plain_keys
+            if plain is not None:  # inline FlowDef.flow_key's fast path
+                try:
+                    key = fd.fs.join([keys[name] for name in plain])
+                except (KeyError, TypeError):
+                    key = fd.flow_key(keys)
+            else:
+                key = fd.flow_key(keys)
             if key is None:
                 continue
-            value = fd.value_fn(keys)
-            if value is None:
-                continue
+            raw = keys.get(fd.value_key)
+            if raw.__class__ is int or raw.__class__ is float:
+                value = raw * fd.value_factor
+            else:
+                value = fd.value_fn(keys)
+                if value is None:
+                    continue
             impulse = value * sampling_rate / fd.t
             if impulse < table.min_impulse and impulse > 0:
                 table.min_impulse = impulse
             scale = table.scale(now)
-            flows = table.sources.get(where)
-            if flows is None:
-                flows = table.sources[where] = {}
+            source = table.sources.get(where)
+            if source is None:
+                source = table.sources[where] = _Source(now)
+            elif source.last < now:
+                source.last = now
+            flows = source.flows
             stored = flows.get(key)
             if stored is None:
                 stored = flows[key] = impulse * scale
@@ -387,8 +428,6 @@ class Engine:
                     self._shrink(table, now)
             else:
                 stored = flows[key] = stored + impulse * scale
-            if table.last_update.get(where, -math.inf) < now:
-                table.last_update[where] = now
             if table.thresholds:
                 self._check(table, agent, data_source, key, stored / scale, now)
 
@@ -434,14 +473,13 @@ class Engine:
         if excess <= 0:
             return
         # stored values share one scale: rank them as they are
-        ranked = sorted(((stored, where, key) for where, flows in table.sources.items()
-                         for key, stored in flows.items()), key=lambda item: item[0])
+        ranked = sorted(((stored, where, key) for where, source in table.sources.items()
+                         for key, stored in source.flows.items()), key=lambda item: item[0])
         for _, where, key in ranked[:excess]:
-            flows = table.sources[where]
+            flows = table.sources[where].flows
             del flows[key]
             if not flows:
                 del table.sources[where]
-                table.last_update.pop(where, None)
         table.count -= excess
         self.evicted += excess
 
@@ -449,14 +487,13 @@ class Engine:
         floor = table.min_impulse * math.exp(-IDLE_FACTOR) * table.scale(now)
         removed = 0
         for where in list(table.sources):
-            flows = table.sources[where]
+            flows = table.sources[where].flows
             idle = [key for key, stored in flows.items() if stored < floor]
             for key in idle:
                 del flows[key]
             removed += len(idle)
             if not flows:
                 del table.sources[where]
-                table.last_update.pop(where, None)
         table.count -= removed
         self.evicted += removed
         table.last_sweep = now
@@ -486,13 +523,11 @@ class Engine:
                now: float) -> Iterable[tuple[str, str, str, float, float]]:
         """(agent, dataSource, key, rate at now, data source's last update) of every flow."""
         inverse = 1.0 / table.scale(now) if table.ref is not None else 1.0
-        last_update = table.last_update
-        for where, flows in table.sources.items():
-            agent, ds = where
+        for (agent, ds), source in table.sources.items():
             if agents is not None and agent not in agents:
                 continue
-            last = last_update.get(where, now)
-            for key, stored in flows.items():
+            last = source.last
+            for key, stored in source.flows.items():
                 yield agent, ds, key, stored * inverse, last
 
     def active_flows(self, name: str, now: float, agents: set[str] | None = None,

@@ -94,6 +94,9 @@ class FlowDef:
     predicate: Predicate | None = field(repr=False, compare=False)
     #: the key names when every key is a plain name (no key function): a faster join
     plain_keys: tuple[str, ...] | None = field(default=None, repr=False, compare=False)
+    #: the sample key ``value`` reads and its multiplier (bps: bytes x 8), for the fast path
+    value_key: str = field(default="bytes", repr=False, compare=False)
+    value_factor: float = field(default=1.0, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"keys": ",".join(self.keys), "value": self.value, "filter": self.filter,
@@ -133,6 +136,10 @@ def _split_keys(text: str) -> list[tuple[str, int]]:
             start = i + 1
     out.append((text[start:], start))
     return out
+
+
+def _value_source(spec: str) -> tuple[str, float]:
+    return _VALUES.get(spec, (spec, 1.0))
 
 
 def _value_fn(spec: str) -> ValueFn:
@@ -214,7 +221,8 @@ def parse_flow(name: str, body: Any) -> FlowDef:
     plain = tuple(keys) if all(_PLAIN_KEY.match(k) for k in keys) else None
     return FlowDef(name=name, keys=tuple(keys), value=value, filter=filt, t=t, n=n, fs=fs,
                    key_fns=tuple(key_fns), value_fn=value_fn, predicate=predicate,
-                   plain_keys=plain)
+                   plain_keys=plain, value_key=_value_source(value)[0],
+                   value_factor=_value_source(value)[1])
 
 
 @dataclass(frozen=True)
