@@ -14,9 +14,8 @@ hold-down applies), median and p95 of the time from flow start to
 
 beside the physical floor for the sampling rate and threshold used: the time to
 collect the samples that separate the flow's rate from the threshold at 95 %
-confidence, plus the sFlow agent's export interval (OVS flushes samples once a
-second), plus the engine's smoothing (an EWMA with time constant t reaches the
-threshold after t*ln(R/(R-T))).
+confidence, plus the wait for the sFlow agent's export (OVS flushes samples
+once a second: 0.5 s on average).
 
 Then the production flow's TCP throughput (iperf3, unlimited) without a tap and
 with its mirror installed, alternating, side by side (the anchor is the untapped
@@ -61,9 +60,8 @@ def floor_seconds(rate_bps: float, sampling: int) -> dict[str, float]:
     # Poisson sample count k: the rate estimate's lower 95 % bound R(1 - z/sqrt(k)) must exceed T.
     k = math.ceil((Z95 * rate_bps / (rate_bps - THRESHOLD_BPS)) ** 2)
     samples = k / (pps / sampling)
-    smoothing = SMOOTHING_T * math.log(rate_bps / (rate_bps - THRESHOLD_BPS))
     return {"samples_needed": k, "sampling_s": samples, "export_s": EXPORT_INTERVAL,
-            "smoothing_s": smoothing, "floor_s": samples + EXPORT_INTERVAL / 2,
+            "floor_s": samples + EXPORT_INTERVAL / 2,
             "floor_worst_s": samples + EXPORT_INTERVAL}
 
 
@@ -160,9 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         if vals:
             print(f"{label:32} {statistics.median(vals) * 1000:7.0f}ms {pct(vals, 0.95) * 1000:7.0f}ms")
     print(f"physical floor: {fl['samples_needed']} samples for 95 % confidence take {fl['sampling_s'] * 1000:.0f} ms "
-          f"at this rate; + sFlow export (OVS flushes every {fl['export_s']:.0f} s: mean {fl['export_s'] * 500:.0f} ms) "
-          f"= {fl['floor_s'] * 1000:.0f} ms (worst {fl['floor_worst_s'] * 1000:.0f} ms); the engine's "
-          f"smoothing alone needs {fl['smoothing_s'] * 1000:.0f} ms")
+          f"at this rate; + the wait for OVS's sFlow export (once a second: 0-{fl['export_s'] * 1000:.0f} ms, "
+          f"mean {fl['export_s'] * 500:.0f} ms) = {fl['sampling_s'] * 1000:.0f} ms at best, "
+          f"{fl['floor_s'] * 1000:.0f} ms on average, {fl['floor_worst_s'] * 1000:.0f} ms at worst")
     print(f"\nproduction TCP throughput h1->h2 (iperf3, {args.throughput_runs} x 4 s each, alternating):")
     print(f"  without a tap (anchor): median {statistics.median(plain):7.0f} Mbit/s  {[round(x) for x in plain]}")
     print(f"  with its mirror:        median {statistics.median(tapped):7.0f} Mbit/s  {[round(x) for x in tapped]}")

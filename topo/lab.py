@@ -147,7 +147,9 @@ def print_summary(out: TextIO, session: LabSession, taps: list[dict[str, Any]], 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="demon-lab", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="demon-lab", description="The whole tap loop on one machine: OVS seed "
+                                "topology, embedded sFlow engine, controller, capture agent, demon-watch, "
+                                "traffic; ends with a timeline.",
                                 epilog="exit: 0 loop OK, 1 loop not OK, 2 usage error, 3 lab did not start")
     p.add_argument("--out", type=Path, default=Path("lab-out"), help="output directory (default ./lab-out)")
     p.add_argument("--controller", choices=("os-ken", "pox"), default="os-ken",
@@ -155,7 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policies", type=Path, default=LAB_POLICIES,
                    help="policy directory (default policies/lab: policies/ with second-scale timers)")
     p.add_argument("--sflow-rt", metavar="URL", help="use a real sFlow-RT (its collector must be on this host)")
-    p.add_argument("--scenario", choices=SCENARIOS, default="elephant")
+    p.add_argument("--sflow-collector", default="127.0.0.1:6343",
+                   help="with --sflow-rt: its sFlow collector address (default 127.0.0.1:6343)")
+    p.add_argument("--scenario", choices=SCENARIOS, default="elephant",
+                   help="elephant (default): one TCP elephant among mice; two-elephants: one per filter "
+                        "switch; over-cap: three on s1 (policy cap 2); mice: nothing may be tapped")
     p.add_argument("--rate", default="200M", help="elephant rate, bit/s (default 200M)")
     p.add_argument("--seconds", type=float, default=10, help="elephant duration (default 10)")
     p.add_argument("--sampling", type=int, default=100, help="sFlow 1-in-N (default 100)")
@@ -186,7 +192,8 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     t0 = time.time()
     session = LabSession(SessionOptions(out=args.out, controller=args.controller, policies=args.policies,
-                                        sflow_rt=args.sflow_rt, sampling=args.sampling, polling=args.polling),
+                                        sflow_rt=args.sflow_rt, sflow_collector=args.sflow_collector,
+                                        sampling=args.sampling, polling=args.polling),
                          progress=Printer(out, t0))
     session.started_at = t0
     print(f"demon-lab: scenario {sc.name}: {sc.description}; output in {session.out}", file=out, flush=True)

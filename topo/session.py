@@ -54,6 +54,7 @@ class SessionOptions:
     controller: str = "os-ken"
     policies: Path = LAB_POLICIES
     sflow_rt: str | None = None
+    sflow_collector: str = "127.0.0.1:6343"  # where a real sFlow-RT (--sflow-rt) listens for sFlow
     sampling: int = 100
     polling: int = 2
     static: bool = False  # add the prototype's static mode to the fabric
@@ -153,10 +154,11 @@ class LabSession:
         if not opts.watch:
             return
         self.start_watch()
-        sflow = SflowSettings(f"127.0.0.1:{self.ports['sflow']}", opts.sampling, opts.polling)
-        if not opts.sflow_rt:
-            enable_sflow(self.lab.switch_names, sflow)
-            self.note("sFlow on", collector=sflow.collector, sampling=opts.sampling, polling=opts.polling)
+        collector = opts.sflow_collector if opts.sflow_rt else f"127.0.0.1:{self.ports['sflow']}"
+        sflow = SflowSettings(collector, opts.sampling, opts.polling)
+        enable_sflow(self.lab.switch_names, sflow)
+        self.note("sFlow on", collector=sflow.collector, sampling=opts.sampling, polling=opts.polling)
+        if not opts.sflow_rt:  # a real sFlow-RT has no /demon/portmap: the daemon reads its topology
             self.await_port_map()
 
     def await_port_map(self, timeout: float = 20) -> None:
