@@ -145,7 +145,7 @@ def test_long_poll_returns_as_soon_as_an_event_arrives(service: EmbeddedEngine,
                           "dataSource", "value", "threshold", "flowKey"}
     assert isinstance(event["dataSource"], str) and event["agent"] == "127.0.0.1"
     # the poll came back right after the event, long before its 30 s timeout
-    assert result["returned"] - event["timestamp"] / 1000 < 0.5
+    assert result["returned"] - event["timestamp"] / 1000 < 1.0
     # the cursor: nothing newer than this event yet
     resp = requests.get(url + "/events/json", params={"eventID": event["eventID"]}, timeout=5)
     assert resp.json() == []
