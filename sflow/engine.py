@@ -35,7 +35,9 @@ the smallest impulse its definition has seen is idle and is evicted by
 :meth:`Engine.tick` (a flow seen once goes after 10 ``t``; a big one after
 10 ``t`` plus ``t * ln(size ratio)``). Each definition holds at most
 ``max_flows`` flows; on overflow the idle and then the smallest flows are
-evicted down to 90 % of the cap. Events are a ring of ``max_events``.
+evicted down to 90 % of the cap. Events are a ring of ``max_events``; at
+most ``max_agents`` agents are tracked (the least recently seen one, and its
+ports, is forgotten to make room).
 """
 
 from __future__ import annotations
@@ -182,9 +184,11 @@ class Engine:
     """Flow/threshold state fed with decoded datagrams; queried by the HTTP API."""
 
     def __init__(self, max_flows: int = 100_000, max_events: int = 10_000,
-                 keys_fn: KeysFn | None = None, datasource_fn: DataSourceFn | None = None) -> None:
+                 keys_fn: KeysFn | None = None, datasource_fn: DataSourceFn | None = None,
+                 max_agents: int = 10_000) -> None:
         if max_flows < 10:
             raise ValueError(f"max_flows must be >= 10, got {max_flows}")
+        self.max_agents = max(1, max_agents)
         self.lock = threading.Condition()
         self.max_flows = max_flows
         if keys_fn is None or datasource_fn is None:
@@ -302,6 +306,8 @@ class Engine:
         agent_name = dg.agent or source
         agent = self._agents.get(agent_name)
         if agent is None:
+            if len(self._agents) >= self.max_agents:
+                self._forget_oldest_agent()
             agent = self._agents[agent_name] = _Agent(first_seen=now, last_seen=now)
         agent.last_seen = max(agent.last_seen, now)
         agent.uptime = dg.uptime_ms
@@ -383,6 +389,13 @@ class Engine:
                     port.name = fields.get("ifName", port.name)
                 else:
                     port.ifspeed = fields.get("ifSpeed", port.ifspeed)
+
+    def _forget_oldest_agent(self) -> None:
+        """Bound the per-agent state (agent addresses come from the datagrams)."""
+        oldest = min(self._agents, key=lambda name: self._agents[name].last_seen)
+        del self._agents[oldest]
+        for port in [p for p in self._ports if p[0] == oldest]:
+            del self._ports[port]
 
     def add_sample(self, now: float, agent: str, data_source: str,
                    keys: Mapping[str, Any], sampling_rate: float) -> None:

@@ -166,3 +166,13 @@ def test_counter_records_build_the_port_map() -> None:
                                       "dpidHex": "0000000000000abc", "ofPort": 7,
                                       "name": "s9-eth7", "lastSeen": 2000}]
     assert engine.datasource_attributes("10.1.1.1", "12")["ifspeed"] == 10_000_000
+
+
+def test_agent_state_is_bounded() -> None:
+    engine = Engine(max_agents=3)
+    for i in range(5):
+        records = [Record(0, 1005, 12, {"ifName": f"p{i}"})]
+        engine.ingest(Datagram(f"10.0.0.{i}", 0, 1, 1, counter_samples=[CounterSample(1, 0, 7, records)]),
+                      100.0 + i)
+    assert sorted(engine.agents(110.0)) == ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
+    assert sorted(p["agent"] for p in engine.port_map(110.0)) == ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
