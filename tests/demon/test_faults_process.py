@@ -232,7 +232,9 @@ def test_engine_restart_definitions_restored_and_new_events_taken(lab: dict) -> 
     taps is not tapped twice."""
     controller: FakeController = lab["controller"]
     engine: Engine = lab["engine"]
-    (lab["policies"] / "elephant.yaml").write_text(POLICY.format(max_duration="60s"))
+    # A's tap must outlive the outage (no sighting while the engine is away).
+    (lab["policies"] / "elephant.yaml").write_text(
+        POLICY.format(max_duration="60s").replace("duration: 3s", "duration: 20s"))
     proc = lab["watch"]("watch.log")
     wait_for(lambda: controller.mirrors, timeout=30, what="A tapped")
     engine.stop()
