@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from demon import core  # noqa: E402
 from demon.core import Context  # noqa: E402
-from demon.model import ControllerStatus, Reconcile, State  # noqa: E402
+from demon.model import ControllerStatus, State  # noqa: E402
 from demon.rpc.client import RpcClient  # noqa: E402
 from demon.rpc.server import RpcServer  # noqa: E402
 from demon.runtime import (Runtime, RuntimeOptions, _Events, load_config,  # noqa: E402

@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO))
 
 import requests  # noqa: E402
 
-from sflow.collector import open_udp_socket, pcap_payloads, send_payloads  # noqa: E402
+from sflow.collector import pcap_payloads, send_payloads  # noqa: E402
 
 SHARED = Path(os.environ.get("DEMON_SHARED", REPO.parent / "shared"))
 CAPTURE = SHARED / "captures" / "ovs-seed-elephant.pcap"

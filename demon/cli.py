@@ -17,7 +17,6 @@ import logging
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import IO, Any
 
 from demon import __version__

@@ -69,7 +69,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from demon.flowmatch import FlowMatchError, flow_key_to_match
 from demon.model import (BASE_OF_PRIORITY, Candidate, Command, ControllerStatus, FlowSighting,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from demon.model import (InstallMirror, InstallResult, MirrorRemoved, OperatorRelease,
-                         PausePolicy, Record, RemoveMirror, RemoveResult, ResumePolicy, State,
-                         ThresholdEvent, Tick, TopFlows, state_from_dict, state_to_dict)
+                         PausePolicy, Record, RemoveMirror, RemoveResult, ResumePolicy, ThresholdEvent, TopFlows, state_from_dict, state_to_dict)
 from demon.core import step
 
 from .core_harness import AGENT, T0, Harness, flow, installs, policy, removes
