@@ -124,14 +124,7 @@ def component(kind: str, workdir: Path, fabric: Path) -> Iterator[tuple[RpcClien
 def seed_network(of_port: int, of_version: int) -> Iterator[Any]:
     from topo.seed import build_seed
 
-    # Larger AF_PACKET buffers for the ports OVS opens now: bursts of copies are lost otherwise.
-    rmem = Path("/proc/sys/net/core/rmem_default")
-    old = rmem.read_text().strip()
-    rmem.write_text(str(4 << 20))
-    try:
-        lab = build_seed(of_port, of_version=of_version)
-    finally:
-        rmem.write_text(old)
+    lab = build_seed(of_port, of_version=of_version)  # start_lab enlarges the port buffers
     try:
         yield lab
     finally:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from demon.controller.spec import BASELINE_COOKIE, STATIC_COOKIE, MirrorSpec
+from demon.controller.spec import BASELINE_COOKIE, STATIC_COOKIE, MirrorSpec, require_exactly
 
 ROLES = ("filter", "aggregation")
 PRIORITY_MISS = 0
@@ -486,3 +486,10 @@ def mirror_record(dpid: int, cookie: int, rows: list[tuple[Entry, int, int, floa
         "duration_s": duration,
         "entries": len(rows),
     }
+
+
+def parse_set_static_params(params: Mapping[str, Any]) -> StaticConfig:
+    """The new static configuration of a ``set_static`` request (``config: null`` clears it)."""
+    require_exactly(params, ("config",))
+    config = params["config"]
+    return StaticConfig() if config is None else parse_static(config, "params.config")

@@ -28,11 +28,11 @@ from os_ken.ofproto import ofproto_v1_3
 import demon
 from demon.controller import of13
 from demon.controller.fabric import (Entry, Fabric, FabricError, StaticConfig, intended_entries,
-                                     mirror_entries, mirror_record, no_flood_ports, parse_static,
-                                     static_entries, uses_l2_table)
+                                     mirror_entries, mirror_record, no_flood_ports, parse_set_static_params, static_entries, uses_l2_table)
 from demon.controller.spec import (BASELINE_COOKIE, EXACT_MASK, MIRROR_BIT, PROJECT_MASK,
                                    STATIC_COOKIE, MirrorSpec, SpecError, allocate_cookie, cookie_for_tap,
-                                   is_mirror_cookie, parse_dpid, parse_mirror_params, parse_tap_id)
+                                   is_mirror_cookie, parse_dpid, parse_mirror_params, parse_remove_params,
+                                   port_stats_json)
 from demon.rpc.protocol import RpcError
 
 LOG = logging.getLogger("demon.controller.osken")
@@ -452,12 +452,7 @@ class TapService:
             return dict(result)
 
     def rpc_remove_mirror(self, params: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(params) - {"tap_id"}
-        if unknown:
-            raise SpecError(f"params.{sorted(unknown)[0]}", "unknown parameter (known: tap_id)")
-        if "tap_id" not in params:
-            raise SpecError("params.tap_id", "is required")
-        tap_id = parse_tap_id(params["tap_id"])
+        tap_id = parse_remove_params(params)
         with self.lock:
             tap = self.taps.get(tap_id)
             if tap is None:
@@ -541,19 +536,10 @@ class TapService:
         sw = self._switch(self._dpid_param(params))  # type: ignore[arg-type]
         dp = sw.link.dp
         stats = sw.link.multipart(dp.ofproto_parser.OFPPortStatsRequest(dp, 0, dp.ofproto.OFPP_ANY))
-        return [{"port_no": s.port_no, "rx_packets": s.rx_packets, "tx_packets": s.tx_packets,
-                 "rx_bytes": s.rx_bytes, "tx_bytes": s.tx_bytes, "rx_dropped": s.rx_dropped,
-                 "tx_dropped": s.tx_dropped}
-                for s in sorted(stats, key=lambda s: s.port_no) if s.port_no < of13.OFPP_IN_PORT]
+        return port_stats_json(stats, below=of13.OFPP_IN_PORT)
 
     def rpc_set_static(self, params: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(params) - {"config"}
-        if unknown:
-            raise SpecError(f"params.{sorted(unknown)[0]}", "unknown parameter (known: config)")
-        if "config" not in params:
-            raise SpecError("params.config", "is required")
-        config = params["config"]
-        static = StaticConfig() if config is None else parse_static(config, "params.config")
+        static = parse_set_static_params(params)
         with self.lock:
             self.static = static
             switches = entries = 0

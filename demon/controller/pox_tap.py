@@ -38,10 +38,10 @@ import demon
 from demon.controller import of10
 from demon.controller.fabric import (Entry, Fabric, FabricError, StaticConfig, forward_actions,
                                      intended_entries, load_fabric, load_static, mirror_record,
-                                     no_flood_ports, parse_static, static_entries)
+                                     no_flood_ports, parse_set_static_params, static_entries)
 from demon.controller.spec import (BASELINE_COOKIE, STATIC_COOKIE, MirrorSpec, SpecError,
                                    allocate_cookie, cookie_for_tap, is_mirror_cookie, parse_dpid,
-                                   parse_mirror_params, parse_tap_id)
+                                   parse_mirror_params, parse_remove_params, port_stats_json)
 from demon.rpc import protocol as p
 from demon.rpc.protocol import RpcError
 from demon.rpc.server import RpcServer
@@ -434,12 +434,7 @@ class PoxTapService:
             return dict(result)
 
     def rpc_remove_mirror(self, params: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(params) - {"tap_id"}
-        if unknown:
-            raise SpecError(f"params.{sorted(unknown)[0]}", "unknown parameter (known: tap_id)")
-        if "tap_id" not in params:
-            raise SpecError("params.tap_id", "is required")
-        tap_id = parse_tap_id(params["tap_id"])
+        tap_id = parse_remove_params(params)
         with self.lock:
             tap = self.taps.pop(tap_id, None)
             if tap is None:
@@ -577,19 +572,10 @@ class PoxTapService:
     def rpc_port_stats(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         sw = self._switch(self._dpid_param(params))
         stats = self._stats(sw, of.ofp_port_stats_request(port_no=of.OFPP_NONE))
-        return [{"port_no": s.port_no, "rx_packets": s.rx_packets, "tx_packets": s.tx_packets,
-                 "rx_bytes": s.rx_bytes, "tx_bytes": s.tx_bytes, "rx_dropped": s.rx_dropped,
-                 "tx_dropped": s.tx_dropped}
-                for s in sorted(stats, key=lambda s: s.port_no) if s.port_no < of10.OFPP_MAX]
+        return port_stats_json(stats, below=of10.OFPP_MAX)
 
     def rpc_set_static(self, params: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(params) - {"config"}
-        if unknown:
-            raise SpecError(f"params.{sorted(unknown)[0]}", "unknown parameter (known: config)")
-        if "config" not in params:
-            raise SpecError("params.config", "is required")
-        config = params["config"]
-        static = StaticConfig() if config is None else parse_static(config, "params.config")
+        static = parse_set_static_params(params)
         with self.lock:
             self.static = static
             switches = entries = 0

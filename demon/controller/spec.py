@@ -10,7 +10,7 @@ import ipaddress
 import re
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 #: High 32 bits of every cookie the project installs.
 PROJECT_MARKER = 0xDE30
@@ -182,6 +182,31 @@ def parse_tap_id(value: Any, path: str = "params.tap_id") -> str:
 
 def parse_dpid(value: Any, path: str = "params.dpid") -> int:
     return _int(value, path, 0, 2**64 - 1)
+
+
+def require_exactly(params: Mapping[str, Any], names: tuple[str, ...]) -> None:
+    """``params`` has every one of ``names`` and nothing else (errors name the field)."""
+    unknown = set(params) - set(names)
+    if unknown:
+        raise SpecError(f"params.{sorted(unknown)[0]}", f"unknown parameter (known: {', '.join(names)})")
+    for name in names:
+        if name not in params:
+            raise SpecError(f"params.{name}", "is required")
+
+
+def parse_remove_params(params: Mapping[str, Any]) -> str:
+    """The tap id of a ``remove_mirror`` request."""
+    require_exactly(params, ("tap_id",))
+    return parse_tap_id(params["tap_id"])
+
+
+def port_stats_json(stats: Iterable[Any], below: int) -> list[dict[str, Any]]:
+    """``port_stats`` rows from OpenFlow port-stats replies (both versions name the fields
+    alike); ports numbered ``below`` and up (LOCAL, reserved) are left out."""
+    return [{"port_no": s.port_no, "rx_packets": s.rx_packets, "tx_packets": s.tx_packets,
+             "rx_bytes": s.rx_bytes, "tx_bytes": s.tx_bytes, "rx_dropped": s.rx_dropped,
+             "tx_dropped": s.tx_dropped}
+            for s in sorted(stats, key=lambda s: s.port_no) if s.port_no < below]
 
 
 def parse_mirror_params(params: Any, openflow: str = "1.3") -> MirrorSpec:

@@ -9,7 +9,6 @@ own flow tables read with ``ovs-ofctl``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import queue
 import select
@@ -124,20 +123,6 @@ class Capture:
         return out
 
 
-@contextlib.contextmanager
-def large_socket_buffers(size: int = 4 << 20) -> Iterator[None]:
-    """Open vSwitch's userspace datapath reads each port from an AF_PACKET socket; with the
-    default 208 KiB receive buffer a burst of mirror copies overflows it while
-    ovs-vswitchd is busy, and copies vanish without any counter. Ports created while
-    this is in effect get ``size`` bytes."""
-    path = Path("/proc/sys/net/core/rmem_default")
-    old = path.read_text().strip()
-    path.write_text(str(size))
-    try:
-        yield
-    finally:
-        path.write_text(old)
-
 
 def reconnect(component: Component, switch: str) -> None:
     """Make ``switch`` drop its controller connection and connect again."""
@@ -187,8 +172,7 @@ class ConformanceSuite:
     def lab(cls, component: Component) -> Iterator[Any]:
         from topo.seed import build_seed
 
-        with large_socket_buffers():
-            lab = build_seed(component.of_port, of_version=component.of_version)
+        lab = build_seed(component.of_port, of_version=component.of_version)
         try:
             client = component.client()
             deadline = time.monotonic() + 30
