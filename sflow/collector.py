@@ -1,7 +1,8 @@
 """UDP sFlow collector feeding an :class:`~sflow.engine.Engine`, and a pcap replayer.
 
 The receive loop does only this: drain up to ``BATCH`` datagrams from the
-socket, decode them outside the engine lock, then ingest the batch under one
+socket, decode them outside the engine lock (the common shape through
+``sflow.fastpath``, anything else through ``sflow.decode``), then ingest the batch under one
 lock acquisition (and run the engine's housekeeping about once a second). A
 malformed datagram is counted by reason, never fatal.
 
@@ -24,6 +25,7 @@ from typing import Any, Callable, Iterable
 
 from sflow.decode import DecodeError, decode_datagram
 from sflow.engine import Engine
+from sflow.fastpath import Compact, parse_compact
 
 __all__ = ["Collector", "open_udp_socket", "kernel_drops", "replay_pcap", "send_payloads",
            "pcap_payloads", "BATCH", "RCVBUF_WANTED"]
@@ -117,6 +119,7 @@ class Collector:
         lock = engine.lock
         last_tick = 0.0
         recv = sock.recvfrom
+        compact_ok = engine.takes_compact
         while not self._stop.is_set():
             batch = []
             if poller.poll(250):
@@ -131,6 +134,11 @@ class Collector:
                     raise
             decoded: list[tuple[Any, str, int]] = []
             for payload, addr in batch:
+                if compact_ok:
+                    item = parse_compact(payload)
+                    if item is not None:
+                        decoded.append((item, addr[0], len(payload)))
+                        continue
                 try:
                     decoded.append((decode_datagram(payload), addr[0], len(payload)))
                 except DecodeError as exc:
@@ -144,7 +152,10 @@ class Collector:
                         engine.count_malformed(item, size)
                     else:
                         try:
-                            engine.ingest(item, now, source, size)
+                            if item.__class__ is Compact:
+                                engine.ingest_compact(item, now, source, size)
+                            else:
+                                engine.ingest(item, now, source, size)
                         except Exception:  # noqa: BLE001 - counted by the engine; collection goes on
                             self.ingest_errors += 1
                             if self.ingest_errors <= 10 or self.ingest_errors % 1000 == 0:

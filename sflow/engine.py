@@ -43,12 +43,14 @@ ports, is forgotten to make room).
 from __future__ import annotations
 
 import math
+import re
 import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from sflow.decode import DecodeError, decode_datagram
+from sflow.fastpath import Compact, SampleKeys, parse_compact
 from sflow.flowdef import FlowDef, ThresholdDef
 from sflow.model import CounterSample, Datagram, FlowSample
 
@@ -61,6 +63,8 @@ AGG_MODES = ("max", "sum", "avg", "edge", "core")
 _SHRINK_TO = 0.9
 _REBASE_AT = 200.0  # e^200 ~ 7e86: far from overflow, and rebasing stays rare
 OFPP_LOCAL = 0xFFFE
+_PER_SAMPLE_NAME = re.compile(r"(?<![a-z0-9_.])(bytes|frames|_rate)(?![a-z0-9_])", re.I)
+_SKIP = object()  # memo: the flow definition skips these keys
 
 KeysFn = Callable[[str, FlowSample], dict[str, object]]
 DataSourceFn = Callable[[FlowSample], str]
@@ -90,7 +94,7 @@ class _FlowTable:
     """
 
     __slots__ = ("fd", "sources", "count", "thresholds", "last_sweep", "ref", "min_impulse",
-                 "_scale_at", "_scale")
+                 "_scale_at", "_scale", "memo_ok", "value_kind", "__weakref__")
 
     def __init__(self, fd: FlowDef) -> None:
         self.fd = fd
@@ -102,6 +106,11 @@ class _FlowTable:
         self.min_impulse = math.inf
         self._scale_at = math.nan
         self._scale = 1.0
+        # Compact samples (sflow.fastpath): the flow key may be memoised per shared
+        # SampleKeys when neither keys nor filter read a per-sample key.
+        text = " ".join(fd.keys) + " " + (fd.filter or "")
+        self.memo_ok = _PER_SAMPLE_NAME.search(text) is None
+        self.value_kind = {"bytes": 1, "frames": 2}.get(fd.value_key, 0)
 
     def scale(self, now: float) -> float:
         """exp((now - ref) / t): stored value / scale = rate at ``now``."""
@@ -197,6 +206,8 @@ class Engine:
             datasource_fn = datasource_fn or default_ds
         self._keys_fn = keys_fn
         self._datasource_fn = datasource_fn
+        default_keys, default_ds = _default_keys()
+        self._compact_ok = keys_fn is default_keys and datasource_fn is default_ds
         self._tables: dict[str, _FlowTable] = {}
         self._thresholds: dict[str, ThresholdDef] = {}
         self._fired: dict[tuple[str, str, str, str], float] = {}
@@ -271,8 +282,18 @@ class Engine:
 
     # --- ingest ----------------------------------------------------------------------
 
+    @property
+    def takes_compact(self) -> bool:
+        """True if :meth:`ingest_compact` may be used (the default flow keys are in use)."""
+        return self._compact_ok
+
     def receive(self, payload: bytes, now: float, source: str = "") -> bool:
         """Decode one UDP payload and ingest it; a malformed one is counted. True if decoded."""
+        if self._compact_ok:
+            compact = parse_compact(payload)
+            if compact is not None:
+                self.ingest_compact(compact, now, source, len(payload))
+                return True
         try:
             datagram = decode_datagram(payload)
         except DecodeError as exc:
@@ -358,6 +379,99 @@ class Engine:
                     self._flow_keys[name] = now
             add(now, agent_name, ds_fn(sample), keys, sample.sampling_rate or 1)
 
+    def ingest_compact(self, dg: Compact, now: float, source: str = "", size: int = 0) -> None:
+        """:meth:`ingest` for a datagram from ``sflow.fastpath.parse_compact`` (same effect)."""
+        self.datagrams += 1
+        self.bytes += size
+        try:
+            self._ingest_compact(dg, now, source)
+        except Exception:
+            self.dropped["ingest-error"] = self.dropped.get("ingest-error", 0) + 1
+            raise
+        self.decoded += 1
+
+    def _ingest_compact(self, dg: Compact, now: float, source: str) -> None:
+        agent_name = dg.agent or source
+        agent = self._agents.get(agent_name)
+        if agent is None:
+            if len(self._agents) >= self.max_agents:
+                self._forget_oldest_agent()
+            agent = self._agents[agent_name] = _Agent(first_seen=now, last_seen=now)
+        if agent.last_seen < now:
+            agent.last_seen = now
+        agent.uptime = dg.uptime_ms
+        agent.datagrams += 1
+        if source and len(agent.sources) < 16:
+            agent.sources.add(source)
+        sub = dg.sub_agent_id
+        tracker = agent.datagram_seq.get(sub)
+        if tracker is None:
+            tracker = agent.datagram_seq[sub] = _SeqTracker()
+        tracker.see(dg.sequence)
+        samples = dg.samples
+        if not samples:
+            return
+        n = len(samples)
+        self.samples += n
+        self.flow_samples += n
+        agent.flow_samples += n
+        flow_seq = agent.flow_seq
+        tables = self._tables.values() if self._tables else ()
+        first = True
+        for seq, src, rate, drops, keys, frame_len in samples:
+            sid = (sub, src >> 24, src & 0xFFFFFF)
+            tracker = flow_seq.get(sid)
+            if tracker is None:
+                tracker = flow_seq[sid] = _SeqTracker()
+            if seq == tracker.last + 1:
+                tracker.last = seq
+            else:
+                tracker.see(seq)
+            if drops:
+                base = agent.flow_drops.get(sid, (drops, 0))[0]
+                agent.flow_drops[sid] = (base, drops)
+            if not tables:
+                continue
+            if first:
+                first = False
+                for name in keys.names():
+                    self._flow_keys[name] = now
+            rate = rate or 1
+            memo = keys.memo
+            full = None
+            for table in tables:
+                key = memo.get(table) if table.memo_ok else None
+                if key is None:
+                    fd = table.fd
+                    if table.memo_ok:
+                        view = keys.view()
+                    else:
+                        view = full = full or keys.full(frame_len, rate)
+                    predicate = fd.predicate
+                    if predicate is not None and not predicate(view):
+                        key = _SKIP
+                    else:
+                        key = fd.flow_key(view)
+                        if key is None:
+                            key = _SKIP
+                    if table.memo_ok:
+                        memo[table] = key
+                if key is _SKIP:
+                    continue
+                kind = table.value_kind
+                if kind == 1:
+                    value = frame_len * table.fd.value_factor
+                elif kind == 2:
+                    value = table.fd.value_factor
+                else:
+                    if full is None:
+                        full = keys.full(frame_len, rate)
+                    value = table.fd.value_fn(full)
+                    if value is None:
+                        continue
+                self._update(table, now, keys.where, keys.agent, keys.datasource, key,
+                             value, rate)
+
     def _ingest_counters(self, agent_name: str, agent: _Agent, sub: int,
                          samples: list[CounterSample], now: float) -> None:
         n = len(samples)
@@ -423,26 +537,31 @@ class Engine:
                 value = fd.value_fn(keys)
                 if value is None:
                     continue
-            impulse = value * sampling_rate / fd.t
-            if impulse < table.min_impulse and impulse > 0:
-                table.min_impulse = impulse
-            scale = table.scale(now)
-            source = table.sources.get(where)
-            if source is None:
-                source = table.sources[where] = _Source(now)
-            elif source.last < now:
-                source.last = now
-            flows = source.flows
-            stored = flows.get(key)
-            if stored is None:
-                stored = flows[key] = impulse * scale
-                table.count += 1
-                if table.count > self.max_flows:
-                    self._shrink(table, now)
-            else:
-                stored = flows[key] = stored + impulse * scale
-            if table.thresholds:
-                self._check(table, agent, data_source, key, stored / scale, now)
+            self._update(table, now, where, agent, data_source, key, value, sampling_rate)
+
+    def _update(self, table: _FlowTable, now: float, where: tuple[str, str], agent: str,
+                data_source: str, key: str, value: float, sampling_rate: float) -> None:
+        """Add one sample's impulse to a flow, then check the thresholds watching it."""
+        impulse = value * sampling_rate / table.fd.t
+        if impulse < table.min_impulse and impulse > 0:
+            table.min_impulse = impulse
+        scale = table.scale(now)
+        source = table.sources.get(where)
+        if source is None:
+            source = table.sources[where] = _Source(now)
+        elif source.last < now:
+            source.last = now
+        flows = source.flows
+        stored = flows.get(key)
+        if stored is None:
+            stored = flows[key] = impulse * scale
+            table.count += 1
+            if table.count > self.max_flows:
+                self._shrink(table, now)
+        else:
+            stored = flows[key] = stored + impulse * scale
+        if table.thresholds:
+            self._check(table, agent, data_source, key, stored / scale, now)
 
     def _check(self, table: _FlowTable, agent: str, data_source: str, key: str,
                rate: float, now: float) -> None:
