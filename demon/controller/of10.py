@@ -6,36 +6,21 @@ strings of :mod:`demon.controller.fabric` (``NORMAL``, ``output:6``,
 ``push_vlan:0x8100``, ``set_field:vlan_vid=10``); this module turns them into
 OpenFlow 1.0 match fields and action tuples, and back.
 
-Why merging: OpenFlow 1.0 has no groups and applies only the one
-highest-priority entry that matches a packet. If two taps on one switch
-overlap (a host tap and a 5-tuple tap of that host), separate entries would
-give the overlap to one tap only. So the entries of a switch are compiled
-together: every non-empty intersection of mirror matches becomes an entry of
-its own carrying the copies of every tap whose match contains it, with a
-priority above each entry it lies inside (``max(member priority) +
-len(members) - 1``: strictly larger for a strictly smaller region of the
-intersection closure). A packet then hits exactly the entry of the smallest
-region containing it, which carries all copies it is owed.
-
-Lifetimes: the entry whose match equals a tap's own match ("owned" entry)
-carries the tap's idle timeout; every entry's hard timeout is the earliest
-hard deadline of its members, so the switch itself removes copies for an
-expired tap. After any change the component recompiles and applies the
-difference: ADD for new or changed entries, DELETE_STRICT (match + priority)
-for entries no longer wanted. A tap's idle timer only sees packets that hit
-its owned entry, so when that entry idles out the component first asks
-:func:`kept_alive` whether the tap's merged sub-regions counted packets since
-it last looked; if so the tap lives on and its entry is re-added.
+Merging overlapping mirrors is version-neutral and lives in
+:mod:`demon.controller.merge` (re-exported here); this module adds OpenFlow
+1.0's copy actions (:func:`compile_mirrors`): forwarding first, untagged copies,
+then one ``set_vlan_vid`` per tag (it adds or rewrites the tag).
 """
 
 from __future__ import annotations
 
-import ipaddress
-import math
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from demon.controller.fabric import Entry
+from demon.controller.merge import (MAX_PRIORITY, MAX_REGIONS, CompiledEntry, EntryKey, MergeError,  # noqa: F401
+                                    MirrorRule, RuleKey, _address_text, _net, canonical, copies, covers, diff,
+                                    ended_rules, entry_key, intersect, kept_alive, matches_packet, ordered,
+                                    regions, tap_record)
+from demon.controller import merge
 from demon.controller.spec import MirrorSpec
 
 OFPP_IN_PORT = 0xFFF8
@@ -52,101 +37,14 @@ RESERVED_PORTS = {OFPP_IN_PORT: "IN_PORT", OFPP_TABLE: "TABLE", OFPP_NORMAL: "NO
 _PORT_BY_NAME = {name: number for number, name in RESERVED_PORTS.items()}
 #: OFPRR_* (OF1.0 §5.4.2) in the protocol's words.
 REMOVED_REASONS = {0: "idle_timeout", 1: "hard_timeout", 2: "delete"}
-MAX_PRIORITY = 0xFFFF
-#: Above this many regions on one switch, overlapping mirrors are refused.
-MAX_REGIONS = 1024
-
 _ADDRESS_FIELDS = ("ipv4_src", "ipv4_dst")
 _NEUTRAL_TO_OF10 = {"in_port": "in_port", "vlan_vid": "dl_vlan", "eth_type": "dl_type", "ip_proto": "nw_proto",
                     "ipv4_src": "nw_src", "ipv4_dst": "nw_dst", "tcp_src": "tp_src", "tcp_dst": "tp_dst",
                     "udp_src": "tp_src", "udp_dst": "tp_dst", "eth_src": "dl_src", "eth_dst": "dl_dst"}
-_MATCH_ORDER = ("in_port", "eth_src", "eth_dst", "vlan_vid", "eth_type", "ip_proto", "ipv4_src", "ipv4_dst",
-                "tcp_src", "tcp_dst", "udp_src", "udp_dst")
 
 Action10 = tuple[Any, ...]
-RuleKey = tuple[str, str]  # (tap_id, direction)
-EntryKey = tuple[int, tuple[tuple[str, str], ...]]  # (priority, canonical match)
-
-
-class Of10Error(ValueError):
-    """Something OpenFlow 1.0 cannot express; ``field`` names it."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-
-
-# ------------------------------------------------------------ match algebra
-
-def _net(value: str) -> ipaddress.IPv4Network:
-    return ipaddress.IPv4Network(value, strict=False)
-
-
-def _address_text(net: ipaddress.IPv4Network) -> str:
-    return str(net.network_address) if net.prefixlen == 32 else str(net)
-
-
-def canonical(match: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
-    """A hashable form in which equal matches are equal (``10.0.0.1/32`` == ``10.0.0.1``)."""
-    items = []
-    for key, value in match.items():
-        text = _address_text(_net(value)) if key in _ADDRESS_FIELDS else str(value)
-        items.append((key, text))
-    return tuple(sorted(items))
-
-
-def entry_key(priority: int, match: Mapping[str, Any]) -> EntryKey:
-    """What identifies an OpenFlow 1.0 entry (and what DELETE_STRICT names)."""
-    return (priority, canonical(match))
-
-
-def ordered(match: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: match[key] for key in sorted(match, key=lambda k: (_MATCH_ORDER + (k,)).index(k))}
-
-
-def covers(outer: Mapping[str, Any], inner: Mapping[str, Any]) -> bool:
-    """True if every packet ``inner`` matches is also matched by ``outer``."""
-    for key, value in outer.items():
-        if key not in inner:
-            return False
-        if key in _ADDRESS_FIELDS:
-            if not _net(inner[key]).subnet_of(_net(value)):
-                return False
-        elif inner[key] != value:
-            return False
-    return True
-
-
-def intersect(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The match of packets both match, or None when no packet can match both."""
-    out = dict(a)
-    for key, value in b.items():
-        if key not in out:
-            out[key] = value
-        elif key in _ADDRESS_FIELDS:
-            na, nb = _net(out[key]), _net(value)
-            if nb.subnet_of(na):
-                out[key] = _address_text(nb)
-            elif not na.subnet_of(nb):
-                return None
-        elif out[key] != value:
-            return None
-    # tcp_dst and udp_dst are one OF1.0 field; a normalised match pins ip_proto, so a
-    # TCP/UDP mix has already failed on ip_proto above.
-    return ordered(out)
-
-
-def matches_packet(match: Mapping[str, Any], packet: Mapping[str, Any]) -> bool:
-    """Does ``match`` match a packet given as concrete neutral fields?"""
-    for key, value in match.items():
-        if key not in packet:
-            return False
-        if key in _ADDRESS_FIELDS:
-            if ipaddress.IPv4Address(packet[key]) not in _net(value):
-                return False
-        elif packet[key] != value:
-            return False
-    return True
+#: Something OpenFlow 1.0 cannot express; ``field`` names it (one class with the merge's errors).
+Of10Error = MergeError
 
 
 # ------------------------------------------------- neutral <-> OpenFlow 1.0
@@ -242,58 +140,15 @@ def from_of10_actions(actions: Iterable[Action10]) -> tuple[str, ...]:
 
 # ------------------------------------------------------------------ mirrors
 
-@dataclass(frozen=True)
-class MirrorRule:
-    """One direction of one tap on one switch."""
-
-    tap_id: str
-    direction: str
-    match: Mapping[str, Any]
-    copy_port: int
-    vlan_tag: int | None
-    priority: int
-    cookie: int
-    idle_timeout: int
-    expires_at: float
-
-    @property
-    def key(self) -> RuleKey:
-        return (self.tap_id, self.direction)
-
-
 def rules_for(spec: MirrorSpec, cookie: int, installed_at: float) -> list[MirrorRule]:
     """The rules of a validated spec (checked for OF1.0 here: IPv6 is refused)."""
-    out = []
-    for direction, match in spec.directions():
+    for _, match in spec.directions():
         to_of10_match(match)
-        out.append(MirrorRule(spec.tap_id, direction, ordered(match), spec.copy_port, spec.vlan_tag,
-                              spec.priority, cookie, spec.idle_timeout, installed_at + spec.hard_timeout))
-    return out
-
-
-@dataclass(frozen=True)
-class CompiledEntry:
-    """A flow entry to hold on the switch, with the rules it serves."""
-
-    entry: Entry
-    members: frozenset[RuleKey]
-    owners: frozenset[RuleKey]
-    expires_at: float
-
-    @property
-    def key(self) -> EntryKey:
-        return entry_key(self.entry.priority, self.entry.match)
-
-    def same_as(self, other: "CompiledEntry") -> bool:
-        """Would re-sending change nothing on the switch?"""
-        a, b = self.entry, other.entry
-        return (a.actions, a.cookie, a.idle_timeout, self.expires_at) == \
-            (b.actions, b.cookie, b.idle_timeout, other.expires_at)
+    return merge.rules_for(spec, cookie, installed_at)
 
 
 def _copy_actions(rules: Iterable[MirrorRule]) -> tuple[str, ...]:
-    untagged = sorted({r.copy_port for r in rules if r.vlan_tag is None})
-    tagged = sorted({(r.vlan_tag, r.copy_port) for r in rules if r.vlan_tag is not None})
+    untagged, tagged = copies(rules)
     out = [f"output:{port}" for port in untagged]
     current_vlan = None
     for vlan, port in tagged:  # untagged copies first: a set_vlan_vid applies to all later outputs
@@ -304,90 +159,14 @@ def _copy_actions(rules: Iterable[MirrorRule]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def regions(matches: Iterable[Mapping[str, Any]], limit: int = MAX_REGIONS) -> list[dict[str, Any]]:
-    """The closure of ``matches`` under intersection (each region once)."""
-    found: dict[tuple, dict[str, Any]] = {}
-    for match in matches:
-        found.setdefault(canonical(match), ordered(match))
-    frontier = list(found.values())
-    while frontier:
-        fresh: list[dict[str, Any]] = []
-        for a in frontier:
-            for b in list(found.values()):
-                both = intersect(a, b)
-                if both is not None and canonical(both) not in found:
-                    found[canonical(both)] = both
-                    fresh.append(both)
-                    if len(found) > limit:
-                        raise Of10Error("params.match", f"more than {limit} overlapping mirror regions on one switch")
-        frontier = fresh
-    return list(found.values())
-
-
 def compile_mirrors(rules: Iterable[MirrorRule], now: float,
                     forward: Callable[[Mapping[str, Any]], tuple[str, ...]] = lambda match: ("NORMAL",)
                     ) -> list[CompiledEntry]:
-    """Every entry one switch needs for ``rules`` (merged where they overlap).
+    """Every OF1.0 entry one switch needs for ``rules`` (merged where they overlap).
 
     ``forward(match)`` is the switch's own forwarding for that traffic (``NORMAL``,
     or a static port pair); it comes first so the copies' VLAN tag never reaches it.
     """
-    rules = list(rules)
-    out: list[CompiledEntry] = []
-    for region in regions(r.match for r in rules):
-        members = [r for r in rules if covers(r.match, region)]
-        owners = [r for r in members if canonical(r.match) == canonical(region)]
-        priority = min(MAX_PRIORITY, max(r.priority for r in members) + len(members) - 1)
-        expires_at = min(r.expires_at for r in members)
-        idles = [r.idle_timeout for r in owners if r.idle_timeout > 0]
-        cookie_rule = min(owners or members, key=lambda r: r.key)
-        hard = max(1, min(0xFFFF, math.ceil(expires_at - now)))
-        entry = Entry(priority, region, forward(region) + _copy_actions(members), cookie_rule.cookie,
-                      min(idles) if idles else 0, hard, True)
-        out.append(CompiledEntry(entry, frozenset(r.key for r in members), frozenset(r.key for r in owners),
-                                 expires_at))
-    return sorted(out, key=lambda c: (-c.entry.priority, c.key))
-
-
-def diff(installed: Mapping[EntryKey, CompiledEntry], wanted: Iterable[CompiledEntry]
-         ) -> tuple[list[CompiledEntry], list[CompiledEntry]]:
-    """``(to_add, to_delete)``: ADD new or changed entries, DELETE_STRICT stale ones."""
-    wanted_by_key = {c.key: c for c in wanted}
-    to_add = [c for k, c in wanted_by_key.items() if k not in installed or not installed[k].same_as(c)]
-    to_delete = [c for k, c in installed.items() if k not in wanted_by_key]
-    return to_add, to_delete
-
-
-def ended_rules(removed: CompiledEntry, reason: str, rules: Mapping[RuleKey, MirrorRule], now: float,
-                slack: float = 1.0) -> set[RuleKey]:
-    """Which rules a FlowRemoved of ``removed`` ends.
-
-    Idle timeout or an external delete: the entry's owners (their own traffic
-    stopped, or an operator removed it). Hard timeout: the members whose
-    deadline has come (within ``slack`` s of clock skew); the others get the
-    entry back on recompilation.
-    """
-    if reason != "hard_timeout":
-        return set(removed.owners)
-    members = [rules[k] for k in removed.members if k in rules]
-    due = {r.key for r in members if r.expires_at <= now + slack}
-    if not due and members:  # the switch's clock ran ahead of ours: the earliest deadline is the one
-        earliest = min(r.expires_at for r in members)
-        due = {r.key for r in members if r.expires_at == earliest}
-    return due
-
-
-def kept_alive(removed: CompiledEntry, installed: Mapping[EntryKey, CompiledEntry],
-               packets: Mapping[EntryKey, int], seen: Mapping[EntryKey, int]) -> set[RuleKey]:
-    """Owners of an idled-out entry whose traffic still flows through a merged sub-region.
-
-    ``packets``: the switch's current packet counts per entry; ``seen``: the counts
-    at the previous look (absent = 0, i.e. since the entry was written).
-    """
-    alive: set[RuleKey] = set()
-    for owner in removed.owners:
-        for key, entry in installed.items():
-            if key != removed.key and owner in entry.members and packets.get(key, 0) > seen.get(key, 0):
-                alive.add(owner)
-                break
-    return alive
+    def actions(region: Mapping[str, Any], members: Sequence[MirrorRule]) -> tuple[str, ...]:
+        return forward(region) + _copy_actions(members)
+    return merge.compile_mirrors(rules, now, actions)

@@ -8,9 +8,10 @@ them into parser objects in one place.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from demon.controller.fabric import LEARN_IDLE, LEARN_PRIORITY, Entry
+from demon.controller import merge
+from demon.controller.fabric import L2_TABLE, LEARN_IDLE, LEARN_PRIORITY, Entry
 from demon.controller.spec import LEARNED_COOKIE
 
 OFPP_IN_PORT = 0xFFFFFFF8
@@ -180,3 +181,38 @@ def entry_from_json(record: Mapping[str, Any]) -> Entry:
                  actions=tuple(record["actions"]), cookie=record["cookie"],
                  idle_timeout=record.get("idle_timeout", 0), hard_timeout=record.get("hard_timeout", 0),
                  table_id=record.get("table_id", 0))
+
+
+# ------------------------------------------------------------------ mirrors
+
+def mirror_actions(forward: tuple[str, ...], members: Sequence[merge.MirrorRule], l2_table: bool
+                   ) -> tuple[str, ...]:
+    """The actions of one (possibly merged) mirror entry: every member's copy, each once.
+
+    Untagged copies go first; tagged ones follow with one ``push_vlan`` and a
+    ``set_field`` per distinct tag (in OpenFlow 1.3 a second push would stack a
+    second tag). With the learned L2 table the copies come first, the tag is popped
+    and ``goto_table:1`` forwards as before (an instruction, run after the
+    actions); otherwise the static forwarding comes first, before any tag.
+    """
+    untagged, tagged = merge.copies(members)
+    out = [f"output:{port}" for port in untagged]
+    current: int | None = None
+    for vlan, port in tagged:
+        if current is None:
+            out.append("push_vlan:0x8100")
+        if vlan != current:
+            out.append(f"set_field:vlan_vid={vlan}")
+            current = vlan
+        out.append(f"output:{port}")
+    if l2_table and forward == ("NORMAL",):
+        return tuple(out) + (("pop_vlan",) if tagged else ()) + (f"goto_table:{L2_TABLE}",)
+    return forward + tuple(out)
+
+
+def compile_mirrors(rules: Iterable[merge.MirrorRule], now: float,
+                    forward: Callable[[Mapping[str, Any]], tuple[str, ...]], l2_table: bool
+                    ) -> list[merge.CompiledEntry]:
+    """Every table-0 entry one OpenFlow 1.3 switch needs for ``rules`` (merged where they overlap)."""
+    return merge.compile_mirrors(rules, now, lambda region, members: mirror_actions(forward(region), members,
+                                                                                    l2_table))

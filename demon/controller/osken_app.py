@@ -26,9 +26,10 @@ from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3
 
 import demon
-from demon.controller import of13
-from demon.controller.fabric import (Entry, Fabric, FabricError, StaticConfig, intended_entries,
-                                     mirror_entries, mirror_record, no_flood_ports, parse_set_static_params, static_entries, uses_l2_table)
+from demon.controller import merge, of13
+from demon.controller.fabric import (Entry, Fabric, FabricError, StaticConfig, forward_actions, intended_entries,
+                                     mirror_record, no_flood_ports, parse_set_static_params, static_entries,
+                                     uses_l2_table)
 from demon.controller.spec import (BASELINE_COOKIE, EXACT_MASK, MIRROR_BIT, PROJECT_MASK,
                                    STATIC_COOKIE, MirrorSpec, SpecError, allocate_cookie, cookie_for_tap,
                                    is_mirror_cookie, parse_dpid, parse_mirror_params, parse_remove_params,
@@ -161,7 +162,6 @@ class Tap:
     spec: MirrorSpec
     cookie: int
     result: dict[str, Any]
-    matches: dict[str, dict[str, Any]]  # direction -> neutral match
     live: set[str] = field(default_factory=set)  # directions still on the switch
 
 
@@ -241,13 +241,21 @@ class TapService:
         self.static = settings.static if settings.static is not None else settings.fabric.static
         self.switches: dict[int, SwitchState] = {}
         self.taps: dict[str, Tap] = {}
+        # Mirrors are compiled per switch with overlapping taps merged (demon.controller.merge):
+        # the rules of each switch, and the table-0 entries compiled from them now on it.
+        self.rules: dict[int, dict[merge.RuleKey, merge.MirrorRule]] = {}
+        self.installed: dict[int, dict[merge.EntryKey, merge.CompiledEntry]] = {}
         self.lock = threading.RLock()
         self.publish: Callable[[str, dict[str, Any]], None] = lambda event, params: None
-        # (dpid, cookie) whose FlowRemoved we caused ourselves while replacing entries
         # (dpid, cookie) → until when a FlowRemoved(delete) is our own replacement's doing;
         # OVS may send FlowRemoved after the barrier reply, so a window, not a flag.
         self._quiet: dict[tuple[int, int], float] = {}
         self._collect: dict[tuple[int, int], list[Any]] = {}
+        # Mirror entries we deleted ourselves (DELETE_STRICT): their FlowRemoved is not news.
+        self._own_deletes: set[tuple[int, merge.EntryKey]] = set()
+        self._collect_entries: dict[tuple[int, merge.EntryKey], list[Any]] = {}
+        # Packet counts of merged entries at the last idle check (see merge.kept_alive).
+        self._seen: dict[int, dict[merge.EntryKey, int]] = {}
         self.remembered: dict[int, str] = self._load_remembered()
 
     # ------------------------------------------------------ remembered tap ids
@@ -291,7 +299,7 @@ class TapService:
             return getattr(self, f"rpc_{method}")(params)
         except SpecError as exc:
             raise RpcError(E_INVALID, str(exc)) from None
-        except FabricError as exc:
+        except (FabricError, merge.MergeError) as exc:
             raise RpcError(E_INVALID, str(exc)) from None
         except SwitchTimeout as exc:
             raise RpcError(E_TIMEOUT, str(exc)) from None
@@ -377,38 +385,89 @@ class TapService:
             sw.ports[port.port_no] = self._port_json(port)
 
     def flow_removed(self, dp: Any, msg: Any) -> None:
-        """FlowRemoved: mirror_removed events; static entries with a timeout are re-added."""
-        key = (dp.id, msg.cookie)
+        """FlowRemoved (on os-ken's event thread): counters to a waiting remove, mirror ends to
+        a worker thread (it takes the lock and talks to the switch, whose replies arrive on
+        this very thread); static entries with a timeout are re-added."""
         LOG.debug("switch %s: flow removed cookie=%#x reason=%s packets=%s", dp.id, msg.cookie, msg.reason,
                   msg.packet_count)
-        # Look the tap up before handing the message to a waiting remove_mirror, which
-        # forgets the tap as soon as it has its counters.
-        tap = next((t for t in list(self.taps.values()) if t.cookie == msg.cookie and t.spec.dpid == dp.id), None)
-        if key in self._collect:
-            self._collect[key].append(msg)
         reason = of13.REMOVED_REASONS.get(msg.reason, "unknown")
-        if reason == "delete" and self._quiet.get(key, 0.0) > time.monotonic():
-            return
         if msg.cookie == STATIC_COOKIE and reason in ("idle_timeout", "hard_timeout"):
             hub.spawn(self._reassert_static, dp.id, msg.priority, of13.oxm_to_match(list(msg.match.items())))
             return
         if not is_mirror_cookie(msg.cookie):
             return
-        match = of13.oxm_to_match(list(msg.match.items()))
-        params: dict[str, Any] = {
-            "tap_id": tap.spec.tap_id if tap else self.remembered.get(msg.cookie), "dpid": dp.id,
-            "cookie": msg.cookie,
-            "reason": reason, "packets": msg.packet_count, "bytes": msg.byte_count,
-            "duration_s": round(msg.duration_sec + msg.duration_nsec / 1e9, 3)}
-        if tap is not None:
-            direction = next((d for d, m in tap.matches.items() if m == match), "forward")
-            if tap.spec.bidirectional:
-                params["direction"] = direction
-            tap.live.discard(direction)
-            if not tap.live and self.taps.get(tap.spec.tap_id) is tap:
-                del self.taps[tap.spec.tap_id]
-                self._remember(tap.cookie, None)
-        self.publish("mirror_removed", params)
+        key = merge.entry_key(msg.priority, of13.oxm_to_match(list(msg.match.items())))
+        sink = self._collect_entries.get((dp.id, key))
+        if sink is not None:
+            sink.append(msg)
+        if (dp.id, msg.cookie) in self._collect:
+            self._collect[(dp.id, msg.cookie)].append(msg)
+        if reason == "delete" and self._quiet.get((dp.id, msg.cookie), 0.0) > time.monotonic():
+            return
+        # named now: a remove of a tap from before a restart forgets the name once it has the counters
+        hub.spawn(self._mirror_removed, dp.id, key, msg, reason, self.remembered.get(msg.cookie), time.time())
+
+    def _mirror_removed(self, dpid: int, key: merge.EntryKey, msg: Any, reason: str, name: str | None,
+                        now: float) -> None:
+        with self.lock:
+            if (dpid, key) in self._own_deletes:
+                self._own_deletes.discard((dpid, key))
+                return
+            counters = {"packets": msg.packet_count, "bytes": msg.byte_count,
+                        "duration_s": round(msg.duration_sec + msg.duration_nsec / 1e9, 3)}
+            compiled = self.installed.get(dpid, {}).pop(key, None)
+            if compiled is None:  # not ours (an earlier process's)
+                self.publish("mirror_removed", {"tap_id": name, "dpid": dpid, "cookie": msg.cookie,
+                                                "reason": reason, **counters})
+                return
+            ended = merge.ended_rules(compiled, reason, self.rules.get(dpid, {}), now)
+            if reason == "idle_timeout":
+                ended -= self._kept_alive(dpid, compiled)
+            self._end_rules(dpid, ended, reason, counters, msg.cookie)
+            try:
+                self._sync(dpid)  # what is left of the taps gets its entries back
+            except (RpcError, SwitchTimeout) as exc:
+                LOG.warning("switch %s: could not recompile mirrors after a removal: %s", dpid, exc)
+
+    def _end_rules(self, dpid: int, ended: set[merge.RuleKey], reason: str, counters: dict[str, Any],
+                   cookie: int) -> None:
+        """Forget ended rules (and taps with none left) and announce each."""
+        rules = self.rules.get(dpid, {})
+        for tap_id, direction in sorted(ended):
+            rules.pop((tap_id, direction), None)
+            tap = self.taps.get(tap_id)
+            event = {"tap_id": tap_id, "dpid": dpid, "cookie": tap.cookie if tap else cookie,
+                     "reason": reason, **counters}
+            if tap is not None:
+                if tap.spec.bidirectional:
+                    event["direction"] = direction
+                tap.live.discard(direction)
+                if not tap.live:
+                    del self.taps[tap_id]
+                    self._remember(tap.cookie, None)
+            self.publish("mirror_removed", event)
+
+    def _kept_alive(self, dpid: int, removed: merge.CompiledEntry) -> set[merge.RuleKey]:
+        """Owners of an idled-out entry whose packets now hit a merged sub-region instead."""
+        installed = self.installed.get(dpid, {})
+        shared = [c for c in installed.values() if removed.owners & c.members]
+        sw = self.switches.get(dpid)
+        if not shared or sw is None:
+            return set()
+        try:
+            rows = self._flow_table(sw, MIRROR_COOKIE, MIRROR_COOKIE_MASK)
+        except (RpcError, SwitchTimeout) as exc:
+            LOG.warning("switch %s: no counters to check idle taps against (%s): they end", dpid, exc)
+            return set()
+        packets = {merge.entry_key(e.priority, e.match): pk for e, pk, _, _ in rows if e.table_id == 0}
+        seen = self._seen.setdefault(dpid, {})
+        alive = merge.kept_alive(removed, installed, packets, seen)
+        for c in shared:
+            seen[c.key] = packets.get(c.key, 0)
+        if alive:
+            LOG.info("switch %s: %s idle on its own entry but active in a merged one: kept",
+                     dpid, ", ".join(f"{t}/{d}" for t, d in sorted(alive)))
+        return alive
 
     def _reassert_static(self, dpid: int, priority: int, match: dict[str, Any]) -> None:
         sw = self.switches.get(dpid)
@@ -424,6 +483,62 @@ class TapService:
     def rpc_hello(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"protocol": 1, "component": "os-ken", "version": demon.__version__, "openflow": "1.3"}
 
+    # ------------------------------------------------------------- mirrors
+    def _compile(self, dpid: int, now: float | None = None) -> list[merge.CompiledEntry]:
+        """The table-0 mirror entries of a switch (raises MergeError for too many overlaps)."""
+        return of13.compile_mirrors(self.rules.get(dpid, {}).values(), time.time() if now is None else now,
+                                    lambda match: forward_actions(self.static, dpid, match),
+                                    uses_l2_table(self.fabric, dpid, "1.3"))
+
+    def _apply(self, sw: SwitchState, to_add: list[merge.CompiledEntry], to_delete: list[merge.CompiledEntry],
+               first: list[dict[str, Any]] = ()) -> None:  # type: ignore[assignment]
+        """One batch, one barrier: ``first`` FlowMods, DELETE_STRICT stale entries, ADD the rest."""
+        dpid = sw.link.dp.id
+        mods = list(first)
+        for c in to_delete:
+            self._own_deletes.add((dpid, c.key))
+            mods.append(of13.flow_mod(c.entry, "delete_strict"))
+        for c in to_add:
+            self._own_deletes.discard((dpid, c.key))
+            self._seen.get(dpid, {}).pop(c.key, None)  # counters restart with the entry
+            mods.append(of13.flow_mod(c.entry))
+        if mods:
+            sw.link.send_confirmed([_to_parser_flowmod(sw.link.dp, m) for m in mods])
+
+    def _sync(self, dpid: int, collect: bool = False, first: list[dict[str, Any]] = ()  # type: ignore[assignment]
+              ) -> list[Any]:
+        """Bring a switch's mirror entries to what ``self.rules`` says; returns the FlowRemoved
+        messages of deleted entries when ``collect``."""
+        wanted = self._compile(dpid)
+        installed = self.installed.get(dpid, {})
+        to_add, to_delete = merge.diff(installed, wanted)
+        sw = self.switches.get(dpid)
+        collected: list[Any] = []
+        if sw is not None:
+            keys = [(dpid, c.key) for c in to_delete]
+            if collect:
+                for key in keys:
+                    self._collect_entries[key] = collected
+            try:
+                self._apply(sw, to_add, to_delete, first)
+                if collect:
+                    # OVS may send the FlowRemoved messages after the barrier reply.
+                    deadline = time.monotonic() + min(1.0, self.settings.barrier_timeout)
+                    while len(collected) < len(keys) and time.monotonic() < deadline:
+                        time.sleep(0.002)
+            except (RpcError, SwitchTimeout):
+                # Part of the batch may have been applied: assume all of it was, so that the
+                # next sync deletes or rewrites whatever is not wanted.
+                gone = {c.key for c in to_delete}
+                self.installed[dpid] = {**{k: c for k, c in installed.items() if k not in gone},
+                                        **{c.key: c for c in to_add}}
+                raise
+            finally:
+                for key in keys:
+                    self._collect_entries.pop(key, None)
+        self.installed[dpid] = {c.key: c for c in wanted}
+        return collected
+
     def rpc_install_mirror(self, params: dict[str, Any]) -> dict[str, Any]:
         spec = parse_mirror_params(params, "1.3")
         with self.lock:
@@ -432,22 +547,41 @@ class TapService:
                 return dict(old.result)
             sw = self._switch(spec.dpid)
             cookie = allocate_cookie(spec.tap_id, {t.cookie: t.spec.tap_id for t in self.taps.values()})
-            if old is not None and (old.spec.dpid, old.cookie) != (spec.dpid, cookie):
-                moved_from = self.switches.get(old.spec.dpid)
-                if moved_from is not None:
-                    self._delete_quietly(moved_from, old.cookie)
+            now = time.time()
+            new_rules = merge.rules_for(spec, cookie, now)
+            saved = {d: dict(r) for d, r in self.rules.items()}
+            if old is not None:
+                for direction in ("forward", "reverse"):
+                    self.rules.get(old.spec.dpid, {}).pop((spec.tap_id, direction), None)
+            for r in new_rules:
+                self.rules.setdefault(spec.dpid, {})[r.key] = r
+            try:
+                self._compile(spec.dpid, now)  # refuse before touching the switch
+            except merge.MergeError:
+                self.rules = saved
+                raise
+            first: list[dict[str, Any]] = []
+            if old is None:
+                # Entries of this cookie left from before a restart: cleared in the same batch.
+                self._quiet[(spec.dpid, cookie)] = time.monotonic() + QUIET_WINDOW
+                first.append(of13.delete_by_cookie(cookie))
+            try:
+                if old is not None and old.spec.dpid != spec.dpid and old.spec.dpid in self.switches:
+                    self._sync(old.spec.dpid)
+                self._sync(spec.dpid, first=first)
+            except (RpcError, SwitchTimeout):
+                self.rules = saved
+                try:
+                    self._sync(spec.dpid)  # leave the switch as it was
+                except (RpcError, SwitchTimeout) as exc:
+                    LOG.warning("switch %s: could not roll back a failed install: %s", spec.dpid, exc)
+                raise
             self.taps.pop(spec.tap_id, None)
-            entries = mirror_entries(spec, cookie, self.static, uses_l2_table(self.fabric, spec.dpid, "1.3"))
-            # One batch, one barrier: clear the tap's previous entries (also stale ones left
-            # from before a restart), then add; the switch applies them in order.
-            self._quiet[(spec.dpid, cookie)] = time.monotonic() + QUIET_WINDOW
-            dp = sw.link.dp
-            sw.link.send_confirmed([_to_parser_flowmod(dp, of13.delete_by_cookie(cookie))]
-                                   + [_to_parser_flowmod(dp, of13.flow_mod(e)) for _, e in entries])
-            result = {"tap_id": spec.tap_id, "dpid": spec.dpid, "cookie": cookie, "entries": len(entries),
-                      "replaced": old is not None, "installed_at": round(time.time(), 3)}
-            self.taps[spec.tap_id] = Tap(spec, cookie, result, {d: dict(e.match) for d, e in entries},
-                                         {d for d, _ in entries})
+            entries = sum(1 for c in self.installed[spec.dpid].values()
+                          if any(k[0] == spec.tap_id for k in c.members))
+            result = {"tap_id": spec.tap_id, "dpid": spec.dpid, "cookie": cookie, "entries": entries,
+                      "replaced": old is not None, "installed_at": round(now, 3)}
+            self.taps[spec.tap_id] = Tap(spec, cookie, result, {r.direction for r in new_rules})
             self._remember(cookie, spec.tap_id)
             return dict(result)
 
@@ -457,13 +591,32 @@ class TapService:
             tap = self.taps.get(tap_id)
             if tap is None:
                 return self._remove_orphan(tap_id)
-            sw = self.switches.get(tap.spec.dpid)
-            removed = self._delete_collecting(sw, tap.cookie, len(tap.live)) if sw is not None else []
+            dpid = tap.spec.dpid
+            before = dict(self.installed.get(dpid, {}))
+            for direction in ("forward", "reverse"):
+                self.rules.get(dpid, {}).pop((tap_id, direction), None)
+            collected = self._sync(dpid, collect=True)
             self.taps.pop(tap_id, None)
             self._remember(tap.cookie, None)
-            return {"tap_id": tap_id, "removed": bool(removed) or sw is None,
-                    "packets": sum(m.packet_count for m in removed),
-                    "bytes": sum(m.byte_count for m in removed)}
+            for direction in sorted(tap.live):
+                owned = [m for m in collected if self._owner_of(before, m) == (tap_id, direction)]
+                event = {"tap_id": tap_id, "dpid": dpid, "cookie": tap.cookie, "reason": "delete",
+                         "packets": sum(m.packet_count for m in owned), "bytes": sum(m.byte_count for m in owned),
+                         "duration_s": max((round(m.duration_sec + m.duration_nsec / 1e9, 3) for m in owned),
+                                           default=0.0)}
+                if tap.spec.bidirectional:
+                    event["direction"] = direction
+                self.publish("mirror_removed", event)
+            return {"tap_id": tap_id, "removed": True,
+                    "packets": sum(m.packet_count for m in collected),
+                    "bytes": sum(m.byte_count for m in collected)}
+
+    @staticmethod
+    def _owner_of(installed: dict[merge.EntryKey, merge.CompiledEntry], msg: Any) -> merge.RuleKey | None:
+        compiled = installed.get(merge.entry_key(msg.priority, of13.oxm_to_match(list(msg.match.items()))))
+        if compiled is None or not compiled.owners:
+            return None
+        return min(compiled.owners)
 
     def _delete_collecting(self, sw: SwitchState, cookie: int, expected: int) -> list[Any]:
         """Delete a cookie's entries and return their FlowRemoved messages (final counters)."""
@@ -499,20 +652,30 @@ class TapService:
                 "bytes": sum(m.byte_count for m in got)}
 
     def rpc_list_mirrors(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Known taps from their entries (counters summed over every entry they are a member
+        of: a shared entry counts for each of its taps); other mirror entries (an earlier
+        process's) grouped by cookie."""
         dpid = self._dpid_param(params, required=False)
         targets = [self._switch(dpid)] if dpid is not None else list(self.switches.values())
-        known = {(t.spec.dpid, t.cookie): t for t in list(self.taps.values())}
         out: list[dict[str, Any]] = []
         for sw in targets:
-            by_cookie: dict[int, list[tuple[Entry, int, int, float]]] = {}
-            for row in self._flow_table(sw, MIRROR_COOKIE, MIRROR_COOKIE_MASK):
-                by_cookie.setdefault(row[0].cookie, []).append(row)
-            for cookie, rows in sorted(by_cookie.items()):
-                tap = known.get((sw.link.dp.id, cookie))
-                record = mirror_record(sw.link.dp.id, cookie, rows, tap.spec if tap else None,
-                                       tap.result["installed_at"] if tap else None)
-                if record["tap_id"] is None:
-                    record["tap_id"] = self.remembered.get(cookie)
+            dp_id = sw.link.dp.id
+            rows = [r for r in self._flow_table(sw, MIRROR_COOKIE, MIRROR_COOKIE_MASK) if r[0].table_id == 0]
+            with self.lock:
+                compiled = dict(self.installed.get(dp_id, {}))
+                taps = sorted((t for t in self.taps.values() if t.spec.dpid == dp_id), key=lambda t: t.spec.tap_id)
+            claimed: set[int] = set()
+            for tap in taps:
+                record = merge.tap_record(tap.spec, tap.cookie, tap.result["installed_at"], rows, compiled, claimed)
+                if record is not None:
+                    out.append(record)
+            strays: dict[int, list[tuple[Entry, int, int, float]]] = {}
+            for i, row in enumerate(rows):
+                if i not in claimed:
+                    strays.setdefault(row[0].cookie, []).append(row)
+            for cookie, group in sorted(strays.items()):
+                record = mirror_record(dp_id, cookie, group, None, None)
+                record["tap_id"] = self.remembered.get(cookie)
                 out.append(record)
         return out
 

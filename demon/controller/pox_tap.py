@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import demon
-from demon.controller import of10
+from demon.controller import merge, of10
 from demon.controller.fabric import (Entry, Fabric, FabricError, StaticConfig, forward_actions,
                                      intended_entries, load_fabric, load_static, mirror_record,
                                      no_flood_ports, parse_set_static_params, static_entries)
@@ -519,27 +519,7 @@ class PoxTapService:
     def _tap_record(tap: _Tap, rows: list[tuple[Entry, int, int, float]],
                     compiled: dict[of10.EntryKey, of10.CompiledEntry], claimed: set[int]) -> dict[str, Any] | None:
         """The tap as the switch holds it: present if an entry it owns is in the table."""
-        owned = present = 0
-        packets = nbytes = 0
-        duration = 0.0
-        for i, (entry, pk, by, du) in enumerate(rows):
-            c = compiled.get(of10.entry_key(entry.priority, entry.match))
-            if c is None or not any(k[0] == tap.spec.tap_id for k in c.members):
-                continue
-            claimed.add(i)
-            present += 1
-            packets += pk
-            nbytes += by
-            duration = max(duration, du)
-            owned += any(k[0] == tap.spec.tap_id for k in c.owners)
-        if not owned:
-            return None
-        s = tap.spec
-        return {"tap_id": s.tap_id, "dpid": s.dpid, "match": dict(s.match), "copy_port": s.copy_port,
-                "vlan_tag": s.vlan_tag, "bidirectional": s.bidirectional, "idle_timeout": s.idle_timeout,
-                "hard_timeout": s.hard_timeout, "priority": s.priority, "cookie": tap.cookie,
-                "installed_at": tap.result["installed_at"], "packets": packets, "bytes": nbytes,
-                "duration_s": duration, "entries": present}
+        return merge.tap_record(tap.spec, tap.cookie, tap.result["installed_at"], rows, compiled, claimed)
 
     def rpc_list_switches(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         with self.lock:

@@ -87,6 +87,11 @@ class FakeSwitch:
             self.table = [e for e in self.table if e not in gone]
             for e in gone:
                 self._removed(e, OFP.OFPRR_DELETE)
+        elif mod.command == OFP.OFPFC_DELETE_STRICT:
+            gone = [e for e in self.table if self._key(e["mod"]) == self._key(mod)]
+            self.table = [e for e in self.table if e not in gone]
+            for e in gone:
+                self._removed(e, OFP.OFPRR_DELETE)
         else:
             raise AssertionError(f"unexpected FlowMod command {mod.command}")
 
@@ -154,8 +159,15 @@ class Harness:
     def call(self, method: str, **params: Any) -> Any:
         return self.service.call(method, params)
 
-    def removed_events(self) -> list[dict[str, Any]]:
-        return [p for e, p in self.events if e == "mirror_removed"]
+    def removed_events(self, wait_for: int = 0) -> list[dict[str, Any]]:
+        """The mirror_removed events so far (FlowRemoved is handled on a worker thread: with
+        ``wait_for``, wait up to 2 s until that many have arrived)."""
+        for _ in range(200):
+            got = [p for e, p in self.events if e == "mirror_removed"]
+            if len(got) >= wait_for:
+                break
+            threading.Event().wait(0.01)
+        return got
 
 
 MATCH = {"ipv4_src": "10.0.0.1", "ipv4_dst": "10.0.0.2", "tcp_src": 40000, "tcp_dst": 80}
@@ -211,7 +223,7 @@ def test_bidirectional_events_name_their_direction(h: Harness) -> None:
                  idle_timeout=5)
     assert tap["entries"] == 2
     h.switches[1].expire(tap["cookie"], OFP.OFPRR_IDLE_TIMEOUT)
-    assert sorted((e["direction"], e["reason"]) for e in h.removed_events()) == [
+    assert sorted((e["direction"], e["reason"]) for e in h.removed_events(wait_for=2)) == [
         ("forward", "idle_timeout"), ("reverse", "idle_timeout")]
     assert h.call("list_mirrors") == []
     # the tap is gone: installing it again is a fresh install, not a cached answer
@@ -228,7 +240,7 @@ def test_a_restarted_component_names_and_removes_earlier_taps(h: Harness) -> Non
     assert (listed["tap_id"], listed["copy_port"], listed["vlan_tag"], listed["packets"]) == ("keep", 8, 3, 5)
     assert h.call("remove_mirror", tap_id="keep")["removed"] is True
     assert h.switches[2].entries(tap["cookie"]) == []
-    assert h.removed_events()[-1]["tap_id"] == "keep"
+    assert h.removed_events(wait_for=1)[-1]["tap_id"] == "keep"
     h.state.unlink()
     h.restart()
     assert h.call("list_mirrors") == []
