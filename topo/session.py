@@ -35,19 +35,6 @@ SEED_DPIDS = {1, 2, 3}
 SEED_PORTS = {1: range(1, 11), 2: range(1, 11), 3: range(1, 12)}
 
 
-def _topology_refresh() -> float:
-    """How often demon-watch re-reads the engine's port map (its runtime's default)."""
-    try:
-        from demon.runtime import RuntimeOptions
-
-        return float(RuntimeOptions().topology_interval)
-    except Exception:  # noqa: BLE001 — the runtime's shape changed: assume its documented 10 s
-        return 10.0
-
-
-TOPOLOGY_REFRESH = _topology_refresh()
-
-
 @dataclass(frozen=True)
 class SessionOptions:
     out: Path = Path("lab-out")
@@ -102,7 +89,6 @@ class LabSession:
             "logs": self.out / "logs",
         }
         self.ports: dict[str, int] = {}
-        self.watch_started_at = 0.0
 
     # -- timeline -------------------------------------------------------------------
     def note(self, what: str, tap_id: str | None = None, at: float | None = None, **detail: Any) -> None:
@@ -163,10 +149,10 @@ class LabSession:
 
     def await_port_map(self, timeout: float = 20) -> None:
         """Wait until the daemon can place taps: its engine has seen every switch port
-        (counter records 1004/1005) and the daemon has re-read that port map.
+        (counter records 1004/1005).
 
-        The daemon reads the map at start and then every ``TOPOLOGY_REFRESH`` s;
-        a threshold event from a port it does not know yet fails the tap.
+        The daemon need not have read that map yet: an event from a port it does not
+        know makes it re-read the map before deciding (``Runtime._defer``).
         """
         want = {(dpid, port) for dpid, ports in SEED_PORTS.items() for port in ports}
         deadline = time.monotonic() + timeout
@@ -178,10 +164,6 @@ class LabSession:
                 raise RuntimeError(f"the engine's port map lacks {sorted(want - have)[:5]}... after {timeout:g}s")
             time.sleep(0.2)
         self.note("port map complete", ports=len(want))
-        refreshed = self.watch_started_at + TOPOLOGY_REFRESH + 1.5
-        if time.time() < refreshed:
-            time.sleep(refreshed - time.time())
-        self.note("daemon knows the port map")
 
     def start_watch(self) -> Proc:
         """Start (or restart) ``demon-watch`` against the same state file."""
@@ -194,7 +176,6 @@ class LabSession:
                                  self.ports["engine_http"])
         self.watch = start_watch(settings, self.paths["logs"] / "demon-watch.log")
         # Its engine is bound: the runtime (and its topology refresh timer) starts right after.
-        self.watch_started_at = time.time()
         self.note("demon-watch up", pid=self.watch.pid, policies=str(opts.policies))
         return self.watch
 
