@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from sflow.decode import DecodeError, decode_datagram
-from sflow.fastpath import Compact, SampleKeys, parse_compact
+from sflow.fastpath import CONTEXT_KEYS, Compact, full_keys, key_names, parse_compact
 from sflow.flowdef import FlowDef, ThresholdDef
 from sflow.model import CounterSample, Datagram, FlowSample
 
@@ -64,6 +64,7 @@ _SHRINK_TO = 0.9
 _REBASE_AT = 200.0  # e^200 ~ 7e86: far from overflow, and rebasing stays rare
 OFPP_LOCAL = 0xFFFE
 _PER_SAMPLE_NAME = re.compile(r"(?<![a-z0-9_.])(bytes|frames|_rate)(?![a-z0-9_])", re.I)
+_CONTEXT_NAME = re.compile(r"(?<![a-z0-9_.])(%s)(?![a-z0-9_])" % "|".join(CONTEXT_KEYS), re.I)
 _SKIP = object()  # memo: the flow definition skips these keys
 
 KeysFn = Callable[[str, FlowSample], dict[str, object]]
@@ -94,7 +95,7 @@ class _FlowTable:
     """
 
     __slots__ = ("fd", "sources", "count", "thresholds", "last_sweep", "ref", "min_impulse",
-                 "_scale_at", "_scale", "memo_ok", "value_kind", "__weakref__")
+                 "_scale_at", "_scale", "memo_scope", "value_kind")
 
     def __init__(self, fd: FlowDef) -> None:
         self.fd = fd
@@ -106,10 +107,12 @@ class _FlowTable:
         self.min_impulse = math.inf
         self._scale_at = math.nan
         self._scale = 1.0
-        # Compact samples (sflow.fastpath): the flow key may be memoised per shared
-        # SampleKeys when neither keys nor filter read a per-sample key.
+        # Compact samples (sflow.fastpath): the flow key is memoised on the shared
+        # header keys (1: the definition reads no context key, 2: per context too)
+        # unless its keys or filter read a per-sample key (0).
         text = " ".join(fd.keys) + " " + (fd.filter or "")
-        self.memo_ok = _PER_SAMPLE_NAME.search(text) is None
+        self.memo_scope = (0 if _PER_SAMPLE_NAME.search(text)
+                           else 2 if _CONTEXT_NAME.search(text) else 1)
         self.value_kind = {"bytes": 1, "frames": 2}.get(fd.value_key, 0)
 
     def scale(self, now: float) -> float:
@@ -418,7 +421,7 @@ class Engine:
         flow_seq = agent.flow_seq
         tables = self._tables.values() if self._tables else ()
         first = True
-        for seq, src, rate, drops, keys, frame_len in samples:
+        for seq, src, rate, drops, header, context, frame_len in samples:
             sid = (sub, src >> 24, src & 0xFFFFFF)
             tracker = flow_seq.get(sid)
             if tracker is None:
@@ -434,19 +437,21 @@ class Engine:
                 continue
             if first:
                 first = False
-                for name in keys.names():
+                for name in key_names(header, context):
                     self._flow_keys[name] = now
             rate = rate or 1
-            memo = keys.memo
+            memo = header.memo
             full = None
             for table in tables:
-                key = memo.get(table) if table.memo_ok else None
+                scope = table.memo_scope
+                key = (memo.get(table) if scope == 1 else memo.get((table, context)) if scope
+                       else None)
                 if key is None:
                     fd = table.fd
-                    if table.memo_ok:
-                        view = keys.view()
+                    if scope == 1:
+                        view = header.keys
                     else:
-                        view = full = full or keys.full(frame_len, rate)
+                        view = full = full or full_keys(header, context, frame_len, rate)
                     predicate = fd.predicate
                     if predicate is not None and not predicate(view):
                         key = _SKIP
@@ -454,8 +459,10 @@ class Engine:
                         key = fd.flow_key(view)
                         if key is None:
                             key = _SKIP
-                    if table.memo_ok:
+                    if scope == 1:
                         memo[table] = key
+                    elif scope == 2:
+                        memo[(table, context)] = key
                 if key is _SKIP:
                     continue
                 kind = table.value_kind
@@ -465,12 +472,12 @@ class Engine:
                     value = table.fd.value_factor
                 else:
                     if full is None:
-                        full = keys.full(frame_len, rate)
+                        full = full_keys(header, context, frame_len, rate)
                     value = table.fd.value_fn(full)
                     if value is None:
                         continue
-                self._update(table, now, keys.where, keys.agent, keys.datasource, key,
-                             value, rate)
+                self._update(table, now, context.where, context.agent, context.datasource,
+                             key, value, rate)
 
     def _ingest_counters(self, agent_name: str, agent: _Agent, sub: int,
                          samples: list[CounterSample], now: float) -> None:

@@ -4,19 +4,23 @@ Nearly every datagram a switch sends is an IPv4-agent datagram of compact flow
 samples (0:1), each carrying one sampled header (0:1) and maybe an
 extended_switch record (0:1001). :func:`parse_compact` reads exactly that
 shape and returns a :class:`Compact` datagram: per sample only the sequence
-number, data source, sampling rate, drops, frame length and a shared
-:class:`SampleKeys` (the sample's flow keys without the per-sample ``bytes``,
-``frames`` and ``_rate``). No ``Datagram``/``FlowSample``/``Record`` objects
-are built. Anything else (counter samples, other records, IPv6 agents,
+number, data source, sampling rate, drops, frame length and two shared
+objects whose union is the sample's flow keys less the per-sample ``bytes``,
+``frames`` and ``_rate``: :class:`HeaderKeys` (from the sampled header) and
+:class:`Context` (agent, interfaces, direction, extended_switch, data
+source). No ``Datagram``/``FlowSample``/``Record`` objects are built per
+sample. Anything else (counter samples, other records, IPv6 agents,
 malformed input) returns None and goes through ``sflow.decode`` as before,
 so decode errors keep their reasons.
 
-Identical keys: a :class:`SampleKeys` is built once by the very functions of
-the full path (``sflow.keys.sample_keys`` on a ``FlowSample``) and cached on
-everything its keys depend on (agent, data source, interfaces,
-extended_switch fields and the header bytes that ``sflow.headers`` caches
-its keys on). A header outside that cacheable shape (ARP, IPv6, VLAN tags,
-IP options, VXLAN...) still takes the fast path, with keys built uncached.
+Identical keys: both parts come from the full path's own functions
+(``sflow.headers.header_keys``; ``sflow.keys.sample_keys`` of the sample
+without its header) and are cached on exactly what they depend on: the
+header bytes ``sflow.headers`` caches its keys on, and (agent, data source,
+interfaces, extended_switch fields). A header outside that cacheable shape
+(ARP, IPv6, VLAN tags, IP options, VXLAN...) still takes the fast path, its
+keys built for the sample. Each cache holds at most ``CACHE_MAX`` entries
+(cleared when full, like ``sflow.headers``'s).
 """
 
 from __future__ import annotations
@@ -30,11 +34,12 @@ from sflow.headers import header_keys
 from sflow.keys import datasource_of, sample_keys
 from sflow.model import FlowSample, Record
 
-__all__ = ["SampleKeys", "Compact", "parse_compact", "PER_SAMPLE_KEYS", "CACHE_MAX"]
+__all__ = ["HeaderKeys", "Context", "Compact", "parse_compact", "view", "full_keys", "key_names",
+           "PER_SAMPLE_KEYS", "CONTEXT_KEYS", "CACHE_MAX"]
 
-#: keys that differ per sample; :class:`SampleKeys` leaves them out
+#: keys that differ per sample, kept out of the shared parts
 PER_SAMPLE_KEYS = ("bytes", "frames", "_rate")
-CACHE_MAX = 32768
+CACHE_MAX = 16384
 
 _HEAD = struct.Struct(">II4sIIII")  # version, address type, IPv4 agent, sub, seq, uptime, n
 _TLV = struct.Struct(">II")
@@ -44,45 +49,24 @@ _SWITCH = struct.Struct(">4I")
 _inet_ntoa = socket.inet_ntoa
 
 
-class SampleKeys:
-    """Flow keys shared by the samples of one flow at one data source (read-only).
+class HeaderKeys:
+    """The flow keys of one cacheable sampled header (shared; read-only).
 
-    The keys are two shared dicts, ``header`` (from the sampled header) and
-    ``context`` (agent, interfaces, direction, extended_switch), merged only
-    on demand (:meth:`view`). ``memo`` is the engine's: per flow table, the
-    flow key these keys give (or a skip marker).
+    ``memo`` is the engine's: the flow key a flow table gets from these keys
+    (``memo[table]``) or from these keys with a :class:`Context`
+    (``memo[table, context]``), or its skip marker.
     """
 
-    __slots__ = ("header", "context", "agent", "datasource", "where", "memo")
+    __slots__ = ("keys", "memo")
 
-    def __init__(self, header: dict[str, Any], context: "_Context") -> None:
-        self.header = header
-        self.context = context.keys
-        self.agent = context.agent
-        self.datasource = context.datasource
-        self.where = context.where
+    def __init__(self, keys: dict[str, Any]) -> None:
+        self.keys = keys
         self.memo: dict[Any, Any] = {}
 
-    def view(self) -> dict[str, Any]:
-        """The keys without ``bytes``, ``frames`` and ``_rate`` (a new dict)."""
-        keys = self.header.copy()
-        keys.update(self.context)
-        return keys
 
-    def names(self) -> list[str]:
-        return [*self.header, *self.context, *PER_SAMPLE_KEYS]
-
-    def full(self, frame_len: int, rate: int) -> dict[str, Any]:
-        """The sample's complete keys, as ``sflow.keys.sample_keys`` gives them."""
-        keys = self.view()
-        keys["bytes"] = frame_len
-        keys["frames"] = 1
-        keys["_rate"] = rate
-        return keys
-
-
-class _Context:
-    """What a sample's keys owe to everything but its header (shared per data source)."""
+class Context:
+    """What a sample's keys owe to everything but its header: agent, interfaces,
+    direction, extended_switch; and its data source (shared per data source)."""
 
     __slots__ = ("keys", "agent", "datasource", "where")
 
@@ -93,20 +77,48 @@ class _Context:
         self.where = (agent, datasource)
 
 
+#: the names a Context's keys may have (a flow definition naming none of them
+#: gets the same flow key from the header keys alone)
+CONTEXT_KEYS = ("agent", "inputifindex", "outputifindex", "direction", "reason", "vlansource",
+                "prioritysource", "vlandestination", "prioritydestination")
+
+
+def view(header: HeaderKeys, context: Context) -> dict[str, Any]:
+    """A sample's keys without ``bytes``, ``frames`` and ``_rate`` (a new dict)."""
+    keys = header.keys.copy()
+    keys.update(context.keys)
+    return keys
+
+
+def full_keys(header: HeaderKeys, context: Context, frame_len: int, rate: int) -> dict[str, Any]:
+    """A sample's complete keys, as ``sflow.keys.sample_keys`` gives them."""
+    keys = view(header, context)
+    keys["bytes"] = frame_len
+    keys["frames"] = 1
+    keys["_rate"] = rate
+    return keys
+
+
+def key_names(header: HeaderKeys, context: Context) -> list[str]:
+    return [*header.keys, *context.keys, *PER_SAMPLE_KEYS]
+
+
+Row = tuple[int, int, int, int, HeaderKeys, Context, int]
+
+
 class Compact(NamedTuple):
-    """A datagram of compact flow samples; ``samples`` rows are
-    (sequence, source id (class << 24 | index), sampling rate, drops, keys, frame length)."""
+    """A datagram of compact flow samples; ``samples`` rows are (sequence, source id
+    (class << 24 | index), sampling rate, drops, header keys, context, frame length)."""
 
     agent: str
     sub_agent_id: int
     sequence: int
     uptime_ms: int
-    samples: list[tuple[int, int, int, int, SampleKeys, int]]
+    samples: list[Row]
 
 
-_CACHE: dict[tuple[Any, ...], SampleKeys] = {}
-_CONTEXTS: dict[tuple[Any, ...], _Context] = {}
-_HEADERS: dict[bytes, dict[str, Any]] = {}
+_HEADERS: dict[bytes, HeaderKeys] = {}
+_CONTEXTS: dict[tuple[Any, ...], Context] = {}
 _AGENTS: dict[bytes, str] = {}
 
 
@@ -127,72 +139,23 @@ def _header_signature(data: bytes, hs: int, n: int, protocol: int) -> bytes | No
     return data[hs:hs + 18] + data[hs + 23:hs + 24] + data[hs + 26:hs + 34]
 
 
-def _records(data: bytes, header_at: int, switch_at: int) -> list[Record]:
-    """The sample's records as the decoder makes them (header left out if ``header_at`` < 0)."""
-    records = []
-    if header_at >= 0:
-        proto, frame_len, stripped, n = _HEADER.unpack_from(data, header_at)
-        records.append(Record(0, 1, 0, {"headerProtocol": proto, "sampledPacketSize": frame_len,
-                                        "strippedBytes": stripped, "headerLen": n,
-                                        "header": data[header_at + 16:header_at + 16 + n]}))
-    if switch_at >= 0:
-        in_vlan, in_prio, out_vlan, out_prio = _SWITCH.unpack_from(data, switch_at)
-        records.append(Record(0, 1001, 16, {"in_vlan": in_vlan, "in_priority": in_prio,
-                                            "out_vlan": out_vlan, "out_priority": out_prio}))
-    return records
+def _records(data: bytes, switch_at: int) -> list[Record]:
+    if switch_at < 0:
+        return []
+    in_vlan, in_prio, out_vlan, out_prio = _SWITCH.unpack_from(data, switch_at)
+    return [Record(0, 1001, 16, {"in_vlan": in_vlan, "in_priority": in_prio,
+                                 "out_vlan": out_vlan, "out_priority": out_prio})]
 
 
-def _sample(data: bytes, start: int, header_at: int, switch_at: int) -> FlowSample:
+def _context(agent: str, data: bytes, start: int, switch_at: int) -> Context:
+    """``sflow.keys.sample_keys`` of the sample without its header record."""
     seq, src, rate, pool, drops, inp, out, _ = _FLOW.unpack_from(data, start)
-    return FlowSample(seq, src >> 24, src & 0xFFFFFF, rate, pool, drops,
-                      _iface_compact(inp), _iface_compact(out),
-                      _records(data, header_at, switch_at))
-
-
-def _build(agent: str, data: bytes, start: int, header_at: int, switch_at: int) -> SampleKeys:
-    """Keys of one sample by the full path's own functions (uncached)."""
-    sample = _sample(data, start, header_at, switch_at)
+    sample = FlowSample(seq, src >> 24, src & 0xFFFFFF, rate, pool, drops,
+                        _iface_compact(inp), _iface_compact(out), _records(data, switch_at))
     keys = sample_keys(agent, sample)
     for name in PER_SAMPLE_KEYS:
         keys.pop(name, None)
-    return SampleKeys(keys, _Context({}, agent, datasource_of(sample)))
-
-
-def _context(agent: str, data: bytes, start: int, switch_at: int) -> _Context:
-    """The keys a sample gets from everything but its header (agent, interfaces,
-    direction, extended_switch), and its data source: ``sample_keys`` without a header."""
-    sample = _sample(data, start, -1, switch_at)
-    keys = sample_keys(agent, sample)
-    for name in PER_SAMPLE_KEYS:
-        keys.pop(name, None)
-    return _Context(keys, agent, datasource_of(sample))
-
-
-def _header_keys(data: bytes, hs: int, n: int) -> dict[str, Any]:
-    return header_keys(1, data[hs:hs + n])
-
-
-def _combine(agent: str, data: bytes, start: int, header_at: int, switch_at: int,
-             ckey: tuple[Any, ...], hlen: int) -> SampleKeys:
-    """A cache miss: header keys and context keys, each cached on its own, merged."""
-    context = _CONTEXTS.get(ckey[:5])
-    if context is None:
-        context = _context(agent, data, start, switch_at)
-        if len(_CONTEXTS) >= CACHE_MAX:
-            _CONTEXTS.clear()
-        _CONTEXTS[ckey[:5]] = context
-    sig = ckey[5]
-    header = _HEADERS.get(sig)
-    if header is None:
-        header = _header_keys(data, header_at + 16, hlen)
-        if len(_HEADERS) >= CACHE_MAX:
-            _HEADERS.clear()
-        _HEADERS[sig] = header
-    entry = SampleKeys(header, context)
-    if len(_CACHE) >= CACHE_MAX:
-        _CACHE.clear()
-    _CACHE[ckey] = entry
-    return entry
+    return Context(keys, agent, datasource_of(sample))
 
 
 def parse_compact(data: bytes) -> Compact | None:
@@ -210,8 +173,9 @@ def parse_compact(data: bytes) -> Compact | None:
             _AGENTS[addr] = agent
     tlv = _TLV.unpack_from
     flow = _FLOW.unpack_from
-    cache = _CACHE
-    samples = []
+    headers = _HEADERS
+    contexts = _CONTEXTS
+    samples: list[Row] = []
     append = samples.append
     off = 28
     for _ in range(nsamples):
@@ -246,15 +210,24 @@ def parse_compact(data: bytes) -> Compact | None:
         if header_at < 0:
             return None
         protocol, frame_len, _stripped, hlen = _HEADER.unpack_from(data, header_at)
-        sig = _header_signature(data, header_at + 16, hlen, protocol)
-        if sig is None:
-            keys = _build(agent, data, start, header_at, switch_at)
+        hs = header_at + 16
+        sig = _header_signature(data, hs, hlen, protocol)
+        if sig is None:  # keys not cacheable on a part of the header: built for this sample
+            header = HeaderKeys(header_keys(protocol, data[hs:hs + hlen]))
         else:
-            ckey = (addr, src, inp, out,
-                    data[switch_at:switch_at + 16] if switch_at >= 0 else None, sig)
-            keys = cache.get(ckey)  # type: ignore[assignment]
-            if keys is None:
-                keys = _combine(agent, data, start, header_at, switch_at, ckey, hlen)
-        append((seq, src, rate, drops, keys, frame_len))
+            header = headers.get(sig)  # type: ignore[assignment]
+            if header is None:
+                header = HeaderKeys(header_keys(protocol, data[hs:hs + hlen]))
+                if len(headers) >= CACHE_MAX:
+                    headers.clear()
+                headers[sig] = header
+        ckey = (addr, src, inp, out, data[switch_at:switch_at + 16] if switch_at >= 0 else None)
+        context = contexts.get(ckey)
+        if context is None:
+            context = _context(agent, data, start, switch_at)
+            if len(contexts) >= CACHE_MAX:
+                contexts.clear()
+            contexts[ckey] = context
+        append((seq, src, rate, drops, header, context, frame_len))
         off = end
     return Compact(agent, sub, dseq, uptime, samples)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from sflow.collector import pcap_payloads
 from sflow.decode import DecodeError, decode_datagram
 from sflow.engine import Engine
-from sflow.fastpath import parse_compact
+from sflow.fastpath import CONTEXT_KEYS, full_keys, key_names, parse_compact
 from sflow.flowdef import parse_flow, parse_threshold
 from sflow.keys import datasource_of, sample_keys
 from sflow.pcap import read_udp
@@ -109,12 +109,15 @@ def assert_same_as_decoder(payload: bytes) -> bool:
     assert (compact.agent, compact.sub_agent_id, compact.sequence, compact.uptime_ms) == \
         (dg.agent, dg.sub_agent_id, dg.sequence, dg.uptime_ms)
     assert len(compact.samples) == len(dg.flow_samples)
-    for (seq, src, rate, drops, keys, frame_len), fs in zip(compact.samples, dg.flow_samples):
+    for (seq, src, rate, drops, header, context, frame_len), fs in zip(compact.samples,
+                                                                        dg.flow_samples):
         assert (seq, src >> 24, src & 0xFFFFFF, rate, drops) == \
             (fs.sequence, fs.source_class, fs.source_index, fs.sampling_rate, fs.drops)
-        assert keys.full(frame_len, rate) == sample_keys(dg.agent, fs)
-        assert keys.datasource == datasource_of(fs)
-        assert sorted(keys.names()) == sorted(sample_keys(dg.agent, fs))
+        expected = sample_keys(dg.agent, fs)
+        assert full_keys(header, context, frame_len, rate) == expected
+        assert sorted(key_names(header, context)) == sorted(expected)
+        assert set(context.keys) <= set(CONTEXT_KEYS)
+        assert (context.agent, context.datasource) == (dg.agent, datasource_of(fs))
     return True
 
 
