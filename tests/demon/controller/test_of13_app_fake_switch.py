@@ -288,3 +288,51 @@ def test_static_config_from_the_launcher_is_installed_on_connect(tmp_path: Path)
     assert {e.match["in_port"]: e.actions for e in h.switches[2].entries(STATIC_COOKIE)} == {
         1: ("output:2", "output:7"), 2: ("output:1", "output:7")}
     assert len(h.switches[3].entries(STATIC_COOKIE)) == 10
+
+
+HOST = {"ipv4_src": "10.0.0.1"}
+
+
+def _wait(pred: Any, timeout: float = 2.0) -> bool:
+    for _ in range(int(timeout / 0.01)):
+        if pred():
+            return True
+        threading.Event().wait(0.01)
+    return pred()
+
+
+def test_overlapping_taps_are_merged_and_outlive_each_other(h: Harness) -> None:
+    s1 = h.switches[1]
+    flow = h.call("install_mirror", tap_id="flow", dpid=1, match=MATCH, copy_port=6, vlan_tag=101)
+    host = h.call("install_mirror", tap_id="host", dpid=1, match=HOST, copy_port=6, vlan_tag=102)
+    assert host["entries"] == 2  # its own and the 5-tuple region it shares
+    (shared,) = s1.entries(flow["cookie"])
+    assert shared.actions == ("push_vlan:0x8100", "set_field:vlan_vid=101", "output:6",
+                              "set_field:vlan_vid=102", "output:6", "pop_vlan", "goto_table:1")
+    (own,) = s1.entries(host["cookie"])
+    assert shared.priority > own.priority
+    s1.hit(flow["cookie"], 10)
+    listed = {r["tap_id"]: r for r in h.call("list_mirrors", dpid=1)}
+    assert (listed["flow"]["packets"], listed["host"]["packets"]) == (10, 10)  # a shared entry counts for both
+    h.call("remove_mirror", tap_id="flow")
+    assert s1.entries(flow["cookie"]) == []
+    (own,) = s1.entries(host["cookie"])
+    assert own.actions == ("push_vlan:0x8100", "set_field:vlan_vid=102", "output:6", "pop_vlan", "goto_table:1")
+    assert [(e["tap_id"], e["reason"]) for e in h.removed_events()] == [("flow", "delete")]
+    assert [r["tap_id"] for r in h.call("list_mirrors", dpid=1)] == ["host"]
+
+
+def test_idle_tap_kept_alive_by_traffic_in_a_shared_entry(h: Harness) -> None:
+    s1 = h.switches[1]
+    host = h.call("install_mirror", tap_id="host", dpid=1, match=HOST, copy_port=6, idle_timeout=5)
+    flow = h.call("install_mirror", tap_id="flow", dpid=1, match=MATCH, copy_port=7)
+    s1.hit(flow["cookie"], 3)  # the host's traffic all went through the 5-tuple region
+    s1.expire(host["cookie"], OFP.OFPRR_IDLE_TIMEOUT)
+    assert _wait(lambda: len(s1.entries(host["cookie"])) == 1)  # re-added
+    assert h.removed_events() == [] and "host" in h.service.taps
+    s1.expire(host["cookie"], OFP.OFPRR_IDLE_TIMEOUT)  # no packets since the last look: it ends
+    (event,) = h.removed_events(wait_for=1)
+    assert (event["tap_id"], event["reason"]) == ("host", "idle_timeout")
+    assert _wait(lambda: s1.entries(flow["cookie"]) != [] and
+                 s1.entries(flow["cookie"])[0].actions == ("output:7", "goto_table:1"))
+    assert "host" not in h.service.taps and "flow" in h.service.taps
