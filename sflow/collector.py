@@ -72,8 +72,11 @@ class Collector:
     """Receives sFlow on a UDP socket in a thread and feeds the engine."""
 
     def __init__(self, engine: Engine, host: str = "127.0.0.1", port: int = 6343,
-                 rcvbuf: int = RCVBUF_WANTED, clock: Callable[[], float] = time.time) -> None:
+                 rcvbuf: int = RCVBUF_WANTED, clock: Callable[[], float] = time.time,
+                 fast_path: bool = True) -> None:
         self.engine = engine
+        #: common datagrams through ``sflow.fastpath`` (False: every one through the decoder)
+        self.fast_path = fast_path
         self.clock = clock
         self.sock = open_udp_socket(host, port, rcvbuf)
         self.rcvbuf_wanted = rcvbuf
@@ -119,7 +122,7 @@ class Collector:
         lock = engine.lock
         last_tick = 0.0
         recv = sock.recvfrom
-        compact_ok = engine.takes_compact
+        compact_ok = self.fast_path and engine.takes_compact
         while not self._stop.is_set():
             batch = []
             if poller.poll(250):

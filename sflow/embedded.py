@@ -28,8 +28,9 @@ class EmbeddedEngine:
     def __init__(self, sflow_addr: tuple[str, int] = ("127.0.0.1", 6343),
                  http_addr: tuple[str, int] = ("127.0.0.1", 8008), readonly: bool = False,
                  max_flows: int = 100_000, rcvbuf: int = RCVBUF_WANTED,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, fast_path: bool = True) -> None:
         self.sflow_addr = sflow_addr
+        self.fast_path = fast_path
         self.http_addr = http_addr
         self.readonly = readonly
         self.clock = clock
@@ -42,7 +43,8 @@ class EmbeddedEngine:
     def start(self) -> "EmbeddedEngine":
         """Bind both sockets and start serving; raises OSError if a port is taken."""
         self.collector = Collector(self.engine, self.sflow_addr[0], self.sflow_addr[1],
-                                   rcvbuf=self._rcvbuf, clock=self.clock)
+                                   rcvbuf=self._rcvbuf, clock=self.clock,
+                                   fast_path=self.fast_path)
         try:
             self._serve_http(self.http_addr)
         except OSError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 import struct
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sflow.collector import pcap_payloads
+from sflow.collector import Collector, pcap_payloads, send_payloads
 from sflow.decode import DecodeError, decode_datagram
 from sflow.engine import Engine
 from sflow.fastpath import CONTEXT_KEYS, full_keys, key_names, parse_compact
@@ -218,3 +219,31 @@ def test_mutated_datagrams_fast_path_never_differs(seed: int, data: st.DataObjec
         payload[at] = data.draw(st.integers(0, 255))
     cut = data.draw(st.integers(0, len(payload)))
     assert_same_as_decoder(bytes(payload[:cut]))
+
+
+def test_collector_modes_same_state(captures_dir: Path) -> None:
+    """Over UDP, the collector with and without the fast path ends in the same state."""
+    payloads = [p for _, p in pcap_payloads(captures_dir / "ovs-seed-elephant.pcap")]
+    payloads += generated(300) + [b"\x00\x00\x00\x05\x00\x00\x00\x09", payloads[5][:60]]
+    states = []
+    for fast_path in (True, False):
+        engine = Engine()
+        for name, body in FLOWS.items():
+            engine.set_flow(parse_flow(name, body))
+        collector = Collector(engine, "127.0.0.1", 0, clock=lambda: 1000.0,
+                              fast_path=fast_path).start()
+        try:
+            send_payloads(payloads, collector.address, rate=20_000)
+            deadline = time.monotonic() + 20
+            while engine.datagrams < len(payloads) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            with engine.lock:
+                states.append((engine.analyzer(), engine.agents(1000.0), engine.flow_keys(1000.0),
+                               {name: engine.active_flows(name, 1000.0, max_flows=10_000)
+                                for name in FLOWS}, engine.port_map(1000.0)))
+        finally:
+            collector.stop()
+    assert states[0][0]["sFlowDatagramsReceived"] == len(payloads)
+    assert states[0][0]["sFlowDatagramsDroppedReasons"] == {"bad-address-type": 1,
+                                                          "truncated-sample": 1}
+    assert states[0] == states[1]
