@@ -117,26 +117,32 @@ class Compact(NamedTuple):
     samples: list[Row]
 
 
-_HEADERS: dict[bytes, HeaderKeys] = {}
+_HEADERS: dict[tuple[Any, ...], HeaderKeys] = {}
 _CONTEXTS: dict[tuple[Any, ...], Context] = {}
 _AGENTS: dict[bytes, str] = {}
 
 
-def _header_signature(data: bytes, hs: int, n: int, protocol: int) -> bytes | None:
+_SIG_TCP = struct.Struct(">18s5xB2x12s8x2s")  # the bytes sflow.headers keys TCP keys on
+_SIG_UDP = struct.Struct(">18s5xB2x12s")
+_SIG_ICMP = struct.Struct(">18s5xB2x10s")
+_SIG_IP = struct.Struct(">18s5xB2x8s")
+
+
+def _header_signature(data: bytes, hs: int, n: int, protocol: int) -> tuple[Any, ...] | None:
     """The header bytes ``sflow.headers.header_keys`` caches keys on, None if it does not."""
     if (protocol != 1 or n < 48 or data[hs + 12] != 8 or data[hs + 13] != 0
             or data[hs + 14] != 0x45 or data[hs + 20] & 0x1F or data[hs + 21]):
         return None
     proto = data[hs + 23]
     if proto == 6:
-        return data[hs:hs + 18] + data[hs + 23:hs + 24] + data[hs + 26:hs + 38] + data[hs + 46:hs + 48]
+        return _SIG_TCP.unpack_from(data, hs)
     if proto == 17:
         if data[hs + 36] == 0x12 and data[hs + 37] == 0xB5:  # VXLAN: the general walk
             return None
-        return data[hs:hs + 18] + data[hs + 23:hs + 24] + data[hs + 26:hs + 38]
+        return _SIG_UDP.unpack_from(data, hs)
     if proto == 1:
-        return data[hs:hs + 18] + data[hs + 23:hs + 24] + data[hs + 26:hs + 36]
-    return data[hs:hs + 18] + data[hs + 23:hs + 24] + data[hs + 26:hs + 34]
+        return _SIG_ICMP.unpack_from(data, hs)
+    return _SIG_IP.unpack_from(data, hs)
 
 
 def _records(data: bytes, switch_at: int) -> list[Record]:
