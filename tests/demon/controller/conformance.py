@@ -116,9 +116,11 @@ class Capture:
                 rec: dict[str, Any] = {"vlan": tags[0] if tags else None, "type": eth.type}
                 ip = eth.data
                 if isinstance(ip, dpkt.ip.IP):
-                    rec.update(src=socket.inet_ntoa(ip.src), dst=socket.inet_ntoa(ip.dst), proto=ip.p)
+                    rec.update(src=socket.inet_ntoa(ip.src), dst=socket.inet_ntoa(ip.dst), proto=ip.p, ipid=ip.id)
                     if isinstance(ip.data, (dpkt.tcp.TCP, dpkt.udp.UDP)):
                         rec.update(sport=ip.data.sport, dport=ip.data.dport)
+                    if isinstance(ip.data, dpkt.tcp.TCP):
+                        rec.update(seq=ip.data.seq)
                 out.append(rec)
         return out
 
@@ -355,6 +357,39 @@ class ConformanceSuite:
                                 and e.params.get("cookie", result["cookie"]) == result["cookie"])
             seen[e.params["direction"]] = e.params["packets"]
         assert seen == {"forward": len(forward), "reverse": len(reverse)}, (seen, len(forward), len(reverse))
+
+    def test_overlapping_taps_both_get_their_copies(self, lab: Any, rpc: Any, workdir: Path) -> None:
+        """A 5-tuple tap (tag 201) inside a source-host tap (tag 202) on one switch: the
+        flow both cover is copied with each tag exactly once, the host's other flow with
+        202 only; removing the 5-tuple tap leaves the host tap's copies flowing."""
+        flow = rpc.install_mirror("conf-ovl-flow", S1, five_tuple(1, 5, 41401, 5401), UPLINK, vlan_tag=201)
+        host = rpc.install_mirror("conf-ovl-host", S1, {"ipv4_src": H[1]}, UPLINK, vlan_tag=202)
+        with Capture(lab, workdir / "overlap.pcap", "vlan") as cap:
+            got = tcp_transfer(lab, [("h1", "h5", 41401, 5401, 400_000), ("h1", "h5", 41402, 5402, 200_000)])
+            copied = self.settle(rpc, flow["cookie"])
+        assert got == [400_000, 200_000], "a receiver lost bytes"
+        packets = cap.packets()
+        assert all(p.get("src") == H[1] for p in packets), "a packet no tap covers reached h11"
+
+        def ids(tag: int, sport: int) -> list[tuple[int, int]]:
+            return [(p["ipid"], p["seq"]) for p in packets if p["vlan"] == tag and is_flow(p, 1, 5, sport)]
+
+        both_a, both_b = ids(201, 41401), ids(202, 41401)
+        assert both_a and len(both_a) == len(set(both_a)), "5-tuple tap's copies missing or doubled"
+        assert sorted(both_a) == sorted(both_b), "the flow both taps cover was not copied with both tags"
+        assert len(both_a) == copied, (len(both_a), copied)
+        host_only = ids(202, 41402)
+        assert host_only and len(host_only) == len(set(host_only))
+        assert ids(201, 41402) == [], "the 5-tuple tap copied a flow it does not cover"
+        assert len(packets) == 2 * len(both_a) + len(host_only)
+
+        assert rpc.remove_mirror("conf-ovl-flow")["removed"] is True
+        with Capture(lab, workdir / "overlap-after.pcap", "vlan") as cap:
+            assert tcp_transfer(lab, [("h1", "h5", 41403, 5403, 200_000)]) == [200_000]
+            self.settle(rpc, host["cookie"])
+        rpc.remove_mirror("conf-ovl-host")
+        after = cap.packets()
+        assert after and all(p["vlan"] == 202 and is_flow(p, 1, 5, 41403, 5403) for p in after)
 
     def test_static_mode_reproduces_the_prototype(self, lab: Any, rpc: Any, component: Component,
                                                   workdir: Path) -> None:
