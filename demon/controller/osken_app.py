@@ -713,6 +713,8 @@ class TapService:
                 if wanted:
                     switches += 1
                     entries += len(wanted)
+                if self.rules.get(dpid):
+                    self._sync(dpid)  # mirrors forward by the new port pairs
             return {"switches": switches, "entries": entries}
 
 

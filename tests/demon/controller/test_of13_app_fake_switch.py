@@ -279,6 +279,8 @@ def test_set_static_replaces_and_timed_out_static_entries_come_back(h: Harness) 
     assert len(s1.entries(STATIC_COOKIE)) == before
     assert h.call("set_static", config={"switches": {"2": {"pairs": [[1, 2]]}}}) == {"switches": 1,
                                                                                   "entries": 2}
+    # the mirror now forwards as s1 does without static pairs: by the learned L2 table
+    assert [e.actions for e in s1.entries(tap["cookie"])] == [("output:7", "goto_table:1")]
     assert s1.entries(STATIC_COOKIE) == [] and len(h.switches[2].entries(STATIC_COOKIE)) == 2
     assert [p for p in h.removed_events()] == []  # static churn is not a mirror event
 
