@@ -42,6 +42,7 @@ ports, is forgotten to make room).
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import threading
@@ -65,7 +66,8 @@ _REBASE_AT = 200.0  # e^200 ~ 7e86: far from overflow, and rebasing stays rare
 OFPP_LOCAL = 0xFFFE
 _PER_SAMPLE_NAME = re.compile(r"(?<![a-z0-9_.])(bytes|frames|_rate)(?![a-z0-9_])", re.I)
 _CONTEXT_NAME = re.compile(r"(?<![a-z0-9_.])(%s)(?![a-z0-9_])" % "|".join(CONTEXT_KEYS), re.I)
-_SKIP = object()  # memo: the flow definition skips these keys
+_SKIP = object()
+_TABLE_IDS = itertools.count()  # memo: the flow definition skips these keys
 
 KeysFn = Callable[[str, FlowSample], dict[str, object]]
 DataSourceFn = Callable[[FlowSample], str]
@@ -95,7 +97,7 @@ class _FlowTable:
     """
 
     __slots__ = ("fd", "sources", "count", "thresholds", "last_sweep", "ref", "min_impulse",
-                 "_scale_at", "_scale", "memo_scope", "value_kind")
+                 "_scale_at", "_scale", "memo_scope", "value_kind", "uid")
 
     def __init__(self, fd: FlowDef) -> None:
         self.fd = fd
@@ -114,6 +116,8 @@ class _FlowTable:
         self.memo_scope = (0 if _PER_SAMPLE_NAME.search(text)
                            else 2 if _CONTEXT_NAME.search(text) else 1)
         self.value_kind = {"bytes": 1, "frames": 2}.get(fd.value_key, 0)
+        # memo key: a number, so that memos never keep a replaced table (and its flows) alive
+        self.uid = next(_TABLE_IDS)
 
     def scale(self, now: float) -> float:
         """exp((now - ref) / t): stored value / scale = rate at ``now``."""
@@ -444,8 +448,8 @@ class Engine:
             full = None
             for table in tables:
                 scope = table.memo_scope
-                key = (memo.get(table) if scope == 1 else memo.get((table, context)) if scope
-                       else None)
+                key = (memo.get(table.uid) if scope == 1
+                       else memo.get((table.uid, context)) if scope else None)
                 if key is None:
                     fd = table.fd
                     if scope == 1:
@@ -460,9 +464,9 @@ class Engine:
                         if key is None:
                             key = _SKIP
                     if scope == 1:
-                        memo[table] = key
+                        memo[table.uid] = key
                     elif scope == 2:
-                        memo[(table, context)] = key
+                        memo[(table.uid, context)] = key
                 if key is _SKIP:
                     continue
                 kind = table.value_kind

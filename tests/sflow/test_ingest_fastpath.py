@@ -247,3 +247,22 @@ def test_collector_modes_same_state(captures_dir: Path) -> None:
     assert states[0][0]["sFlowDatagramsDroppedReasons"] == {"bad-address-type": 1,
                                                           "truncated-sample": 1}
     assert states[0] == states[1]
+
+
+def test_redefined_flow_gets_new_keys_from_cached_headers() -> None:
+    payloads = generated(50, seed=11)
+    engine = Engine()
+    engine.set_flow(parse_flow("f", {"keys": "ipsource", "value": "frames"}))
+    for i, payload in enumerate(payloads):
+        engine.receive(payload, 1000.0 + i * 0.01)
+    engine.set_flow(parse_flow("f", {"keys": "ipdestination,inputifindex", "value": "frames",
+                                     "filter": "ipprotocol=6"}))
+    full = Engine()
+    full.set_flow(parse_flow("f", {"keys": "ipdestination,inputifindex", "value": "frames",
+                                   "filter": "ipprotocol=6"}))
+    for i, payload in enumerate(payloads):  # the same headers again: memos from the old table
+        engine.receive(payload, 1001.0 + i * 0.01)
+        full.ingest(decode_datagram(payload), 1001.0 + i * 0.01, "", len(payload))
+    flows = engine.active_flows("f", 1002.0, max_flows=1000)
+    assert flows and all(f["key"].startswith("10.1.") for f in flows)
+    assert flows == full.active_flows("f", 1002.0, max_flows=1000)
