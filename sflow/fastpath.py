@@ -30,7 +30,7 @@ import struct
 from typing import Any, NamedTuple
 
 from sflow.decode import _iface_compact
-from sflow.headers import header_keys
+from sflow.headers import _fast_ipv4, header_keys
 from sflow.keys import datasource_of, sample_keys
 from sflow.model import FlowSample, Record
 
@@ -223,7 +223,9 @@ def parse_compact(data: bytes) -> Compact | None:
         else:
             header = headers.get(sig)  # type: ignore[assignment]
             if header is None:
-                header = HeaderKeys(header_keys(protocol, data[hs:hs + hlen]))
+                # what header_keys computes on a miss, without filling its cache too
+                header = HeaderKeys({})
+                _fast_ipv4(data[hs:hs + hlen], data[hs + 23], header.keys)
                 if len(headers) >= CACHE_MAX:
                     headers.clear()
                 headers[sig] = header
