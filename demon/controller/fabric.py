@@ -123,7 +123,8 @@ class Entry:
         match = ",".join(f"{k}={v}" for k, v in sorted(self.match.items())) or "*"
         timeouts = ""
         if self.idle_timeout or self.hard_timeout:
-            timeouts = f" idle={self.idle_timeout} hard={self.hard_timeout}"
+            hard = "?" if self.hard_timeout < 0 else self.hard_timeout  # not compared (netcheck)
+            timeouts = f" idle={self.idle_timeout} hard={hard}"
         return (f"cookie={self.cookie:#x} priority={self.priority} {match}{timeouts}"
                 f" actions={','.join(self.actions) or 'drop'}")
 

@@ -14,13 +14,16 @@ import argparse
 import json
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
-from demon.controller import of13
+from demon.controller import merge, of10, of13
 from demon.controller.fabric import (Entry, Fabric, FabricError, StaticConfig, intended_entries,
-                                     load_fabric, load_static, mirror_entries, uses_l2_table)
+                                     forward_actions, load_fabric, load_static, uses_l2_table)
 from demon.controller.spec import LEARNED_COOKIE, SpecError, is_mirror_cookie, parse_mirror_params
+
+# Stands for a mirror entry's hard_timeout, which is not compared (see mirror_intent).
+UNCHECKED_HARD = -1
 
 
 @dataclass
@@ -64,15 +67,31 @@ def _order(item: tuple[tuple[Any, ...], int]) -> tuple[Any, ...]:
 
 def mirror_intent(records: Iterable[Mapping[str, Any]], static: StaticConfig | None,
                   openflow: str = "1.3", fabric: Fabric | None = None) -> dict[int, list[Entry]]:
-    """Entries the ``list_mirrors`` records imply, per dpid (each tap compiled afresh)."""
-    out: dict[int, list[Entry]] = {}
+    """Entries the ``list_mirrors`` records imply, per dpid, compiled as the components
+    compile them: overlapping taps merged into shared entries (``merge.py``).
+
+    A mirror entry's ``hard_timeout`` is the lifetime left when the component last
+    (re)compiled it, which the records cannot tell: it is left out of the comparison
+    (``UNCHECKED_HARD``), the rest of the entry is exact.
+    """
+    rules: dict[int, list[merge.MirrorRule]] = {}
     for rec in records:
         params = {k: rec[k] for k in ("dpid", "match", "copy_port", "vlan_tag", "bidirectional",
                                       "idle_timeout", "hard_timeout", "priority")}
         params["tap_id"] = rec.get("tap_id") or f"cookie-{rec['cookie']:x}"
         spec = parse_mirror_params(params, openflow)
-        l2 = fabric is not None and uses_l2_table(fabric, spec.dpid, openflow)
-        out.setdefault(spec.dpid, []).extend(e for _, e in mirror_entries(spec, rec["cookie"], static, l2))
+        rules.setdefault(spec.dpid, []).extend(
+            merge.rules_for(spec, rec["cookie"], float(rec.get("installed_at") or 0.0)))
+    out: dict[int, list[Entry]] = {}
+    for dpid, dpid_rules in rules.items():
+        def forward(match: Mapping[str, Any], dpid: int = dpid) -> tuple[str, ...]:
+            return forward_actions(static, dpid, match)
+        if openflow == "1.0":
+            compiled = of10.compile_mirrors(dpid_rules, 0.0, forward)
+        else:
+            l2 = fabric is not None and uses_l2_table(fabric, dpid, openflow)
+            compiled = of13.compile_mirrors(dpid_rules, 0.0, forward, l2)
+        out[dpid] = [replace(c.entry, hard_timeout=UNCHECKED_HARD) for c in compiled]
     return out
 
 
@@ -92,7 +111,9 @@ def check_switch(fabric: Fabric, dpid: int, table: list[Entry], static: StaticCo
         if skipped:
             diff.notes.append(f"{len(skipped)} mirror entries not checked (no --rpc to list the taps)")
     else:
-        intended = intended + mirrors
+        unchecked = lambda e: replace(e, hard_timeout=UNCHECKED_HARD)  # noqa: E731 (see mirror_intent)
+        intended = intended + [unchecked(e) for e in mirrors]
+        table = [unchecked(e) if is_mirror_cookie(e.cookie) else e for e in table]
     diff.missing, diff.unexpected = compare(intended, table)
     diff.checked = len(table)
     return diff

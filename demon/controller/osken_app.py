@@ -545,7 +545,7 @@ class TapService:
             old = self.taps.get(spec.tap_id)
             if old is not None and old.spec == spec and old.live:
                 return dict(old.result)
-            sw = self._switch(spec.dpid)
+            self._switch(spec.dpid)  # unknown switch: an error before anything changes
             cookie = allocate_cookie(spec.tap_id, {t.cookie: t.spec.tap_id for t in self.taps.values()})
             now = time.time()
             new_rules = merge.rules_for(spec, cookie, now)

@@ -358,7 +358,8 @@ class ConformanceSuite:
             seen[e.params["direction"]] = e.params["packets"]
         assert seen == {"forward": len(forward), "reverse": len(reverse)}, (seen, len(forward), len(reverse))
 
-    def test_overlapping_taps_both_get_their_copies(self, lab: Any, rpc: Any, workdir: Path) -> None:
+    def test_overlapping_taps_both_get_their_copies(self, lab: Any, rpc: Any, workdir: Path,
+                                                     component: Component) -> None:
         """A 5-tuple tap (tag 201) inside a source-host tap (tag 202) on one switch: the
         flow both cover is copied with each tag exactly once, the host's other flow with
         202 only; removing the 5-tuple tap leaves the host tap's copies flowing."""
@@ -382,6 +383,11 @@ class ConformanceSuite:
         assert host_only and len(host_only) == len(set(host_only))
         assert ids(201, 41402) == [], "the 5-tuple tap copied a flow it does not cover"
         assert len(packets) == 2 * len(both_a) + len(host_only)
+        check = subprocess.run([sys.executable, "-m", "demon.controller.netcheck", "--fabric",
+                                str(component.fabric), "--rpc", component.rpc, "--token-file",
+                                str(component.token_file), "--switch", str(S1)],
+                               capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert check.returncode == 0, "netcheck disagrees with the merged entries:\n" + check.stdout + check.stderr
 
         assert rpc.remove_mirror("conf-ovl-flow")["removed"] is True
         with Capture(lab, workdir / "overlap-after.pcap", "vlan") as cap:

@@ -1,9 +1,11 @@
 """Network-state check: ovs-ofctl dump parsing (by key, not position) and the table diff."""
 
 import random
+from dataclasses import replace
 
 from demon.controller.fabric import intended_entries, mirror_entries, parse_fabric
-from demon.controller.netcheck import check_switch, compare, mirror_intent, render
+from demon.controller import merge, of13
+from demon.controller.netcheck import UNCHECKED_HARD, check_switch, compare, mirror_intent, render
 from demon.controller.ovsofctl import dump_flows, parse_dump_flows, parse_flow_line
 from demon.controller.spec import parse_mirror_params
 from tests.demon.controller.test_fabric_roles_static import SEED
@@ -108,7 +110,36 @@ def test_mirror_intent_from_list_mirrors_records() -> None:
     record = {**MIRROR, "idle_timeout": 30, "hard_timeout": 300, "priority": 40000, "cookie": COOKIE,
               "tap_id": None}
     intent = mirror_intent([record], None, "1.3", parse_fabric(SEED))
-    assert [e.key() for e in intent[1]] == [e.key() for e in mirrors()]
+    assert sorted(e.key() for e in intent[1]) == sorted(replace(e, hard_timeout=UNCHECKED_HARD).key()
+                                                        for e in mirrors())
+
+
+def test_overlapping_taps_are_checked_as_the_merged_entries_the_component_installs() -> None:
+    """A 5-tuple tap inside a source-host tap: the switch holds one entry per region (the
+    5-tuple region carries both copies); netcheck expects exactly those, whatever hard
+    timeout each got when it was (re)compiled, and misses the shared entry if it is gone."""
+    five = {"tap_id": "flow", "dpid": 1, "match": {"ipv4_src": "10.0.0.1", "ipv4_dst": "10.0.0.5",
+                                                  "tcp_src": 41401, "tcp_dst": 5401},
+            "copy_port": 6, "vlan_tag": 201, "installed_at": 100.0}
+    host = {"tap_id": "host", "dpid": 1, "match": {"ipv4_src": "10.0.0.1"}, "copy_port": 6, "vlan_tag": 202,
+            "installed_at": 130.0}
+    fabric = parse_fabric(SEED)
+    records, rules = [], []
+    for n, tap in enumerate((five, host)):
+        spec = parse_mirror_params({k: v for k, v in tap.items() if k != "installed_at"})
+        cookie = COOKIE + n
+        records.append({**spec.to_params(), "cookie": cookie, "installed_at": tap["installed_at"]})
+        rules += merge.rules_for(spec, cookie, tap["installed_at"])
+    installed = [c.entry for c in of13.compile_mirrors(rules, 131.0, lambda m: ("NORMAL",), True)]
+    assert len(installed) == 2  # the host region, and the 5-tuple region carrying both tags
+    shared = max(installed, key=lambda e: e.priority)
+    assert {"set_field:vlan_vid=201", "set_field:vlan_vid=202"} <= set(shared.actions)
+
+    baseline = intended_entries(fabric, 1)
+    intent = mirror_intent(records, None, "1.3", fabric)
+    assert check_switch(fabric, 1, baseline + installed, None, intent[1]).clean
+    diff = check_switch(fabric, 1, baseline + [e for e in installed if e is not shared], None, intent[1])
+    assert [e.priority for e in diff.missing] == [shared.priority] and diff.unexpected == []
 
 
 def test_dump_flows_runs_ovs_ofctl_with_the_version() -> None:
