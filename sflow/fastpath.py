@@ -39,7 +39,7 @@ __all__ = ["HeaderKeys", "Context", "Compact", "parse_compact", "view", "full_ke
 
 #: keys that differ per sample, kept out of the shared parts
 PER_SAMPLE_KEYS = ("bytes", "frames", "_rate")
-CACHE_MAX = 16384
+CACHE_MAX = 8192  # header keys: ~1.5 kB each (the contexts are few)
 
 _HEAD = struct.Struct(">II4sIIII")  # version, address type, IPv4 agent, sub, seq, uptime, n
 _TLV = struct.Struct(">II")
