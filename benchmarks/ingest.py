@@ -22,6 +22,7 @@ every flow sample became a flow record (sfcapd, less a tolerance of 14 samples:
 sfcapd loses a datagram or two right after each start, and counting its
 records means restarting it after every step). Then: CPU µs per datagram
 of the engine in each mode at a fixed rate after a warm-up pass (from /proc/<pid>/stat),
+in-process µs per datagram of both modes (``--in-process-only``: just that),
 and, in-process, resident memory per 100,000 active flows and after
 1,000,000 distinct flows have passed.
 """
@@ -355,10 +356,47 @@ def cpu_per_datagram(datagrams: list[bytes], rate: int, seconds: float,
     return cpu / max(got, 1) * 1e6, got
 
 
+def in_process_us(data: list[bytes], fast: bool, repeat: int = 3) -> float:
+    """Best-of-``repeat`` µs per datagram, one engine in this process (no sockets):
+    the fast path (``Engine.receive``) or decode + ``Engine.ingest`` (the full path)."""
+    from sflow.decode import DecodeError, decode_datagram
+    from sflow.engine import Engine
+    from sflow.flowdef import parse_flow, parse_threshold
+
+    best = float("inf")
+    for _ in range(repeat):
+        engine = Engine()
+        engine.set_flow(parse_flow("bench", FLOW))
+        engine.set_threshold(parse_threshold("bench", THRESHOLD))
+        now = 1000.0
+        start = time.perf_counter()
+        for payload in data:
+            now += 1e-5
+            if fast:
+                engine.receive(payload, now)
+                continue
+            try:
+                engine.ingest(decode_datagram(payload), now, "", len(payload))
+            except DecodeError as exc:
+                engine.count_malformed(exc.reason, len(payload))
+        best = min(best, (time.perf_counter() - start) / len(data) * 1e6)
+    return best
+
+
+def print_in_process(sets: dict[str, list[bytes]]) -> None:
+    for label, data in sets.items():
+        data = data * max(1, 10_000 // len(data))  # the capture is short: loop it
+        fast, full = in_process_us(data, True), in_process_us(data, False)
+        print(f"in-process µs per datagram, {label}: fast {fast:.1f}, full {full:.1f} "
+              f"(best of 3, {len(data)} datagrams)", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--step-seconds", type=float, default=2.0, help="seconds per rate step")
     parser.add_argument("--quick", action="store_true", help="fewer steps, smaller memory run")
+    parser.add_argument("--in-process-only", action="store_true",
+                        help="only the in-process µs per datagram of both ingest modes")
     args = parser.parse_args()
     rates = [2000, 5000, 8000, 11000, 14000, 17000, 20000, 25000, 30000, 40000, 60000]
     if args.quick:
@@ -367,6 +405,9 @@ def main() -> int:
     sets = {"generated": generated}
     if CAPTURE.exists():
         sets["OVS capture"] = [p for _, p in pcap_payloads(CAPTURE)]
+    if args.in_process_only:
+        print_in_process(sets)
+        return 0
     print(f"# ingest benchmark, {os.cpu_count()} cores, {args.step_seconds:.0f} s per step, "
           f"net.core.rmem_max={Path('/proc/sys/net/core/rmem_max').read_text().strip()}")
     print(f"{'data':24} {'receiver':26} {'lossless dg/s':>13} {'sustained':>10} "
@@ -388,6 +429,7 @@ def main() -> int:
                              for r in rows)
             print(f"{label:24} {receiver.name:26} {best:13,.0f} {sustained:10,.0f} "
                   f"{best * per_dg:10,.0f}  {steps}", flush=True)
+    print_in_process(sets)
     cpu_rate = 8000
     for make in (EngineProcess, EngineFull):
         us, got = cpu_per_datagram(generated, cpu_rate, 4 if not args.quick else 2, make())

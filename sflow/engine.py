@@ -38,6 +38,11 @@ the smallest impulse its definition has seen is idle and is evicted by
 evicted down to 90 % of the cap. Events are a ring of ``max_events``; at
 most ``max_agents`` agents are tracked (the least recently seen one, and its
 ports, is forgotten to make room).
+
+Two ways in, one effect: :meth:`Engine.ingest` takes a decoded ``Datagram``;
+:meth:`Engine.ingest_compact` the collector's fast-path form
+(``sflow.fastpath``): shared header keys and context per sample, the flow
+key of each definition memoised on the shared header keys.
 """
 
 from __future__ import annotations
@@ -330,22 +335,29 @@ class Engine:
             raise
         self.decoded += 1
 
-    def _ingest(self, dg: Datagram, now: float, source: str) -> None:
-        agent_name = dg.agent or source
+    def _account(self, agent_name: str, sub: int, sequence: int, uptime_ms: int, now: float,
+                 source: str) -> _Agent:
+        """The datagram's agent, its datagram counted and its sequence number checked."""
         agent = self._agents.get(agent_name)
         if agent is None:
             if len(self._agents) >= self.max_agents:
                 self._forget_oldest_agent()
             agent = self._agents[agent_name] = _Agent(first_seen=now, last_seen=now)
-        agent.last_seen = max(agent.last_seen, now)
-        agent.uptime = dg.uptime_ms
+        if agent.last_seen < now:
+            agent.last_seen = now
+        agent.uptime = uptime_ms
         agent.datagrams += 1
         if source and len(agent.sources) < 16:
             agent.sources.add(source)
-        tracker = agent.datagram_seq.get(dg.sub_agent_id)
+        tracker = agent.datagram_seq.get(sub)
         if tracker is None:
-            tracker = agent.datagram_seq[dg.sub_agent_id] = _SeqTracker()
-        tracker.see(dg.sequence)
+            tracker = agent.datagram_seq[sub] = _SeqTracker()
+        tracker.see(sequence)
+        return agent
+
+    def _ingest(self, dg: Datagram, now: float, source: str) -> None:
+        agent_name = dg.agent or source
+        agent = self._account(agent_name, dg.sub_agent_id, dg.sequence, dg.uptime_ms, now, source)
         flows = dg.flow_samples
         if flows:
             self._ingest_flows(agent_name, agent, dg.sub_agent_id, flows, now)
@@ -398,23 +410,8 @@ class Engine:
         self.decoded += 1
 
     def _ingest_compact(self, dg: Compact, now: float, source: str) -> None:
-        agent_name = dg.agent or source
-        agent = self._agents.get(agent_name)
-        if agent is None:
-            if len(self._agents) >= self.max_agents:
-                self._forget_oldest_agent()
-            agent = self._agents[agent_name] = _Agent(first_seen=now, last_seen=now)
-        if agent.last_seen < now:
-            agent.last_seen = now
-        agent.uptime = dg.uptime_ms
-        agent.datagrams += 1
-        if source and len(agent.sources) < 16:
-            agent.sources.add(source)
         sub = dg.sub_agent_id
-        tracker = agent.datagram_seq.get(sub)
-        if tracker is None:
-            tracker = agent.datagram_seq[sub] = _SeqTracker()
-        tracker.see(dg.sequence)
+        agent = self._account(dg.agent or source, sub, dg.sequence, dg.uptime_ms, now, source)
         samples = dg.samples
         if not samples:
             return
