@@ -69,8 +69,10 @@ AGG_MODES = ("max", "sum", "avg", "edge", "core")
 _SHRINK_TO = 0.9
 _REBASE_AT = 200.0  # e^200 ~ 7e86: far from overflow, and rebasing stays rare
 OFPP_LOCAL = 0xFFFE
-_PER_SAMPLE_NAME = re.compile(r"(?<![a-z0-9_.])(bytes|frames|_rate)(?![a-z0-9_])", re.I)
-_CONTEXT_NAME = re.compile(r"(?<![a-z0-9_.])(%s)(?![a-z0-9_])" % "|".join(CONTEXT_KEYS), re.I)
+_PER_SAMPLE_NAME = re.compile(r"(?<![a-z0-9_.])(bytes|frames|_rate)(?![a-z0-9_])",
+                              re.IGNORECASE)
+_CONTEXT_NAME = re.compile(rf"(?<![a-z0-9_.])({'|'.join(CONTEXT_KEYS)})(?![a-z0-9_])",
+                           re.IGNORECASE)
 _SKIP = object()
 _TABLE_IDS = itertools.count()  # memo: the flow definition skips these keys
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
-import time
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -91,10 +91,7 @@ def generated(count: int = 400, seed: int = 7) -> list[bytes]:
 def corpus_payloads(corpus: Path) -> list[bytes]:
     out = []
     for path in sorted((corpus / "pcap").rglob("*.pcap")):
-        try:
-            out += [d.payload for d in read_udp(path, None)]
-        except Exception:  # noqa: BLE001 - captures the pcap reader refuses are not ours to test
-            continue
+        out += [d.payload for d in read_udp(path, None)]
     return out
 
 
