@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable
 
 import pytest
 import responses
@@ -20,27 +20,6 @@ from tests.demon.fakes import (ELEPHANT, FLOW_A, FLOW_B, FLOW_C, SPEED, TOP, Fak
                                Harness, ScriptedEngine, wait_for)
 
 pytestmark = pytest.mark.replay
-
-
-@pytest.fixture
-def mock() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        yield rsps
-
-
-@pytest.fixture
-def make(tmp_path: Path, mock: responses.RequestsMock) -> Iterator[Callable[..., Harness]]:
-    made: list[Harness] = []
-
-    def factory(policies: dict[str, str] | None = None, **kw: Any) -> Harness:
-        h = Harness(tmp_path, mock, policies or {"elephant": ELEPHANT.format(max_taps=4)}, **kw)
-        made.append(h)
-        return h.start()
-
-    yield factory
-    for h in made:
-        h.stop()
-        h.controller.stop()
 
 
 def created_per_flow(h: Harness) -> Counter[str]:

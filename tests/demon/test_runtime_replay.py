@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable
 
 import pytest
 import responses
@@ -19,26 +19,6 @@ from tests.demon.fakes import (ELEPHANT, FLOW_A, FLOW_B, FLOW_C, TOP, Harness, S
                                seed_port_map, wait_for)
 
 pytestmark = pytest.mark.replay
-
-@pytest.fixture
-def mock() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        yield rsps
-
-
-@pytest.fixture
-def make(tmp_path: Path, mock: responses.RequestsMock) -> Iterator[Callable[..., Harness]]:
-    made: list[Harness] = []
-
-    def factory(policies: dict[str, str] | None = None, **kw: Any) -> Harness:
-        h = Harness(tmp_path, mock, policies or {"elephant": ELEPHANT.format(max_taps=4)}, **kw)
-        made.append(h)
-        return h.start()
-
-    yield factory
-    for h in made:
-        h.stop()
-        h.controller.stop()
 
 
 def test_an_elephant_is_tapped_once_extended_and_released(make: Callable[..., Harness]) -> None:
