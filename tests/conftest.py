@@ -7,6 +7,7 @@ Mininet, and hold a machine-wide lock so two lab runs never share the switches.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -75,12 +76,13 @@ def lab_available() -> None:
         pytest.skip(reason)
 
 
-@pytest.fixture
-def lab_lock(lab_available: None) -> Iterator[None]:
-    """Serialise every test that touches OVS bridges or Mininet, machine-wide.
+@contextlib.contextmanager
+def held_lab_lock() -> Iterator[None]:
+    """Hold the machine-wide lab lock (``demon-lab`` takes the same one).
 
     The seed topology's names (s1..s3, h1..h11) and the sFlow/OpenFlow ports
-    are fixed, so two lab runs at once would fight over them.
+    are fixed, so two lab runs at once would fight over them. Take it once per
+    process: flock on a second descriptor of the same file would wait forever.
     """
     LAB_LOCK.parent.mkdir(parents=True, exist_ok=True)
     with open(LAB_LOCK, "w") as handle:
@@ -89,6 +91,13 @@ def lab_lock(lab_available: None) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@pytest.fixture
+def lab_lock(lab_available: None) -> Iterator[None]:
+    """Serialise every test that touches OVS bridges or Mininet, machine-wide."""
+    with held_lab_lock():
+        yield
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -9,7 +9,6 @@ on h11, the switches' flow tables and the mirror counters the switch reports.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import re
 import subprocess
@@ -21,7 +20,7 @@ import pytest
 
 from demon.capture.packet import FlowKey, parse_frame
 from demon.capture.pcapwriter import read_pcap
-from tests.conftest import LAB_LOCK
+from tests.conftest import held_lab_lock
 from topo.hostproc import HostProc, traffic
 from topo.seed import host_ip
 from topo.session import LabSession, SessionOptions
@@ -35,13 +34,8 @@ UPLINKS = set(range(6, 11))
 
 @pytest.fixture(scope="module")
 def module_lab_lock(lab_available: None) -> Iterator[None]:
-    LAB_LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with open(LAB_LOCK, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with held_lab_lock():
+        yield
 
 
 @pytest.fixture

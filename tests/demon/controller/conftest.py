@@ -8,7 +8,6 @@ flock a second time from the same process would deadlock.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -22,20 +21,15 @@ from typing import Iterator
 
 import pytest
 
-from tests.conftest import LAB_LOCK, REPO
+from tests.conftest import REPO, held_lab_lock
 
 POX_HOME = os.environ.get("POX_HOME")
 
 
 @pytest.fixture(scope="module")
 def lab_module_lock(lab_available: None) -> Iterator[None]:
-    LAB_LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with open(LAB_LOCK, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with held_lab_lock():
+        yield
 
 
 @pytest.fixture

@@ -16,31 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from demon.controller import merge, of13
-from demon.controller.fabric import Entry
 from demon.controller.spec import normalise_match
-from tests.demon.controller.test_of10_merge import NOW, match_fields, packets, tcp
+from tests.demon.controller.test_of10_merge import NOW, FakeTable10, match_fields, packets, tcp
 
 FORWARD_PORT = 2  # a static pair's output in the non-L2 pipeline
 
 
-class FakeTable13:
-    def __init__(self) -> None:
-        self.entries: dict[merge.EntryKey, Entry] = {}
-
-    def apply(self, to_add: list[merge.CompiledEntry], to_delete: list[merge.CompiledEntry]) -> None:
-        for c in to_delete:
-            self.entries.pop(c.key, None)
-        for c in to_add:
-            self.entries[c.key] = c.entry
-
-    def lookup(self, packet: Mapping[str, Any]) -> Entry | None:
-        hits = [e for e in self.entries.values() if merge.matches_packet(e.match, packet)]
-        if not hits:
-            return None
-        top = max(e.priority for e in hits)
-        winners = [e for e in hits if e.priority == top]
-        assert len(winners) == 1, f"ambiguous: {len(winners)} entries of priority {top} match {packet}"
-        return winners[0]
+class FakeTable13(FakeTable10):
+    """Table 0 as FakeTable10 holds it (one winner per packet); ``route`` runs OF1.3 actions."""
 
     def route(self, packet: Mapping[str, Any]) -> tuple[list[str], list[tuple[int, int | None]]]:
         """(forwarding, copies as (port, vlan)); an untagged packet; no entry → the baseline."""
