@@ -21,6 +21,8 @@ The rules (each transition emits a ``Record`` naming its cause):
   reports the entries gone), ``removed``. Hold-down: the same (policy, flow)
   is not tapped again before ``release + holddown``. A failed tap holds down
   for ``limits.failure_holddown``.
+* **Placement.** A flow seen on a port the port map does not hold yet waits
+  (re-tried every tick) up to ``limits.placement_wait``, then its tap fails.
 * **One mirror per flow.** Within a policy, one tap per flow key. Across
   policies, taps with the same switch and match (``in_port`` aside) are one
   mirror: a higher-``priority`` policy supersedes a lower one's tap (that one
@@ -273,6 +275,15 @@ def _sighting(w: _Work, policy: "Policy", s: FlowSighting, trigger: str,
     _try_admit(w, policy, cand)
 
 
+UNPLACED_PREFIX = "location unknown: "
+
+
+def awaiting_placement(state: State) -> bool:
+    """True while some flow waits for its port to appear in the port map (the
+    runtime then re-reads the map every second instead of every few)."""
+    return any(c.waiting.startswith(UNPLACED_PREFIX) for c in state.watch.values())
+
+
 def _wait(w: _Work, cand: Candidate, reason: str) -> None:
     if cand.waiting != reason:
         w.record(None, "waiting", reason, policy=cand.policy, flow_key=cand.flow_key,
@@ -317,8 +328,15 @@ def _try_admit(w: _Work, policy: "Policy", cand: Candidate) -> bool:
     topo, limits = w.ctx.topology, w.ctx.limits
     loc = topo.locate(cand.agent, cand.data_source)
     if loc is None:
-        _fail_unplaced(w, policy, cand, f"unknown location: agent {cand.agent} dataSource "
-                       f"{cand.data_source} is not in the port map")
+        where = f"agent {cand.agent} dataSource {cand.data_source}"
+        waited = w.now - (cand.first_seen + policy.sustain_s)
+        if waited < limits.placement_wait:
+            # Agents announce a port with their counter records, up to a polling
+            # interval after its first flow samples: wait for it, do not fail.
+            _wait(w, cand, f"{UNPLACED_PREFIX}{where} is not in the port map yet")
+            return False
+        _fail_unplaced(w, policy, cand, f"unknown location: {where} is not in the port map "
+                       f"(waited {waited:.3g}s)")
         return False
     problem = topo.ingress_problem(loc)
     if problem and loc.dpid not in topo.switches and not w.controller_up:

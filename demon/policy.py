@@ -74,6 +74,7 @@ class GlobalLimits(_Strict):
     retry_backoff: Duration = 1.0
     retry_backoff_max: Duration = 60.0
     failure_holddown: Duration = 10.0
+    placement_wait: Duration = 30.0
     hard_timeout_grace: Duration = 10.0
     retain: Duration = 600.0
     max_waiting: int = Field(default=1000, ge=0)

@@ -217,6 +217,8 @@ class Runtime:
         self._topology_read_at = 0.0
         self._deferred: list[ThresholdEvent] = []
         self._rereading = False
+        self._port_map_lock = threading.Lock()
+        self._awaiting_placement = False  # set by the mutator, read by the topology job
         self._halt = threading.Event()
         self._stopping = False
         self._controller_up = False
@@ -424,10 +426,7 @@ class Runtime:
         self._rereading = True
 
         def reread() -> None:
-            port_map = self._read_port_map()
-            if port_map != self._port_map:
-                self._port_map = port_map
-                self.inputs.put(_NewTopology(Topology(port_map, self._switches)))
+            self._reload_port_map()
             self.inputs.put(_Reread())  # after the new topology: decide, whatever it says
 
         log.debug("event %d from unknown port %s/%s: re-reading the port map first",
@@ -435,15 +434,31 @@ class Runtime:
         threading.Thread(target=reread, name="demon-portmap", daemon=True).start()
 
     def _refresh_topology(self) -> None:
+        """Every second while the map is empty or a flow waits for its port to
+        appear in it, else every ``topology_interval``."""
         now = time.monotonic()
         due = self._topology_read_at + self.options.topology_interval / self.options.speed
-        if self._port_map and now < due:
+        if self._port_map and now < due and not self._awaiting_placement:
             return
         self._topology_read_at = now
-        port_map = self._read_port_map()
-        if port_map != self._port_map:
-            self._port_map = port_map
-            self.inputs.put(_NewTopology(Topology(port_map, self._switches)))
+        self._reload_port_map()
+
+    def _reread_for_placement(self) -> None:
+        self._reload_port_map()
+        self.inputs.put(Tick())  # the tick re-tries the waiting flows on the new map
+
+    def _reload_port_map(self) -> None:
+        """Read the port map and hand a changed one to the mutator.
+
+        Serialised, so that the topologies reach the queue in the order the maps
+        were read: a slow periodic read finishing after an event's re-read must
+        not put an older map back in force.
+        """
+        with self._port_map_lock:
+            port_map = self._read_port_map()
+            if port_map != self._port_map:
+                self._port_map = port_map
+                self.inputs.put(_NewTopology(Topology(port_map, self._switches)))
 
     def _on_controller_event(self, event: Any) -> None:
         params = event.params or {}
@@ -461,7 +476,8 @@ class Runtime:
         except RpcError as exc:
             log.warning("list_switches failed: %s", exc)
             return
-        self.inputs.put(_NewTopology(Topology(self._port_map, self._switches)))
+        with self._port_map_lock:
+            self.inputs.put(_NewTopology(Topology(self._port_map, self._switches)))
 
     def _on_connection(self, up: bool) -> None:
         """The controller came (subscription connected) or went (any failed call)."""
@@ -619,6 +635,13 @@ class Runtime:
                         now=self.clock())
         if cursor is not None:
             self.last_event_id = cursor
+        awaiting = core.awaiting_placement(self.state)
+        if awaiting and not self._awaiting_placement:
+            # A flow (an /activeflows sighting: events are deferred before the core)
+            # just started waiting for its port: re-read the map now, not in a second.
+            threading.Thread(target=self._reread_for_placement, name="demon-portmap",
+                             daemon=True).start()
+        self._awaiting_placement = awaiting
         for entry in entries:
             decisions.info(describe(entry), extra={"tap_id": entry.tap_id, "kind": entry.kind,
                                                    "detail": dict(entry.detail)})

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from demon.core import awaiting_placement
 from demon.model import InstallMirror, OperatorRelease, TopFlows
 from demon.policy import GlobalLimits
+from demon.topology import Topology
 
-from .core_harness import AGENT, Harness, flow, installs, policy
+from .core_harness import AGENT, Harness, flow, installs, policy, seed_port_map, seed_switches
 
 
 def limits(**fields) -> GlobalLimits:
@@ -155,15 +159,38 @@ def test_uplink_choice_spreads_taps_over_uplinks():
     assert sorted(t.copy_port for t in h.live()) == [6, 7, 8, 9, 10]
 
 
-def test_unknown_location_fails_the_tap_with_a_clear_reason():
-    h = Harness([policy()])
+def test_flow_on_a_port_not_yet_in_the_port_map_waits_then_fails_with_a_clear_reason():
+    h = Harness([policy()], limits=limits(placement_wait="20s"))
     h.event(flow(1), agent="192.0.2.1")
+    assert h.state.taps == {} and awaiting_placement(h.state)
+    [w] = h.records("waiting")
+    assert w.detail["cause"] == "location unknown: agent 192.0.2.1 dataSource 101 is not in the port map yet"
+    for t in range(2, 20, 2):  # still firing, still unknown: waits, recorded once
+        h.at(t).event(flow(1), agent="192.0.2.1")
+        h.tick()
+    assert h.state.taps == {} and len(h.records("waiting")) == 1
+    h.at(20).event(flow(1), agent="192.0.2.1")
     tap = h.only_tap()
-    assert tap.state == "failed"
-    assert "unknown location: agent 192.0.2.1 dataSource 101 is not in the port map" in tap.reason
+    assert tap.state == "failed" and not awaiting_placement(h.state)
+    assert tap.reason == "unknown location: agent 192.0.2.1 dataSource 101 is not in the port map (waited 20s)"
     assert h.records("failed")[0].detail["cause"] == tap.reason
-    h.at(1).event(flow(1), agent="192.0.2.1")  # failure hold-down: not retried at once
+    h.at(21).event(flow(1), agent="192.0.2.1")  # failure hold-down: not retried at once
     assert len(h.state.taps) == 1
+
+
+def test_flow_waiting_for_its_port_is_tapped_there_once_the_port_map_has_it():
+    h = Harness([policy()])
+    h.event(flow(1), agent="192.0.2.1", port=3)
+    h.tick(1)
+    assert h.state.taps == {}
+    entries = seed_port_map() + [{"agent": "192.0.2.1", "ifIndex": 103, "dpid": 2, "ofPort": 3,
+                                  "name": "s2-eth3"}]
+    h.ctx = replace(h.ctx, topology=Topology(entries, seed_switches()))
+    h.tick(2)  # no new trigger needed: the waiting flow is re-tried on the tick
+    [tap] = h.live()
+    assert (tap.dpid, tap.in_port, tap.state) == (2, 3, "active")
+    assert h.records("created")[0].detail["waited"].startswith("location unknown")
+    assert not awaiting_placement(h.state)
 
 
 def test_sightings_of_our_own_copies_are_ignored():

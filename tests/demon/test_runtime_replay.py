@@ -161,6 +161,33 @@ def test_an_event_from_a_port_not_yet_mapped_waits_for_the_map(
         h.controller.stop()
 
 
+@pytest.mark.parametrize("trigger", ["event", "poll"])
+def test_a_port_the_map_lacks_is_tapped_when_it_appears(
+        tmp_path: Path, mock: responses.RequestsMock, trigger: str) -> None:
+    """The agent's counters for the port come a while after its first flow samples:
+    the flow waits for them (the map re-read every second meanwhile), it does not
+    fail, whether a threshold event or an ``/activeflows`` poll saw it first."""
+    full = seed_port_map()
+    engine = ScriptedEngine(port_map=[e for e in full if e["ifIndex"] != 101]).register(mock)
+    h = Harness(tmp_path, mock, {"elephant": ELEPHANT.format(max_taps=4)}, engine=engine,
+                topology_interval=1000.0)  # only the while-waiting re-read can help
+    try:
+        h.start()
+        engine.set_flows("demon_elephant", [(FLOW_A, 400_000.0, "101")])  # still above threshold
+        if trigger == "event":
+            engine.fire("demon_elephant", FLOW_A)
+        wait_for(lambda: any(e.kind == "waiting" and "location unknown" in e.detail["cause"]
+                             for e in h.store.history()), timeout=5, what="the wait, recorded")
+        time.sleep(0.3)  # 3 simulated seconds: re-read, still not in the map
+        assert h.controller.mirrors == {}
+        engine.port_map = full
+        wait_for(lambda: h.controller.mirrors, timeout=5, what="tap once the port is known")
+        assert [m for m, _ in h.controller.writes()] == ["install_mirror"]
+    finally:
+        h.stop()
+        h.controller.stop()
+
+
 def test_a_mirror_the_switch_drops_is_recorded_not_removed_again(
         make: Callable[..., Harness]) -> None:
     h = make()

@@ -23,12 +23,21 @@ def leftovers(out: Path) -> list[str]:
     return [b for b in bridges if b in ("s1", "s2", "s3")] + [p for p in procs if "pgrep" not in p]
 
 
+def log_tails(out: Path, lines: int = 25) -> str:
+    """The last lines of every component's log, for a failure message."""
+    parts = []
+    for log in sorted((out / "logs").glob("*.log")):
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        parts.append(f"--- {log.name}\n" + "\n".join(line[:400] for line in tail))
+    return "\n".join(parts)
+
+
 def test_demon_lab_reports_the_loop_and_leaves_nothing_behind(tmp_path: Path) -> None:
     out = tmp_path / "lab"
     proc = subprocess.run([sys.executable, "-m", "topo.lab", "--out", str(out), "--no-lock", "--seconds", "5",
                            "--report", str(tmp_path / "report.json"), "--render", str(tmp_path / "topo.png")],
                           capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + log_tails(out)
     assert "OK: the loop worked" in proc.stdout
     report = json.loads((tmp_path / "report.json").read_text())
     (tap,) = report["taps"]
