@@ -77,6 +77,7 @@ class GlobalLimits(_Strict):
     placement_wait: Duration = 30.0
     hard_timeout_grace: Duration = 10.0
     retain: Duration = 600.0
+    history_retain: Duration = 30 * 86400.0
     max_waiting: int = Field(default=1000, ge=0)
 
 

@@ -78,6 +78,7 @@ class RuntimeOptions:
     tick_interval: float = 1.0
     requests_interval: float = 1.0
     topology_interval: float = 10.0
+    prune_interval: float = 3600.0
     controller_probe_interval: float = 1.0
     backlog_max_age: float = 60.0
     event_poll_timeout: float = 20.0
@@ -171,6 +172,11 @@ class _Reload:
 @dataclass(frozen=True)
 class _Stop:
     why: str
+
+
+@dataclass(frozen=True)
+class _Prune:
+    pass
 
 
 @dataclass(frozen=True)
@@ -341,6 +347,10 @@ class Runtime:
         scheduler.add_job(lambda: self.inputs.put(_PollRequests()), "interval",
                           seconds=self.options.requests_interval / speed, id="requests",
                           coalesce=True, max_instances=1)
+        scheduler.add_job(lambda: self.inputs.put(_Prune()), "interval",
+                          seconds=self.options.prune_interval / speed, id="prune",
+                          coalesce=True, max_instances=1)
+        self.inputs.put(_Prune())  # at start too: a daemon restarted often still prunes
         scheduler.add_job(self._controller_back, "interval",
                           seconds=self.options.controller_probe_interval / speed,
                           id="controller-probe", coalesce=True, max_instances=1)
@@ -626,6 +636,8 @@ class Runtime:
                 self._step(ControllerStatus(up=True), entries, outbox)
             elif isinstance(item, _Reload):
                 self._reload()
+            elif isinstance(item, _Prune):
+                self._prune()
             elif isinstance(item, _Stop):
                 log.info("stopping: %s", item.why)
                 self._stopping = True
@@ -687,6 +699,18 @@ class Runtime:
             return "not paused"
         self._step(ResumePolicy(name=request.target, who=who), entries, outbox)
         return "resumed"
+
+    def _prune(self) -> None:
+        """Keep the state file bounded (``limits.history_retain``; 0 keeps all)."""
+        assert self.ctx is not None
+        keep = self.ctx.limits.history_retain
+        if keep <= 0:
+            return
+        gone = self.store.prune(self.clock() - keep)
+        if any(gone.values()):
+            log.info("pruned from the state file (older than %gs): %d tap(s), %d history "
+                     "entries, %d operator request(s)", keep, gone["taps"], gone["history"],
+                     gone["requests"])
 
     def _reload(self) -> None:
         from demon.policy import PolicyError

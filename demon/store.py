@@ -17,6 +17,9 @@ Tables (schema version in ``PRAGMA user_version``):
   twice), ``paused``, ``next_seq``, ``controller_up``.
 * ``requests``: the operator queue ``demon-tap`` writes (release/pause/resume)
   and the daemon consumes, answering in ``outcome``.
+
+``prune`` bounds the file: the runtime calls it hourly with
+``limits.history_retain``.
 """
 
 from __future__ import annotations
@@ -295,6 +298,28 @@ class Store:
             self._db.executemany("DELETE FROM holddown WHERE policy = ? AND flow_key = ?",
                                  gone)
         self._saved_holddown = dict(holddown)
+
+    def prune(self, before: float) -> dict[str, int]:
+        """Delete what ended before ``before``: taps the core no longer holds, their
+        history, history without a tap, and answered requests. Returns the counts.
+
+        A tap the core still holds keeps its whole history, however old.
+        """
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            ended = "SELECT tap_id FROM taps WHERE in_state = 0 AND ended_at < ?"
+            history = db.execute(
+                f"DELETE FROM history WHERE at < ? AND (tap_id IS NULL OR tap_id IN ({ended}))",
+                (before, before)).rowcount
+            taps = db.execute("DELETE FROM taps WHERE in_state = 0 AND ended_at < ?",
+                              (before,)).rowcount
+            requests = db.execute("DELETE FROM requests WHERE done_at < ?", (before,)).rowcount
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return {"taps": taps, "history": history, "requests": requests}
 
     def pending_requests(self) -> list[OperatorRequest]:
         """Operator requests not answered yet, oldest first."""

@@ -8,12 +8,14 @@ pass in tenths of seconds.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import pytest
 import responses
 
+from demon.model import HistoryEntry, State, Tap
 from demon.store import Store
 from tests.demon.fakes import (ELEPHANT, FLOW_A, FLOW_B, FLOW_C, TOP, Harness, ScriptedEngine,
                                seed_port_map, wait_for)
@@ -201,3 +203,28 @@ def test_a_mirror_the_switch_drops_is_recorded_not_removed_again(
     time.sleep(0.2)
     assert h.controller.writes() == [("install_mirror", "elephant.1")]
     assert "idle_timeout" in h.runtime.state.taps["elephant.1"].reason
+
+
+def test_the_state_file_is_pruned_of_taps_that_ended_long_ago(tmp_path: Path,
+                                                               mock: responses.RequestsMock) -> None:
+    h = Harness(tmp_path, mock, {"elephant": ELEPHANT.format(max_taps=4),
+                                 "_global": "history_retain: 1h\n"})
+    now = time.time()
+    old = Tap(tap_id="elephant.1", policy="elephant", flow_key=FLOW_A, match={}, dpid=1,
+              in_port=1, copy_port=6, vlan_tag=None, bidirectional=False, state="removed",
+              rate_bps=1e6, priority=100, created_at=now - 7300, updated_at=now - 7200,
+              expires_at=now - 7000, last_trigger_at=now - 7300, ended_at=now - 7200)
+    recent = replace(old, tap_id="elephant.2", flow_key=FLOW_B, ended_at=now - 60)
+    h.store.save(State(taps={"elephant.1": old, "elephant.2": recent}, next_seq=3),
+                 [HistoryEntry("elephant.1", now - 7300, "created", {}),
+                  HistoryEntry("elephant.2", now - 120, "created", {})])
+    h.store.save(State(next_seq=3))  # both ended and forgotten by the core
+    try:
+        h.start()
+        wait_for(lambda: h.store.tap("elephant.1") is None, timeout=5, what="prune at start")
+        assert h.store.tap("elephant.2") == recent
+        assert [e.tap_id for e in h.store.history()
+                if e.tap_id is not None and e.tap_id.startswith("elephant.")] == ["elephant.2"]
+    finally:
+        h.stop()
+        h.controller.stop()

@@ -123,3 +123,31 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
 def test_readonly_open_of_a_missing_file_says_which(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="does not exist"):
         Store(tmp_path / "nope.sqlite", readonly=True)
+
+
+def test_prune_drops_what_ended_before_the_cutoff_and_keeps_held_taps(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.sqlite") as store:
+        old = make_tap("e.1", created_at=10.0)
+        recent = make_tap("e.2", created_at=900.0)
+        held = make_tap("e.3", created_at=20.0)  # old, but the core still holds it
+        store.save(State(taps={t.tap_id: t for t in (old, recent, held)}),
+                   [HistoryEntry("e.1", 10.0, "created", {}), HistoryEntry("e.3", 20.0, "created", {}),
+                    HistoryEntry(None, 30.0, "waiting", {"flow_key": "k"}),
+                    HistoryEntry("e.2", 900.0, "created", {})])
+        store.save(State(taps={"e.1": replace(old, state="removed", ended_at=50.0),
+                               "e.2": replace(recent, state="removed", ended_at=950.0),
+                               "e.3": held}),
+                   [HistoryEntry("e.1", 50.0, "removed", {}), HistoryEntry("e.2", 950.0, "removed", {})])
+        store.save(State(taps={"e.3": held}))  # the core purged e.1 and e.2
+        done = store.enqueue_request("pause", "elephant", "op", now=40.0)
+        store.save(State(taps={"e.3": held}), answered=[(done, "paused")], now=40.0)
+        fresh = store.enqueue_request("resume", "elephant", "op", now=41.0)  # not answered yet
+
+        assert store.prune(before=500.0) == {"taps": 1, "history": 3, "requests": 1}
+
+        assert store.tap("e.1") is None and store.tap("e.2") is not None
+        assert [(e.tap_id, e.kind) for e in store.history()] == [
+            ("e.3", "created"), ("e.2", "created"), ("e.2", "removed")]
+        assert store.request(done) is None and store.request(fresh) is not None
+        assert store.load().state.taps == {"e.3": held}
+        assert store.prune(before=500.0) == {"taps": 0, "history": 0, "requests": 0}
