@@ -405,31 +405,6 @@ def forward_actions(static: StaticConfig | None, dpid: int, match: Mapping[str, 
     return ("NORMAL",)
 
 
-def mirror_entries(spec: MirrorSpec, cookie: int, static: StaticConfig | None = None,
-                   l2_table: bool = False) -> list[tuple[str, Entry]]:
-    """``[(direction, Entry)]`` for a mirror: forward as before, plus the copy.
-
-    The forwarding output comes before the VLAN push, so only the copy carries the tag.
-    With ``l2_table`` (OpenFlow 1.3 filter switches) "as before" is the learned L2
-    table (``goto_table:1``, an instruction that runs after the actions): the copy goes
-    out first and the tag is popped again before forwarding.
-    """
-    out = []
-    for direction, match in spec.directions():
-        forward = forward_actions(static, spec.dpid, match)
-        tag: tuple[str, ...] = ()
-        if spec.vlan_tag is not None:
-            tag = ("push_vlan:0x8100", f"set_field:vlan_vid={spec.vlan_tag}")
-        if l2_table and forward == ("NORMAL",):
-            actions = tag + (f"output:{spec.copy_port}",) + (("pop_vlan",) if tag else ()) \
-                + (f"goto_table:{L2_TABLE}",)
-        else:
-            actions = forward + tag + (f"output:{spec.copy_port}",)
-        out.append((direction, Entry(spec.priority, match, actions, cookie,
-                                     spec.idle_timeout, spec.hard_timeout, True)))
-    return out
-
-
 def fabric_to_json(fabric: Fabric) -> dict[str, Any]:
     sws = []
     for sw in fabric.switches.values():

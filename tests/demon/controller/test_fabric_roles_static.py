@@ -6,10 +6,9 @@ from pathlib import Path
 import pytest
 
 from demon.controller.fabric import (FabricError, Entry, baseline_entries, forward_actions, intended_entries,
-                                     load_fabric, load_static, mirror_entries, mirror_record, no_flood_ports,
-                                     parse_fabric, parse_mirror_ports, parse_static, static_entries,
-                                     uses_l2_table)
-from demon.controller.spec import BASELINE_COOKIE, STATIC_COOKIE, parse_mirror_params
+                                     load_fabric, load_static, no_flood_ports, parse_fabric, parse_mirror_ports,
+                                     parse_static, static_entries)
+from demon.controller.spec import BASELINE_COOKIE, STATIC_COOKIE
 
 SEED = {
     "version": 1,
@@ -46,15 +45,6 @@ def test_filter_baseline_keeps_uplinks_out(openflow: str) -> None:
         assert Entry(1, {"in_port": 2}, ("output:1", "output:3", "output:4", "output:5"), BASELINE_COOKIE,
                      table_id=1) in entries
         assert "NORMAL" not in outputs
-
-
-def test_mirror_entries_through_the_l2_table_pop_the_tag_before_forwarding() -> None:
-    spec = parse_mirror_params({"tap_id": "t", "dpid": 1, "match": {"ipv4_src": "10.0.0.1"}, "copy_port": 6,
-                                "vlan_tag": 10})
-    (_, entry), = mirror_entries(spec, 0xDE30_8000_0001, l2_table=True)
-    assert entry.actions == ("push_vlan:0x8100", "set_field:vlan_vid=10", "output:6", "pop_vlan", "goto_table:1")
-    assert uses_l2_table(parse_fabric(SEED), 1, "1.3") and not uses_l2_table(parse_fabric(SEED), 1, "1.0")
-    assert not uses_l2_table(parse_fabric(SEED), 3, "1.3")
 
 
 def test_aggregation_baseline_sends_uplinks_to_capture() -> None:
@@ -124,35 +114,11 @@ def test_bad_mirror_ports_file(line: str) -> None:
         parse_mirror_ports("s1MirrorSrc,1\n" + line)
 
 
-def test_mirror_entries_forward_before_the_vlan_push() -> None:
-    spec = parse_mirror_params({"tap_id": "t", "dpid": 1, "match": {"ipv4_src": "10.0.0.1"}, "copy_port": 6,
-                                "vlan_tag": 10, "bidirectional": True})
-    entries = mirror_entries(spec, 0xDE30_8000_0001)
-    assert [d for d, _ in entries] == ["forward", "reverse"]
-    for _, e in entries:
-        assert e.actions == ("NORMAL", "push_vlan:0x8100", "set_field:vlan_vid=10", "output:6")
-        assert e.send_flow_rem and (e.idle_timeout, e.hard_timeout, e.priority) == (30, 300, 40000)
-    assert entries[1][1].match["ipv4_dst"] == "10.0.0.1"
-
-
 def test_static_mode_mirror_forwards_by_the_pair() -> None:
     static = parse_mirror_ports(PROTOTYPE_FILE)
     assert forward_actions(static, 1, {"in_port": 3}) == ("output:4",)
     assert forward_actions(static, 1, {"in_port": 5}) == ("NORMAL",)
     assert forward_actions(static, 1, {"ipv4_src": "10.0.0.1"}) == ("NORMAL",)
-
-
-def test_mirror_record_rebuilds_a_tap_from_its_entries() -> None:
-    spec = parse_mirror_params({"tap_id": "t", "dpid": 1, "match": {"ipv4_src": "10.0.0.1"}, "copy_port": 7,
-                                "vlan_tag": 5, "bidirectional": True})
-    rows = [(e, 3, 300, 2.0) for _, e in mirror_entries(spec, 0xDE30_8000_0001)]
-    known = mirror_record(1, 0xDE30_8000_0001, rows, spec, 100.0)
-    unknown = mirror_record(1, 0xDE30_8000_0001, rows, None, None, now=110.0)
-    for rec in (known, unknown):
-        assert (rec["copy_port"], rec["vlan_tag"], rec["bidirectional"]) == (7, 5, True)
-        assert (rec["packets"], rec["bytes"]) == (6, 600)
-    assert known["tap_id"] == "t" and known["match"] == dict(spec.match)
-    assert unknown["tap_id"] is None and unknown["installed_at"] == 108.0
 
 
 def test_launcher_refuses_a_bad_fabric_before_starting(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -3,12 +3,13 @@
 import random
 from dataclasses import replace
 
-from demon.controller.fabric import intended_entries, mirror_entries, parse_fabric
+from demon.controller.fabric import intended_entries, parse_fabric
 from demon.controller import merge, of13
 from demon.controller.netcheck import UNCHECKED_HARD, check_switch, compare, mirror_intent, render
 from demon.controller.ovsofctl import dump_flows, parse_dump_flows, parse_flow_line
-from demon.controller.spec import parse_mirror_params
+from demon.controller.spec import is_mirror_cookie, parse_mirror_params
 from tests.demon.controller.test_fabric_roles_static import SEED
+from tests.demon.controller.test_mirror_compile_path import compiled_for
 
 # Recorded from `ovs-ofctl -O OpenFlow13 --no-names dump-flows s1` (OVS 3.1, userspace datapath)
 # with the os-ken component's baseline, one bidirectional, VLAN-tagged ICMP mirror and three
@@ -49,7 +50,8 @@ COOKIE = 0xDE30DB54AE37
 
 
 def mirrors() -> list:
-    return [e for _, e in mirror_entries(parse_mirror_params(MIRROR), COOKIE, l2_table=True)]
+    """The tap's entries as the os-ken component compiles them for s1 (a filter switch)."""
+    return [c.entry for c in compiled_for(parse_mirror_params(MIRROR), COOKIE, fabric=parse_fabric(SEED))]
 
 
 def test_recorded_dump_matches_the_intended_state() -> None:
@@ -110,8 +112,11 @@ def test_mirror_intent_from_list_mirrors_records() -> None:
     record = {**MIRROR, "idle_timeout": 30, "hard_timeout": 300, "priority": 40000, "cookie": COOKIE,
               "tap_id": None}
     intent = mirror_intent([record], None, "1.3", parse_fabric(SEED))
+    # exactly the mirror entries the recorded switch held (hard timeout not compared)
+    recorded = [e for e in parse_dump_flows(S1_DUMP) if is_mirror_cookie(e.cookie)]
+    assert len(recorded) == 2
     assert sorted(e.key() for e in intent[1]) == sorted(replace(e, hard_timeout=UNCHECKED_HARD).key()
-                                                        for e in mirrors())
+                                                        for e in recorded)
 
 
 def test_overlapping_taps_are_checked_as_the_merged_entries_the_component_installs() -> None:

@@ -3,20 +3,27 @@
 import pytest
 
 from demon.controller import of13
-from demon.controller.fabric import Entry, mirror_entries
+from demon.controller.fabric import Entry, parse_fabric
 from demon.controller.spec import parse_mirror_params
+from tests.demon.controller.test_fabric_roles_static import SEED
+from tests.demon.controller.test_mirror_compile_path import compiled_for
 
 
-def test_mirror_flow_mod() -> None:
-    spec = parse_mirror_params({"tap_id": "t", "dpid": 1, "copy_port": 6, "vlan_tag": 10,
+@pytest.mark.parametrize("dpid", [1, 3], ids=["filter-l2-table", "aggregation"])
+def test_mirror_flow_mod(dpid: int) -> None:
+    spec = parse_mirror_params({"tap_id": "t", "dpid": dpid, "copy_port": 6, "vlan_tag": 10,
                                 "match": {"ipv4_src": "10.0.0.0/24", "tcp_dst": 80, "vlan_vid": 3}})
-    (_, entry), = mirror_entries(spec, 0xDE30_8000_0001)
-    mod = of13.flow_mod(entry)
+    (c,) = compiled_for(spec, 0xDE30_8000_0001, fabric=parse_fabric(SEED))
+    mod = of13.flow_mod(c.entry)
     assert mod["flags"] == of13.OFPFF_SEND_FLOW_REM and mod["cookie"] == 0xDE30_8000_0001
+    assert (mod["table_id"], mod["priority"], mod["idle_timeout"], mod["hard_timeout"]) == (0, 40000, 30, 300)
     assert mod["match"]["ipv4_src"] == ("10.0.0.0", "255.255.255.0")
     assert mod["match"]["vlan_vid"] == 0x1000 | 3
-    assert mod["actions"] == [("output", of13.OFPP_NORMAL), ("push_vlan", 0x8100),
-                              ("set_field", "vlan_vid", 0x1000 | 10), ("output", 6)]
+    copy = [("push_vlan", 0x8100), ("set_field", "vlan_vid", 0x1000 | 10), ("output", 6)]
+    if dpid == 1:  # the copy first, its tag popped, then the L2 table as an instruction
+        assert mod["actions"] == copy + [("pop_vlan",)] and mod["goto_table"] == 1
+    else:
+        assert mod["actions"] == [("output", of13.OFPP_NORMAL)] + copy and mod["goto_table"] is None
 
 
 def test_round_trip_through_flow_stats_form() -> None:
