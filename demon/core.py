@@ -53,7 +53,10 @@ The rules (each transition emits a ``Record`` naming its cause):
   and on every reconnect the runtime feeds ``Reconcile`` first, then
   ``ControllerStatus(up=True)``: each outstanding install/remove is then sent
   exactly once.
-* **Operator.** ``OperatorRelease`` releases at once (hold-down applies, so the
+* **Operator.** ``OperatorTap`` taps a flow now (hold-down overridden, caps and
+  budget not: a request that does not fit is refused with the reason, it does
+  not wait) and keeps it at least ``hold`` seconds; on a tapped flow it extends
+  the tap. ``OperatorRelease`` releases at once (hold-down applies, so the
   flow is not re-tapped straight away); ``PausePolicy`` stops a policy from
   tapping anything new (its taps run their course); ``ResumePolicy`` undoes it.
   A policy that disappears from the configuration has its taps released.
@@ -76,9 +79,11 @@ from typing import TYPE_CHECKING, Any, Mapping
 from demon.flowmatch import FlowMatchError, flow_key_to_match
 from demon.model import (BASE_OF_PRIORITY, Candidate, Command, ControllerStatus, FlowSighting,
                          HistoryEntry, Input, InstallMirror, InstallResult, MirrorRemoved,
-                         OperatorRelease, PausePolicy, Reconcile, Record, RemoveMirror,
-                         RemoveResult, ResumePolicy, State, Tap, ThresholdEvent, Tick, TopFlows)
+                         OperatorRelease, OperatorTap, PausePolicy, Reconcile, Record,
+                         RemoveMirror, RemoveResult, ResumePolicy, State, Tap, ThresholdEvent,
+                         Tick, TopFlows)
 from demon.tapindex import TapIndex, mirror_signature
+from demon.topology import Location
 from demon.units import format_rate
 
 if TYPE_CHECKING:
@@ -321,12 +326,17 @@ def _new_tap(w: _Work, policy: "Policy", cand: Candidate, *, dpid: int, in_port:
     return tap
 
 
-def _try_admit(w: _Work, policy: "Policy", cand: Candidate) -> bool:
-    """Turn the candidate into a pending tap if every rule allows it now."""
+def _try_admit(w: _Work, policy: "Policy", cand: Candidate, *, at: Location | None = None,
+               hold: float = 0.0) -> bool:
+    """Turn the candidate into a pending tap if every rule allows it now.
+
+    ``at``: the ingress an operator named (instead of locating the sighting);
+    ``hold``: an operator's minimum lifetime for the tap.
+    """
     if cand.last_seen < cand.first_seen + policy.sustain_s:
         return False  # not yet seen at the end of its sustain window
     topo, limits = w.ctx.topology, w.ctx.limits
-    loc = topo.locate(cand.agent, cand.data_source)
+    loc = at or topo.locate(cand.agent, cand.data_source)
     if loc is None:
         where = f"agent {cand.agent} dataSource {cand.data_source}"
         waited = w.now - (cand.first_seen + policy.sustain_s)
@@ -365,7 +375,7 @@ def _try_admit(w: _Work, policy: "Policy", cand: Candidate) -> bool:
             _release(w, other, f"superseded by policy {policy.name} (priority {policy.priority} "
                                f"> {other.priority})", superseded_by=policy.name)
             if not w.taps[other.tap_id].live:  # it was never installed: room is free now
-                return _try_admit(w, policy, cand)
+                return _try_admit(w, policy, cand, at=at, hold=hold)
             _wait(w, cand, f"waiting for superseded tap {other.tap_id} to be removed")
         return False
     cap = limits.capture_capacity
@@ -396,6 +406,9 @@ def _try_admit(w: _Work, policy: "Policy", cand: Candidate) -> bool:
     w.drop_cand((cand.policy, cand.flow_key))
     tap = _new_tap(w, policy, cand, dpid=loc.dpid, in_port=loc.in_port, copy_port=copy_port,
                    match=match)
+    if hold > 0:
+        tap = w.put(tap, hold_until=w.now + hold,
+                    expires_at=max(tap.expires_at, w.now + hold))
     w.record_tap(tap, "created", cand.trigger, event_id=cand.event_id, rate_bps=cand.rate_bps,
                  dpid=tap.dpid, in_port=tap.in_port, copy_port=copy_port,
                  waited=cand.waiting or None)
@@ -482,9 +495,11 @@ def _sweep(w: _Work) -> None:
             if policy is None:
                 _release(w, tap, f"policy {tap.policy} removed from the configuration")
             elif w.now >= tap.expires_at:
-                _release(w, tap, f"max duration reached ({policy.max_duration:g}s)")
-            elif w.now >= tap.last_trigger_at + policy.duration:
-                _release(w, tap, f"condition cleared: no trigger for {policy.duration:g}s")
+                _release(w, tap, "operator's hold over" if tap.hold_until >= tap.expires_at
+                         else f"max duration reached ({policy.max_duration:g}s)")
+            elif w.now >= max(tap.last_trigger_at + policy.duration, tap.hold_until):
+                _release(w, tap, f"condition cleared: no trigger for {policy.duration:g}s"
+                         + (" (operator's hold over)" if tap.hold_until else ""))
             elif (tap.state == "pending" and tap.inflight is None and w.controller_up
                   and tap.next_attempt_at <= w.now):
                 _install(w, tap)
@@ -623,6 +638,52 @@ def _on_release(w: _Work, op: OperatorRelease) -> None:
     _release(w, tap, f"released by operator {op.who}", operator=op.who)
 
 
+def _on_operator_tap(w: _Work, op: OperatorTap) -> None:
+    """Tap a flow now for the operator, under every cap and the budget (an answer,
+    never a wait: a request that does not fit is refused with the reason)."""
+    policy = w.policy(op.policy)
+    who = f"operator {op.who}"
+    if policy is None:
+        w.record(None, "operator_refused", f"{who}: no policy {op.policy!r}", policy=op.policy,
+                 flow_key=op.flow_key, operator=op.who)
+        return
+    tap = w.tap_of(policy.name, op.flow_key)
+    if tap is not None and tap.state in ("pending", "active"):
+        until = max(tap.hold_until, w.now + op.hold)
+        longer = until > tap.expires_at
+        tap = w.put(tap, last_trigger_at=w.now, hold_until=until,
+                    expires_at=max(tap.expires_at, until))
+        w.record_tap(tap, "extended", f"{who}: held for {op.hold:g}s", operator=op.who)
+        if longer and tap.state == "active" and tap.inflight is None:
+            # The switch's hard timeout would cut the hold short: install again (same
+            # tap id: the controller replaces the entry) with the later one.
+            tap = w.put(tap, state="pending", reason="re-installing with a later hard timeout")
+            if w.controller_up:
+                _install(w, tap)
+        return
+    if tap is not None:
+        w.record(None, "operator_refused", f"{who}: tap {tap.tap_id} of this flow is being "
+                 f"removed; ask again once it is gone", policy=policy.name,
+                 flow_key=op.flow_key, operator=op.who)
+        return
+    key = (policy.name, op.flow_key)
+    if key in w.holddown:
+        w.unhold(key)  # the operator's word overrides a hold-down
+    w.drop_cand(key)
+    cand = Candidate(policy=policy.name, flow_key=op.flow_key,
+                     first_seen=w.now - policy.sustain_s, last_seen=w.now,
+                     value=policy.from_bps(op.rate_bps), rate_bps=op.rate_bps, agent=op.agent,
+                     data_source=op.data_source, trigger=f"{who}: tap for {op.hold:g}s")
+    at = Location(op.dpid, op.in_port) if op.dpid is not None and op.in_port is not None else None
+    if _try_admit(w, policy, cand, at=at, hold=op.hold):
+        return
+    waiting = w.watch.get(key)
+    if waiting is not None:  # no room now: the operator hears why, nothing waits
+        w.drop_cand(key)
+        w.record(None, "operator_refused", f"{who}: not tapped: {waiting.waiting}",
+                 policy=policy.name, flow_key=op.flow_key, operator=op.who)
+
+
 def _on_pause(w: _Work, op: PausePolicy) -> None:
     known = op.name in w.ctx.policies
     w.paused.add(op.name)
@@ -684,6 +745,6 @@ def _on_reconcile(w: _Work, rec: Reconcile) -> None:
 _HANDLERS: dict[type, Any] = {
     ThresholdEvent: _on_event, TopFlows: _on_top, Tick: _on_tick, InstallResult: _on_install,
     RemoveResult: _on_remove, MirrorRemoved: _on_mirror_removed, ControllerStatus: _on_controller,
-    OperatorRelease: _on_release, PausePolicy: _on_pause, ResumePolicy: _on_resume,
+    OperatorRelease: _on_release, OperatorTap: _on_operator_tap, PausePolicy: _on_pause, ResumePolicy: _on_resume,
     Reconcile: _on_reconcile,
 }

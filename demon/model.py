@@ -18,7 +18,9 @@ Times are epoch seconds (floats) and come from the ``now`` the runtime passes.
 * ``expires_at`` is the hard deadline: ``created_at + policy.max_duration``.
 * The soft deadline is ``release_at = last_trigger_at + policy.duration``: a tap
   is released when its trigger has not fired for ``duration`` (the condition has
-  cleared) or at ``expires_at``, whichever comes first.
+  cleared) or at ``expires_at``, whichever comes first. An operator's tap
+  (``OperatorTap``) is not released for a cleared condition before
+  ``hold_until``.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class Tap:
     next_attempt_at: float = 0.0
     ended_at: float | None = None
     sent: bool = False  # an install was ever sent (so the switch may hold it)
+    hold_until: float = 0.0  # an operator asked for it: not released for a cleared condition before
 
     @property
     def live(self) -> bool:
@@ -241,6 +244,27 @@ class OperatorRelease:
 
 
 @dataclass(frozen=True)
+class OperatorTap:
+    """``demon-tap tap``: mirror this flow of this policy now, for ``hold`` s at least.
+
+    Where the flow enters: ``dpid``/``in_port`` when the operator named it, else
+    ``agent``/``data_source`` where the engine saw it (located through the port
+    map like any sighting). ``rate_bps``: its rate as last seen (0 if unknown),
+    what it costs of the capture budget.
+    """
+
+    policy: str
+    flow_key: str
+    who: str
+    hold: float
+    agent: str = ""
+    data_source: str = ""
+    dpid: int | None = None
+    in_port: int | None = None
+    rate_bps: float = 0.0
+
+
+@dataclass(frozen=True)
 class PausePolicy:
     name: str
     who: str
@@ -260,7 +284,8 @@ class Reconcile:
 
 
 Input = Union[ThresholdEvent, TopFlows, Tick, InstallResult, RemoveResult, MirrorRemoved,
-              ControllerStatus, OperatorRelease, PausePolicy, ResumePolicy, Reconcile]
+              ControllerStatus, OperatorRelease, OperatorTap, PausePolicy, ResumePolicy,
+              Reconcile]
 
 
 # ---------------------------------------------------------------------------

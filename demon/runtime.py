@@ -35,12 +35,13 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from demon import core
 from demon.core import Context
 from demon.model import (Command, ControllerStatus, FlowSighting, HistoryEntry, InstallMirror,
-                         InstallResult, MirrorRemoved, OperatorRelease, PausePolicy, Record,
-                         Reconcile, RemoveMirror, RemoveResult, ResumePolicy, State,
-                         ThresholdEvent, Tick, TopFlows)
+                         InstallResult, MirrorRemoved, OperatorRelease, OperatorTap,
+                         PausePolicy, Reconcile, Record, RemoveMirror, RemoveResult,
+                         ResumePolicy, State, ThresholdEvent, Tick, TopFlows)
 from demon.rpc.client import ControllerUnreachable, RpcClient, RpcTimeout
 from demon.rpc.protocol import RpcError
 from demon.store import OperatorRequest, Store
+from demon.tap_request import NOT_TAPPED, TapRequest, answer as tap_answer
 from demon.topology import Topology
 from sflow.client import (ActiveFlow, Event, EventStream, NotFound,
                           SFlowRTClient, SFlowRTError, Unsupported)
@@ -50,6 +51,7 @@ decisions = logging.getLogger("demon.decisions")
 
 ON_EXIT_CHOICES = ("leave", "remove")
 FLOW_PREFIX = "demon_"
+OPERATOR_LOOKUP_FLOWS = 10000  # /activeflows rows searched for an operator's flow
 
 
 class StartupError(Exception):
@@ -175,6 +177,15 @@ class _Stop:
 
 
 @dataclass(frozen=True)
+class _OperatorTapReady:
+    """The engine said where an operator's flow enters (``tap``), or why not (``error``)."""
+
+    request: OperatorRequest
+    tap: OperatorTap | None
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class _Prune:
     pass
 
@@ -224,6 +235,7 @@ class Runtime:
         self._deferred: list[ThresholdEvent] = []
         self._rereading = False
         self._port_map_lock = threading.Lock()
+        self._looking_up: set[int] = set()  # operator tap requests waiting for the engine
         self._awaiting_placement = False  # set by the mutator, read by the topology job
         self._halt = threading.Event()
         self._stopping = False
@@ -621,10 +633,18 @@ class Runtime:
                 for inp in held:
                     self._step(inp, entries, outbox)
             elif isinstance(item, _PollRequests):
-                handled = {rid for rid, _ in answered}
+                handled = {rid for rid, _ in answered} | self._looking_up
                 for request in self.store.pending_requests():
                     if request.id not in handled:
-                        answered.append((request.id, self._operator(request, entries, outbox)))
+                        outcome = self._operator(request, entries, outbox)
+                        if outcome is not None:
+                            answered.append((request.id, outcome))
+            elif isinstance(item, _OperatorTapReady):
+                self._looking_up.discard(item.request.id)
+                outcome = item.error
+                if item.tap is not None:
+                    outcome = self._apply_operator_tap(item.tap, entries, outbox)
+                answered.append((item.request.id, outcome))
             elif isinstance(item, _NewTopology):
                 assert self.ctx is not None
                 self.ctx = replace(self.ctx, topology=item.topology)
@@ -677,9 +697,69 @@ class Runtime:
             else:
                 outbox.append(cmd)
 
+    def _operator_tap(self, request: OperatorRequest, entries: list[HistoryEntry],
+                      outbox: list[Command]) -> str | None:
+        """``demon-tap tap``. Where the flow enters: the operator's ``at``, else where
+        the daemon last saw it, else the engine's ``/activeflows`` (asked on another
+        thread: the answer is then written when it is back, so None here)."""
+        assert self.ctx is not None
+        try:
+            req = TapRequest.from_target(request.target)
+        except ValueError as exc:
+            return f"{NOT_TAPPED}: bad request: {exc}"
+        pol = self.ctx.policies.get(req.policy)
+        if pol is None:
+            return f"{NOT_TAPPED}: no policy named {req.policy!r}"
+        base = OperatorTap(policy=req.policy, flow_key=req.flow_key, who=request.who,
+                           hold=req.hold or float(pol.duration))
+        if req.at is not None:
+            return self._apply_operator_tap(replace(base, dpid=req.at[0], in_port=req.at[1]),
+                                            entries, outbox)
+        cand = self.state.watch.get((req.policy, req.flow_key))
+        if cand is not None:
+            return self._apply_operator_tap(
+                replace(base, agent=cand.agent, data_source=cand.data_source,
+                        rate_bps=cand.rate_bps), entries, outbox)
+        seen = [t for t in self.state.taps.values()
+                if t.policy == req.policy and t.flow_key == req.flow_key and t.dpid]
+        if seen:
+            last = max(seen, key=lambda t: t.created_at)
+            return self._apply_operator_tap(
+                replace(base, dpid=last.dpid, in_port=last.in_port, rate_bps=last.rate_bps),
+                entries, outbox)
+        self._looking_up.add(request.id)
+
+        def lookup() -> None:
+            try:
+                flows = self._engine.activeflows(pol.flow_name, max_flows=OPERATOR_LOOKUP_FLOWS)
+            except SFlowRTError as exc:
+                self.inputs.put(_OperatorTapReady(request, None, f"{NOT_TAPPED}: cannot ask the "
+                                                  f"engine where the flow enters ({exc}); name "
+                                                  "its ingress with --at DPID/PORT"))
+                return
+            for flow in flows:
+                if flow.key == req.flow_key:
+                    self.inputs.put(_OperatorTapReady(request, replace(
+                        base, agent=flow.agent, data_source=str(flow.data_source),
+                        rate_bps=pol.to_bps(flow.value))))
+                    return
+            self.inputs.put(_OperatorTapReady(
+                request, None, f"{NOT_TAPPED}: flow {req.flow_key!r} is not among the active "
+                f"flows of {pol.flow_name} in the engine; name its ingress with --at DPID/PORT"))
+
+        threading.Thread(target=lookup, name="demon-operator-tap", daemon=True).start()
+        return None
+
+    def _apply_operator_tap(self, op: OperatorTap, entries: list[HistoryEntry],
+                            outbox: list[Command]) -> str:
+        first = len(entries)
+        self._step(op, entries, outbox)
+        return tap_answer(entries[first:])
+
     def _operator(self, request: OperatorRequest, entries: list[HistoryEntry],
-                  outbox: list[Command]) -> str:
-        """Turn a queued operator request into a core input; return the answer."""
+                  outbox: list[Command]) -> str | None:
+        """Turn a queued operator request into a core input; return the answer
+        (None: answered later, see ``_operator_tap``)."""
         assert self.ctx is not None
         who = request.who
         if request.kind == "release":
@@ -688,6 +768,8 @@ class Runtime:
                 return f"no live tap {request.target!r}"
             self._step(OperatorRelease(tap_id=request.target, who=who), entries, outbox)
             return "release requested"
+        if request.kind == "tap":
+            return self._operator_tap(request, entries, outbox)
         if request.target not in self.ctx.policies:
             return f"no policy named {request.target!r}"
         if request.kind == "pause":

@@ -15,7 +15,7 @@ Tables (schema version in ``PRAGMA user_version``):
 * ``meta``: ``last_event_id`` (the engine's event cursor, advanced in the same
   transaction as the steps that consumed the events: none lost, none applied
   twice), ``paused``, ``next_seq``, ``controller_up``.
-* ``requests``: the operator queue ``demon-tap`` writes (release/pause/resume)
+* ``requests``: the operator queue ``demon-tap`` writes (release/pause/resume/tap)
   and the daemon consumes, answering in ``outcome``.
 
 ``prune`` bounds the file: the runtime calls it hourly with
@@ -35,7 +35,7 @@ from typing import Any, Iterable, Mapping
 from demon.model import Candidate, HistoryEntry, State, Tap, tap_from_dict, tap_to_dict
 
 SCHEMA_VERSION = 1
-REQUEST_KINDS = ("release", "pause", "resume")
+REQUEST_KINDS = ("release", "pause", "resume", "tap")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

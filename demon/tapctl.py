@@ -1,7 +1,7 @@
-"""``demon-tap``: what is tapped, since when and why; release, pause, resume.
+"""``demon-tap``: what is tapped, since when and why; tap, release, pause, resume.
 
 Reads the daemon's state file directly (SQLite WAL: reading never blocks the
-daemon). Commands that change something (``release``, ``pause``, ``resume``)
+daemon). Commands that change something (``tap``, ``release``, ``pause``, ``resume``)
 are queued in the file's ``requests`` table; the daemon picks them up within
 a second and writes its answer back, which this command waits for
 (``--wait``), so no extra listener is needed.
@@ -24,6 +24,7 @@ from typing import IO, Any
 from demon.cli import default_state_path
 from demon.model import HistoryEntry, Tap, tap_to_dict
 from demon.store import Store, StoreError
+from demon.tap_request import TapRequest, is_positive, parse_at
 from demon.units import UnitError, format_rate, parse_duration
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NO_ANSWER, EXIT_STATE = 0, 1, 2, 3, 5
@@ -47,6 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument(target)
         cmd.add_argument("--wait", type=float, default=5.0, metavar="S",
                          help="seconds to wait for the daemon's answer (0: just queue)")
+    tap = sub.add_parser("tap", help="mirror a flow now, for a while (caps and budget apply)")
+    tap.add_argument("policy", help="the policy whose match and destination the tap uses")
+    tap.add_argument("flow_key", metavar="FLOW",
+                     help="the flow in the policy's key order, e.g. 10.0.0.1,10.0.0.2,51792,5201")
+    tap.add_argument("--for", dest="hold", metavar="DURATION",
+                     help="keep it at least this long (e.g. 5m; default: the policy's duration)")
+    tap.add_argument("--at", metavar="DPID/PORT",
+                     help="where the flow enters (default: where the daemon or the engine saw it)")
+    tap.add_argument("--wait", type=float, default=10.0, metavar="S",
+                     help="seconds to wait for the daemon's answer (0: just queue)")
     history = sub.add_parser("history", help="recorded transitions")
     history.add_argument("--since", metavar="WHEN",
                          help="epoch seconds, ISO time (2026-11-24T10:00) or an age (10m, 2h)")
@@ -175,15 +186,19 @@ def cmd_request(store: Store, kind: str, target: str, wait: float, as_json: bool
         answer = store.request(request_id)
     outcome = answer.outcome if answer is not None else None
     if as_json:
-        print(json.dumps({"request": request_id, "kind": kind, "target": target,
+        print(json.dumps({"request": request_id, "kind": kind,
+                          "target": json.loads(target) if kind == "tap" else target,
                           "outcome": outcome}), file=out)
+    if kind == "tap":
+        req = TapRequest.from_target(target)
+        target = f"{req.policy} {req.flow_key}"
     if outcome is None:
         if not as_json:
             print(f"{kind} {target}: queued as request {request_id}"
                   + (f"; no answer within {wait:g}s — is demon-watch running on "
                      f"{store.path}?" if wait > 0 else ""), file=err if wait > 0 else out)
         return EXIT_NO_ANSWER if wait > 0 else EXIT_OK
-    ok = outcome in _POSITIVE
+    ok = outcome in _POSITIVE or (kind == "tap" and is_positive(outcome))
     if not as_json:
         print(f"{kind} {target}: {outcome}", file=out if ok else err)
     return EXIT_OK if ok else EXIT_REFUSED
@@ -201,6 +216,17 @@ def main(argv: list[str] | None = None, *, stdout: IO[str] | None = None,
         except ValueError as exc:
             print(f"demon-tap: {exc}", file=err)
             return EXIT_USAGE
+    target = None
+    if args.command == "tap":
+        try:
+            hold = parse_duration(args.hold) if args.hold else None
+            if hold is not None and not 0 < hold <= 86400:
+                raise ValueError(f"--for: {args.hold!r} must be above 0 and at most 1d")
+            at = parse_at(args.at) if args.at else None
+        except (UnitError, ValueError) as exc:
+            print(f"demon-tap: {exc}", file=err)
+            return EXIT_USAGE
+        target = TapRequest(args.policy, args.flow_key, hold, at).to_target()
     path = args.state or default_state_path()
     try:
         store = Store(path, readonly=args.command in ("list", "show", "history"))
@@ -214,7 +240,8 @@ def main(argv: list[str] | None = None, *, stdout: IO[str] | None = None,
             return cmd_show(store, args.tap_id, args.json, out, err)
         if args.command == "history":
             return cmd_history(store, since, args.tap, args.json, out)
-        target = args.tap_id if args.command == "release" else args.policy
+        if target is None:
+            target = args.tap_id if args.command == "release" else args.policy
         return cmd_request(store, args.command, target, args.wait, args.json, out, err)
 
 

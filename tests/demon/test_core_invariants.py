@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from demon.model import (ControllerStatus, InstallMirror, InstallResult, MirrorRemoved,
-                         OperatorRelease, PausePolicy, Reconcile, RemoveMirror, RemoveResult,
+                         OperatorRelease, OperatorTap, PausePolicy, Reconcile, RemoveMirror, RemoveResult,
                          ResumePolicy, State, ThresholdEvent, Tick, TopFlows)
 from demon.policy import GlobalLimits
 from demon.tapindex import TapIndex
@@ -39,6 +39,8 @@ ops = st.one_of(
     st.tuples(st.just("controller"), st.booleans()),
     st.tuples(st.just("reconcile"), st.booleans()),
     st.tuples(st.just("release"), st.integers(0, 50)),
+    st.tuples(st.just("optap"), st.integers(0, 11), st.sampled_from(["a", "b"]),
+              st.sampled_from([5.0, 60.0, 600.0])),
     st.tuples(st.just("pause"), st.sampled_from(["a", "b"]), st.booleans()),
 )
 
@@ -161,6 +163,10 @@ def test_promises_hold_for_any_sequence(sequence):
         elif kind == "release" and h.state.taps:
             tap_id = sorted(h.state.taps)[op[1] % len(h.state.taps)]
             feed(OperatorRelease(tap_id, who="op"))
+        elif kind == "optap":
+            n = op[1]
+            feed(OperatorTap(op[2], flow(n), who="op", hold=op[3], agent=AGENT,
+                             data_source=str(101 + n % 5), rate_bps=rate(n) * 1e6))
         elif kind == "pause":
             feed(PausePolicy(op[1], who="op") if op[2] else ResumePolicy(op[1], who="op"))
     # every tap that exists went through a recorded creation
