@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -259,3 +260,30 @@ def test_a_daemon_killed_with_a_tap_active_restarts_without_a_duplicate_and_the_
     frames = pcap_fields(session, tap["tap_id"])
     assert frames and all(flow.matches(f) for f in frames)
     assert 0.5 * flow.nbytes / 1500 < len(frames) <= switch_packets(session, tap["tap_id"])
+
+
+def test_an_operator_taps_a_mouse_by_hand_and_h11_gets_exactly_that_flow(session: LabSession) -> None:
+    """``demon-tap tap``: a flow no policy would tap (5 Mbit/s, threshold 50) is mirrored
+    on the operator's word, at the port the engine saw it enter, and only it."""
+    flow = TcpFlow(session, 3, 4, 41008, 5308, nbytes=7_500_000, rate="5M")  # ~12 s
+    outcome = ""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # until the engine has sampled the flow
+        proc = subprocess.run([sys.executable, "-m", "demon.tapctl", "--state", str(session.paths["state"]),
+                               "tap", "elephant_tcp", flow.key, "--for", "60s", "--wait", "10"],
+                              capture_output=True, text=True, timeout=30)
+        outcome = proc.stdout + proc.stderr
+        if proc.returncode == 0 or "not among the active flows" not in outcome:
+            break
+        time.sleep(0.5)
+    assert proc.returncode == 0 and "tapped elephant_tcp." in outcome, outcome
+    run_flows(session, [flow])
+    sent, got = flow.results()
+    assert sent["bytes_sent"] == got["bytes_received"] == flow.nbytes
+    wait_released(session, [flow.key])  # the switch's idle timeout ends it once the flow stops
+    (tap,) = taps_of(session, flow.key)
+    assert (tap["dpid"], tap["in_port"]) == (1, 3) and tap["copy_port"] in UPLINKS
+    assert "operator" in tap["trigger"]
+    frames = pcap_fields(session, tap["tap_id"])
+    assert frames and all(flow.matches(f) for f in frames)
+    assert 0.3 * flow.nbytes / 1500 < len(frames) <= switch_packets(session, tap["tap_id"])
