@@ -191,11 +191,6 @@ class _Prune:
 
 
 @dataclass(frozen=True)
-class _Reread:
-    """The port map has been re-read: decide the events held for it."""
-
-
-@dataclass(frozen=True)
 class _NewTopology:
     topology: Topology
 
@@ -232,8 +227,6 @@ class Runtime:
         self._switches: list[dict[str, Any]] = []
         self._port_map: list[Any] = []
         self._topology_read_at = 0.0
-        self._deferred: list[ThresholdEvent] = []
-        self._rereading = False
         self._port_map_lock = threading.Lock()
         self._looking_up: set[int] = set()  # operator tap requests waiting for the engine
         self._awaiting_placement = False  # set by the mutator, read by the topology job
@@ -439,22 +432,6 @@ class Runtime:
             return
         self.inputs.put(top_flows(name, flows))
 
-    def _defer(self, inp: ThresholdEvent) -> None:
-        """Hold ``inp`` until the port map has been re-read (one re-read at a time;
-        every event held meanwhile waits for it)."""
-        self._deferred.append(inp)
-        if self._rereading:
-            return
-        self._rereading = True
-
-        def reread() -> None:
-            self._reload_port_map()
-            self.inputs.put(_Reread())  # after the new topology: decide, whatever it says
-
-        log.debug("event %d from unknown port %s/%s: re-reading the port map first",
-                  inp.event_id, inp.agent, inp.data_source)
-        threading.Thread(target=reread, name="demon-portmap", daemon=True).start()
-
     def _refresh_topology(self) -> None:
         """Every second while the map is empty or a flow waits for its port to
         appear in it, else every ``topology_interval``."""
@@ -473,7 +450,7 @@ class Runtime:
         """Read the port map and hand a changed one to the mutator.
 
         Serialised, so that the topologies reach the queue in the order the maps
-        were read: a slow periodic read finishing after an event's re-read must
+        were read: a slow periodic read finishing after a placement re-read must
         not put an older map back in force.
         """
         with self._port_map_lock:
@@ -619,19 +596,8 @@ class Runtime:
                         log.debug("skipping event %d from before the start", event.event_id)
                         continue
                     inp = threshold_event(event, self._by_threshold)
-                    if inp is None:
-                        continue
-                    if self.ctx.topology.locate(inp.agent, inp.data_source) is None:
-                        # A port we do not know yet (agents announce ports with their
-                        # counters, after their first flow samples): re-read the port
-                        # map now and decide once it is in.
-                        self._defer(inp)
-                        continue
-                    self._step(inp, entries, outbox)
-            elif isinstance(item, _Reread):
-                held, self._deferred, self._rereading = self._deferred, [], False
-                for inp in held:
-                    self._step(inp, entries, outbox)
+                    if inp is not None:
+                        self._step(inp, entries, outbox)
             elif isinstance(item, _PollRequests):
                 handled = {rid for rid, _ in answered} | self._looking_up
                 for request in self.store.pending_requests():
@@ -669,8 +635,8 @@ class Runtime:
             self.last_event_id = cursor
         awaiting = core.awaiting_placement(self.state)
         if awaiting and not self._awaiting_placement:
-            # A flow (an /activeflows sighting: events are deferred before the core)
-            # just started waiting for its port: re-read the map now, not in a second.
+            # A flow just started waiting for its port (agents announce ports with
+            # their counters, after their first flow samples): re-read the map now.
             threading.Thread(target=self._reread_for_placement, name="demon-portmap",
                              daemon=True).start()
         self._awaiting_placement = awaiting

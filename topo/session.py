@@ -152,7 +152,7 @@ class LabSession:
         (counter records 1004/1005).
 
         The daemon need not have read that map yet: an event from a port it does not
-        know makes it re-read the map before deciding (``Runtime._defer``).
+        know waits (``placement_wait``) while it re-reads the map (``core.awaiting_placement``).
         """
         want = {(dpid, port) for dpid, ports in SEED_PORTS.items() for port in ports}
         deadline = time.monotonic() + timeout

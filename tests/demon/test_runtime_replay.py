@@ -146,8 +146,8 @@ def test_port_map_is_reread_every_second_while_empty(tmp_path: Path,
 
 def test_an_event_from_a_port_not_yet_mapped_waits_for_the_map(
         tmp_path: Path, mock: responses.RequestsMock) -> None:
-    """The first event arrives before the port map has its port: the runtime re-reads
-    the map before deciding, instead of failing the flow for want of a location."""
+    """The first event arrives before the port map has its port: the flow waits while
+    the runtime re-reads the map, instead of failing for want of a location."""
     engine = ScriptedEngine().register(mock)
     engine.hide_ports_until_events = True
     h = Harness(tmp_path, mock, {"elephant": ELEPHANT.format(max_taps=4)}, engine=engine,
