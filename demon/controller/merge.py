@@ -317,6 +317,31 @@ def kept_alive(removed: CompiledEntry, installed: Mapping[EntryKey, CompiledEntr
     return alive
 
 
+def end_rules(rules: dict[RuleKey, Any], taps: dict[str, Any], dpid: int, ended: Iterable[RuleKey],
+              reason: str, counters: Mapping[str, Any], cookie: int) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Forget ended rules of one switch (and taps with no live direction left).
+
+    ``taps``: tap id → the component's tap (``spec``, ``cookie``, ``live`` directions).
+    Returns the ``mirror_removed`` events to publish, in order, and the taps now gone.
+    """
+    events: list[dict[str, Any]] = []
+    gone: list[Any] = []
+    for tap_id, direction in sorted(ended):
+        rules.pop((tap_id, direction), None)
+        tap = taps.get(tap_id)
+        event = {"tap_id": tap_id, "dpid": dpid, "cookie": tap.cookie if tap else cookie,
+                 "reason": reason, **counters}
+        if tap is not None:
+            if tap.spec.bidirectional:
+                event["direction"] = direction
+            tap.live.discard(direction)
+            if not tap.live:
+                del taps[tap_id]
+                gone.append(tap)
+        events.append(event)
+    return events, gone
+
+
 def tap_record(spec: MirrorSpec, cookie: int, installed_at: float, rows: list[tuple[Entry, int, int, float]],
                compiled: Mapping[EntryKey, CompiledEntry], claimed: set[int]) -> dict[str, Any] | None:
     """The ``list_mirrors`` record of a tap as the switch holds it (None when no entry it owns

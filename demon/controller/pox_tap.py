@@ -236,18 +236,9 @@ class PoxTapService:
     def _end_rules(self, dpid: int, ended: set[of10.RuleKey], reason: str, counters: dict[str, Any],
                    cookie: int) -> None:
         """Forget ended rules (and taps with none left) and announce each."""
-        rules = self.rules.get(dpid, {})
-        for tap_id, direction in sorted(ended):
-            rules.pop((tap_id, direction), None)
-            tap = self.taps.get(tap_id)
-            event = {"tap_id": tap_id, "dpid": dpid, "cookie": tap.cookie if tap else cookie,
-                     "reason": reason, **counters}
-            if tap is not None:
-                if tap.spec.bidirectional:
-                    event["direction"] = direction
-                tap.live.discard(direction)
-                if not tap.live:
-                    del self.taps[tap_id]
+        events, _gone = merge.end_rules(self.rules.get(dpid, {}), self.taps, dpid, ended, reason,
+                                        counters, cookie)
+        for event in events:
             self.publish("mirror_removed", event)
         if ended:
             self._save_state()
