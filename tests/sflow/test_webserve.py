@@ -1,0 +1,113 @@
+"""The shared HTTP listener: listen options, a real uvicorn server on a thread."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import socket
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from sflow.webserve import BackgroundServer, ListenError, format_listen, is_loopback, parse_listen
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("127.0.0.1:8734", ("127.0.0.1", 8734)),
+    ("0.0.0.0:6343", ("0.0.0.0", 6343)),
+    ("[::1]:8008", ("::1", 8008)),
+    ("[::]:0", ("::", 0)),
+    (":9000", ("127.0.0.1", 9000)),
+    ("9000", ("127.0.0.1", 9000)),
+    ("10.0.0.5", ("10.0.0.5", 8734)),
+    ("[fe80::1]", ("fe80::1", 8734)),
+    ("capture-host.example:80", ("capture-host.example", 80)),
+])
+def test_parse_listen_accepts_the_usual_forms(text: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(text, default_port=8734) == expected
+    host, port = expected
+    assert parse_listen(format_listen(host, port)) == expected
+
+
+@pytest.mark.parametrize("text, words", [
+    ("", "empty"),
+    ("::1:80", "brackets"),
+    ("[::1", "']'"),
+    ("[::1]x", "':PORT'"),
+    ("host:http", "not a number"),
+    ("host:70000", "out of range"),
+    ("host", "missing port"),
+])
+def test_parse_listen_says_what_is_wrong(text: str, words: str) -> None:
+    with pytest.raises(ListenError, match=re.escape(words)) as info:
+        parse_listen(text)
+    assert "\n" not in str(info.value)
+
+
+def test_is_loopback() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("127.9.9.9") and is_loopback("::1")
+    assert is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("10.0.0.1")
+    assert not is_loopback("collector.example")
+
+
+async def _echo(request: Request) -> JSONResponse:
+    body = await request.body()
+    return JSONResponse({"method": request.method, "length": len(body), "body": body.decode()})
+
+
+def _app() -> Starlette:
+    return Starlette(routes=[Route("/echo", _echo, methods=["GET", "PUT", "POST"])])
+
+
+def _request(port: int, method: str, body: bytes | None = None, chunked: bool = False) -> bytes:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        if chunked:
+            conn.putrequest(method, "/echo")
+            conn.putheader("Transfer-Encoding", "chunked")
+            conn.endheaders()
+            assert body is not None
+            for i in range(0, len(body), 7):
+                piece = body[i:i + 7]
+                conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+            conn.send(b"0\r\n\r\n")
+        else:
+            conn.request(method, "/echo", body=body)
+        resp = conn.getresponse()
+        assert resp.status == 200
+        return resp.read()
+    finally:
+        conn.close()
+
+
+def test_serves_on_an_ephemeral_port_and_reads_chunked_bodies() -> None:
+    body = b'{"keys":"ipsource,ipdestination","value":"bytes"}'
+    with BackgroundServer(_app(), "127.0.0.1", 0, name="test") as server:
+        port = server.address[1]
+        assert port != 0 and server.url == f"http://127.0.0.1:{port}"
+        plain = _request(port, "PUT", body)
+        chunked = _request(port, "PUT", body, chunked=True)
+        assert plain == chunked
+        assert b'"length":%d' % len(body) in plain
+    # stopped: nothing listens any more
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_a_busy_address_is_an_oserror_in_the_caller() -> None:
+    with BackgroundServer(_app(), "127.0.0.1", 0, name="first") as first:
+        with pytest.raises(OSError):
+            BackgroundServer(_app(), "127.0.0.1", first.address[1], name="second").start()
+        # the first one still serves
+        assert b'"method":"GET"' in _request(first.address[1], "GET")
+
+
+def test_stop_is_idempotent() -> None:
+    server = BackgroundServer(_app(), "127.0.0.1", 0).start()
+    server.stop()
+    server.stop()
+    assert not server.running
