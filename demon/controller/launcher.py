@@ -75,13 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg.CONF.set_override("ofp_listen_host", args.of_host)
     cfg.CONF.set_override("ofp_tcp_listen_port", args.of_port)
 
+    from demon.controller.book import MirrorBook
+    from demon.controller.service import TapService
     from demon.rpc.server import RpcServer
 
-    settings = osken_app.Settings(fabric=fabric, static=static, rpc_address=args.rpc, token=token,
-                                  barrier_timeout=args.barrier_timeout,
-                                  state_file=Path(args.state_file) if args.state_file
-                                  else Path(args.token_file).parent / "osken-taps.json")
-    service = osken_app.TapService(settings)
+    state = Path(args.state_file) if args.state_file else Path(args.token_file).parent / "osken-taps.json"
+    service = TapService(MirrorBook(fabric, "1.3", static), "os-ken", state_file=state,
+                         collect_timeout=min(1.0, args.barrier_timeout))
     try:
         _check_free(args.of_host, args.of_port)
     except OSError as exc:
@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demon-controller: cannot listen: --rpc {args.rpc}: {reason}", file=sys.stderr)
         return 2
     service.publish = server.publish
-    osken_app.configure(service)
+    service.start()
+    osken_app.configure(service, args.barrier_timeout)
     print(f"demon-controller: openflow {args.of_host}:{args.of_port} rpc {server.address}", flush=True)
 
     def stop(signum: int, _frame: Any) -> None:

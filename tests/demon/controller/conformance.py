@@ -160,10 +160,10 @@ class ConformanceSuite:
     @classmethod
     def component(cls, lab_module_lock: None, workdir: Path) -> Iterator[Component]:
         if cls.KIND == "pox":
-            from tests.demon.controller.conftest import POX_HOME
+            from tests.demon.controller.conftest import NO_POX, POX_HOME
 
             if not POX_HOME:
-                pytest.skip("POX_HOME is not set (POX is a git checkout, never a pip package)")
+                pytest.skip(NO_POX)
         fabric = write_json(workdir / "fabric.json", seed_fabric_json())
         comp = Component(cls.KIND, workdir, fabric).start()
         yield comp

@@ -17,13 +17,29 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
+from demon.controller.poxhome import pox_home
 from tests.conftest import REPO, held_lab_lock
 
-POX_HOME = os.environ.get("POX_HOME")
+#: The POX checkout: $POX_HOME, else the copy scripts/setup unpacked beside the venv.
+POX_HOME = pox_home()
+NO_POX = ("no POX checkout: run scripts/setup (it unpacks ../shared/third_party's snapshot, or clones it "
+          "with DEMON_POX_CLONE=1) or set POX_HOME")
+
+
+@pytest.fixture(scope="session")
+def pox_tap() -> Any:
+    """``demon.controller.pox_tap`` imported with POX on the path (skips without POX)."""
+    if POX_HOME is None or not (POX_HOME / "pox.py").is_file():
+        pytest.skip(NO_POX)
+    if str(POX_HOME) not in sys.path:
+        sys.path.insert(0, str(POX_HOME))
+    from demon.controller import pox_tap as module
+
+    return module
 
 
 @pytest.fixture(scope="module")
