@@ -98,10 +98,11 @@ def component(kind: str, workdir: Path, fabric: Path) -> Iterator[tuple[RpcClien
     if kind == "pox":
         cmd = [sys.executable, str(Path(str(pox_home())) / "pox.py"), "openflow.of_01",
                "--address=127.0.0.1", f"--port={of_port}", "demon.controller.pox_tap", f"--rpc={rpc}",
-               f"--token-file={token_file}", f"--fabric={fabric}"]
+               f"--token-file={token_file}", f"--fabric={fabric}", "--metrics-listen="]
     else:
         cmd = [str(Path(sys.executable).parent / "demon-controller"), "--of-port", str(of_port), "--rpc", rpc,
-               "--token-file", str(token_file), "--fabric", str(fabric), "--log-level", "WARNING"]
+               "--token-file", str(token_file), "--fabric", str(fabric), "--log-level", "warning",
+               "--metrics-listen", ""]
     log = open(workdir / f"{kind}.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(REPO)))
     try:

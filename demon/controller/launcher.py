@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from demon import __version__
 from demon.controller.fabric import FabricError, load_fabric, load_static
+from demon.logging_setup import LOG_FORMATS, LOG_LEVELS, setup_logging
 from demon.rpc.token import TokenError, ensure_token
 
 DEFAULT_TOKEN_FILE = "/run/pytapdemon/rpc.token"
@@ -40,16 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fabric", required=True, help="fabric description JSON (docs/fabric.md)")
     parser.add_argument("--static", help="static config: JSON (the fabric's static section) or mirrorPorts.txt")
     parser.add_argument("--state-file",
-                        help="where tap ids are remembered by cookie across restarts "
+                        help="where the taps and their counters are remembered across restarts "
                              "(default: osken-taps.json beside the token file)")
     parser.add_argument("--barrier-timeout", type=float, default=5.0, help="seconds to wait for a switch")
-    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    parser.add_argument("--metrics-listen", default="127.0.0.1:8735", metavar="HOST:PORT",
+                        help="Prometheus metrics at GET /metrics (default 127.0.0.1:8735; '' = off)")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="text")
+    parser.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="info")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level, args.log_format)
     try:
         fabric = load_fabric(args.fabric)
         static = load_static(args.static) if args.static else None
@@ -94,9 +100,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demon-controller: cannot listen: --rpc {args.rpc}: {reason}", file=sys.stderr)
         return 2
     service.publish = server.publish
+    metrics = ""
+    if args.metrics_listen:
+        from demon.controller import metrics as controller_metrics
+
+        try:
+            metrics = f" metrics {controller_metrics.serve(service, server, args.metrics_listen).url}/metrics"
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            print(f"demon-controller: cannot listen: --metrics-listen {args.metrics_listen}: {reason}",
+                  file=sys.stderr)
+            server.close()
+            return 2
     service.start()
     osken_app.configure(service, args.barrier_timeout)
-    print(f"demon-controller: openflow {args.of_host}:{args.of_port} rpc {server.address}", flush=True)
+    print(f"demon-controller: openflow {args.of_host}:{args.of_port} rpc {server.address}{metrics}", flush=True)
 
     def stop(signum: int, _frame: Any) -> None:
         # os-ken's native hub cannot kill its threads; the switches keep their entries

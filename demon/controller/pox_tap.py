@@ -226,13 +226,30 @@ class PoxEvents:
 
 # ----------------------------------------------------------------- launch
 
+def _serve_metrics(service: TapService, server: RpcServer, listen: str) -> Any:
+    """The metrics listener, if asked for and ``prometheus_client`` (and uvicorn) import here."""
+    if not listen:
+        return None
+    try:
+        from demon.controller import metrics  # third-party imports: only when metrics are on
+    except ImportError as exc:
+        log.info("metrics off: %s does not import in POX's interpreter", exc.name)
+        return None
+    listener = metrics.serve(service, server, listen)  # a bad or busy address fails the launch
+    log.info("metrics at %s/metrics", listener.url)
+    return listener
+
+
 def launch(rpc: str = p.DEFAULT_ADDRESS, token_file: str = p.DEFAULT_TOKEN_FILE, fabric: str | None = None,
-           static: str | None = None, barrier_timeout: str = "5", state_file: str | None = None) -> None:
+           static: str | None = None, barrier_timeout: str = "5", state_file: str | None = None,
+           metrics_listen: str = "127.0.0.1:8735") -> None:
     """POX entry point (``demon.controller.pox_tap --rpc=… --token-file=… --fabric=… --static=…``).
 
     ``--static`` takes a JSON file of the fabric's ``static`` shape or the prototype's
     ``mirrorPorts.txt``; it overrides the fabric's own ``static`` section. ``--state-file``
     (default ``pox-taps.json`` beside the token file) remembers the taps across restarts.
+    ``--metrics-listen=HOST:PORT`` serves Prometheus metrics at ``GET /metrics`` when
+    ``prometheus_client`` imports (``--metrics-listen=`` turns them off).
     """
     fab = load_fabric(fabric) if fabric else Fabric({})
     stat = load_static(static) if static else None
@@ -242,6 +259,7 @@ def launch(rpc: str = p.DEFAULT_ADDRESS, token_file: str = p.DEFAULT_TOKEN_FILE,
     service = TapService(MirrorBook(fab, "1.0", stat), "pox", state_file=state, collect_timeout=min(1.0, timeout))
     server = RpcServer(rpc, token, service).start()  # bind now: a taken port fails the launch
     service.publish = server.publish
+    metrics = _serve_metrics(service, server, "" if metrics_listen is True else str(metrics_listen))
     service.start()
     events = PoxEvents(service, timeout, core.callLater)
 
@@ -254,6 +272,8 @@ def launch(rpc: str = p.DEFAULT_ADDRESS, token_file: str = p.DEFAULT_TOKEN_FILE,
     def going_down(event: Any) -> None:
         server.close()
         service.close()
+        if metrics is not None:
+            metrics.stop()
 
     core.call_when_ready(openflow_ready, ["openflow"])
     core.addListenerByName("GoingDownEvent", going_down)

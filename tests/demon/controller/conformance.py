@@ -24,7 +24,7 @@ import pytest
 
 from demon.controller.fabric import copy_of_entry, intended_entries, load_fabric, parse_mirror_ports
 from demon.controller.ovsofctl import dump_flows
-from demon.controller.spec import BASELINE_COOKIE, STATIC_COOKIE
+from demon.controller.spec import BASELINE_COOKIE, STATIC_COOKIE, is_mirror_cookie
 from tests.conftest import REPO
 from tests.demon.controller.conftest import Component, seed_fabric_json, write_json
 
@@ -588,6 +588,42 @@ class ConformanceSuite:
         assert len(captured) == 9
         assert [m["packets"] for m in listed] == [9]
         assert removed["packets"] == 9, removed
+
+    def test_metrics_agree_with_the_switches(self, lab: Any, rpc: Any, component: Component) -> None:
+        """``GET /metrics``: switches and mirror entries as the switches hold them; flow-mods,
+        flow-removed and RPC requests/errors move with what was done."""
+        import urllib.error
+        import urllib.request
+
+        def value(metrics: dict, name: str, **labels: str) -> float:
+            return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
+
+        def entries_on_switches() -> int:
+            return sum(1 for d in (S1, S2, S3) for e in self.table(component, d) if is_mirror_cookie(e.cookie))
+
+        before = component.metrics()
+        tap = rpc.install_mirror("conf-metrics", S1, five_tuple(1, 2, 41601, 5601), UPLINK, bidirectional=True)
+        with pytest.raises(Exception):
+            rpc.install_mirror("conf-metrics-bad", S1, {"tcp_dst": 70000}, UPLINK)
+        during = component.metrics()
+        assert value(during, "pytapdemon_controller_switches_connected") == len(rpc.list_switches()) == 3
+        assert value(during, "pytapdemon_controller_mirror_entries") == entries_on_switches() >= tap["entries"]
+        assert value(during, "pytapdemon_controller_mirrors_installed") >= 1
+        added = value(during, "pytapdemon_controller_flow_mods_total", command="add") - \
+            value(before, "pytapdemon_controller_flow_mods_total", command="add")
+        assert added == 2  # one entry per direction
+        assert value(during, "pytapdemon_controller_rpc_requests_total", method="install_mirror") - \
+            value(before, "pytapdemon_controller_rpc_requests_total", method="install_mirror") == 2
+        assert value(during, "pytapdemon_controller_rpc_errors_total", method="install_mirror", code="-32602") - \
+            value(before, "pytapdemon_controller_rpc_errors_total", method="install_mirror", code="-32602") == 1
+        rpc.remove_mirror("conf-metrics")
+        after = component.metrics()
+        assert value(after, "pytapdemon_controller_flow_removed_total", reason="delete") - \
+            value(during, "pytapdemon_controller_flow_removed_total", reason="delete") == 2
+        assert value(after, "pytapdemon_controller_mirror_entries") == entries_on_switches()
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(f"http://127.0.0.1:{component.metrics_port}/", timeout=5)
+        assert info.value.code == 404
 
     @staticmethod
     def _pending(events: Any) -> list[Any]:

@@ -70,7 +70,8 @@ def test_ipv6_refused_before_any_message(pox: Any) -> None:
 
 def test_the_component_imports_with_the_standard_library_and_pox_only(pox_tap: Any) -> None:
     """POX loads the component in its own interpreter: nothing from site-packages may be needed
-    (``-S``: no site directories; only the repository and the POX checkout on the path)."""
+    (``-S``: no site directories; only the repository and the POX checkout on the path), and
+    without ``prometheus_client`` it runs without metrics."""
     import subprocess
     import sys
     from pathlib import Path
@@ -79,8 +80,11 @@ def test_the_component_imports_with_the_standard_library_and_pox_only(pox_tap: A
 
     code = ("import sys; import demon.controller.pox_tap as t; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('os_ken', 'prometheus_client', 'uvicorn', 'yaml', 'pydantic', 'requests')); print(bad)")
+            "('os_ken', 'prometheus_client', 'uvicorn', 'yaml', 'pydantic', 'requests')); print(bad); "
+            "import logging; logging.basicConfig(level=logging.INFO); print(t._serve_metrics(None, None, '127.0.0.1:0'))")
     proc = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60,
                           env={"PYTHONPATH": f"{REPO}:{Path(str(POX_HOME))}", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "[]"
+    assert proc.stdout.split() == ["[]", "None"]  # metrics off without prometheus_client, said in one line
+    assert [line for line in proc.stderr.splitlines() if "metrics" in line] == [
+        "INFO:demon.controller.pox:metrics off: prometheus_client does not import in POX's interpreter"]
