@@ -37,19 +37,17 @@ in a merged entry (:func:`merge.kept_alive`).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from demon.controller import merge, of10, of13
+from demon.controller import merge, of10, of13, taps
 from demon.controller.changes import Change, FlowMod, Outcome, PortNoFlood, Removed, Row
 from demon.controller.fabric import (Entry, Fabric, StaticConfig, forward_actions, intended_entries,
                                      mirror_record, no_flood_ports, static_entries, uses_l2_table)
 from demon.controller.merge import CompiledEntry, EntryKey, MirrorRule, RuleKey
 from demon.controller.spec import (BASELINE_COOKIE, STATIC_COOKIE, MirrorSpec, allocate_cookie,
                                    cookie_for_tap, is_mirror_cookie, parse_mirror_params)
-
-DIRECTIONS = ("forward", "reverse")
-BaseKey = tuple[int, int, tuple[tuple[str, str], ...]]  # (table, priority, canonical match)
+from demon.controller.switchview import SwitchView, credit_of, mirror_table
+from demon.controller.taps import DIRECTIONS, Removal, Tap
 
 
 class UnknownSwitch(LookupError):
@@ -60,93 +58,9 @@ class UnknownSwitch(LookupError):
         self.dpid = dpid
 
 
-@dataclass
-class Tap:
-    """A tap the book holds: its spec, cookie, live directions and retired counters."""
-
-    spec: MirrorSpec
-    cookie: int
-    installed_at: float
-    result: dict[str, Any]
-    live: set[str]
-    #: direction → [packets, bytes, longest entry duration] of entries that left the switch
-    counters: dict[str, list[float]] = field(default_factory=dict)
-    #: False for a tap remembered from the state file until its switch's table is seen
-    confirmed: bool = True
-
-    def counts(self, direction: str) -> dict[str, Any]:
-        packets, nbytes, duration = self.counters.get(direction, [0, 0, 0.0])
-        return {"packets": int(packets), "bytes": int(nbytes), "duration_s": round(float(duration), 3)}
-
-    def retired(self) -> tuple[int, int]:
-        return (int(sum(c[0] for c in self.counters.values())), int(sum(c[1] for c in self.counters.values())))
-
-
-@dataclass
-class _Deleting:
-    """An entry the book deleted, whose FlowRemoved is expected: who its counters go to."""
-
-    credit: dict[str, str]  # tap id → direction
-    until: float
-
-
-@dataclass
-class _Removal:
-    """A ``remove_mirror`` waiting for the final counters of the entries it deleted."""
-
-    tap: Tap | None
-    counters: dict[str, list[float]]
-    found: bool
-
-
-@dataclass
-class SwitchView:
-    """What the book knows of one switch."""
-
-    dpid: int
-    name: str
-    role: str | None
-    connected: bool = False
-    connected_at: float = 0.0
-    ports: dict[int, dict[str, Any]] = field(default_factory=dict)
-    base: dict[BaseKey, Entry] = field(default_factory=dict)
-    installed: dict[EntryKey, CompiledEntry] = field(default_factory=dict)
-    strays: dict[EntryKey, Entry] = field(default_factory=dict)
-    deleting: dict[EntryKey, list[_Deleting]] = field(default_factory=dict)
-    #: packet counts of merged entries at the last idle check (see merge.kept_alive)
-    seen: dict[EntryKey, int] = field(default_factory=dict)
-    #: idled-out entries whose owners wait for the switch's counters
-    idle_waiting: list[CompiledEntry] = field(default_factory=list)
-
-
-def base_key(entry: Entry) -> BaseKey:
-    return (entry.table_id, entry.priority, merge.canonical(entry.match))
-
-
-def _same_base(a: Entry, b: Entry) -> bool:
-    return (a.actions, a.cookie, a.idle_timeout, a.hard_timeout) == (b.actions, b.cookie, b.idle_timeout,
-                                                                   b.hard_timeout)
-
-
-def _same_mirror(held: Entry, compiled: Entry) -> bool:
-    """Does the switch's entry do what the compiled one would (its hard deadline aside)?"""
-    return (held.actions, held.cookie, held.idle_timeout) == (compiled.actions, compiled.cookie,
-                                                              compiled.idle_timeout)
-
-
-def _credit_of(compiled: CompiledEntry) -> dict[str, str]:
-    """Each member tap once (a tap whose two directions share an entry counts it once)."""
-    out: dict[str, str] = {}
-    for tap_id, direction in sorted(compiled.members):
-        out.setdefault(tap_id, direction)
-    return out
-
-
 class MirrorBook:
     """The taps, the switches and what each switch holds; see the module doc."""
 
-    #: seconds the FlowRemoved of an entry the book deleted is waited for
-    DELETE_WAIT = 5.0
     #: a rule still held this long past its hard deadline is ended by :meth:`tick`
     HARD_SLACK = 5.0
 
@@ -159,7 +73,7 @@ class MirrorBook:
         self.switches: dict[int, SwitchView] = {}
         self.rules: dict[int, dict[RuleKey, MirrorRule]] = {}
         self.taps: dict[str, Tap] = {}
-        self.removing: dict[str, _Removal] = {}
+        self.removing: dict[str, Removal] = {}
         #: FlowRemoved messages seen, by reason (read by the metrics)
         self.flow_removed_total: dict[str, int] = {}
         #: set when what the state file holds changed; the component clears it once saved
@@ -169,13 +83,7 @@ class MirrorBook:
 
     def state(self) -> list[dict[str, Any]]:
         """The tap records of the state file (``demon.rpc.protocol.encode_state``)."""
-        out = []
-        for tap_id, tap in sorted(self.taps.items()):
-            out.append({"params": tap.spec.to_params(), "cookie": tap.cookie, "installed_at": tap.installed_at,
-                        "result": dict(tap.result), "live": sorted(tap.live),
-                        "counters": {d: {"packets": int(c[0]), "bytes": int(c[1]), "duration_s": round(c[2], 3)}
-                                     for d, c in sorted(tap.counters.items())}})
-        return out
+        return [tap.record() for _, tap in sorted(self.taps.items())]
 
     def load(self, records: Iterable[Mapping[str, Any]], now: float) -> list[str]:
         """Taps of an earlier process (``decode_state`` records), unconfirmed until their
@@ -193,9 +101,8 @@ class MirrorBook:
                 continue  # its hard timeout has removed it already
             for r in rules:
                 self.rules.setdefault(spec.dpid, {})[r.key] = r
-            counters = {d: [c["packets"], c["bytes"], c["duration_s"]] for d, c in record["counters"].items()}
             self.taps[spec.tap_id] = Tap(spec, record["cookie"], record["installed_at"], dict(record["result"]),
-                                         {r.direction for r in rules}, counters, confirmed=False)
+                                         {r.direction for r in rules}, taps.counters_of(record), confirmed=False)
         return problems
 
     # -------------------------------------------------------------- switches
@@ -222,34 +129,21 @@ class MirrorBook:
         sw = self.switches[dpid]
         out = Outcome()
         self._expire(now, out, skip=dpid)  # this switch is brought in line below
-        have = {base_key(e): e for e, *_ in rows if e.cookie in (BASELINE_COOKIE, STATIC_COOKIE)}
-        want = {base_key(e): e for e in self._intended(dpid)}
-        out.add(dpid, [FlowMod("delete_strict", e) for k, e in have.items() if k not in want])
-        out.add(dpid, [FlowMod("add", e) for k, e in want.items() if k not in have or not _same_base(have[k], e)])
-        sw.base = want
-
-        table = {merge.entry_key(e.priority, e.match): e for e, *_ in rows
-                 if e.table_id == 0 and is_mirror_cookie(e.cookie)}
+        sw.reconcile_base(rows, self._intended(dpid), out)
+        table = mirror_table(rows)
         self._confirm_remembered(dpid, table, now, out)
         wanted = self._compile(dpid, now)
-        present = {c.key: c for c in wanted if c.key in table and _same_mirror(table[c.key], c.entry)}
-        for key, c in sw.installed.items():  # outdated but still there: the diff deletes them
-            if key not in present and key in table and _same_mirror(table[key], c.entry):
-                present[key] = c
-        sw.installed = present
         owners = {t.cookie: t for t in self.taps.values() if t.spec.dpid == dpid}
         sw.strays = {}
         mods: list[Change] = []
-        for key, entry in table.items():
-            if key in present:
-                continue
+        for key, entry in sw.adopt(table, wanted).items():
             tap = owners.get(entry.cookie)
             if tap is None:
                 sw.strays[key] = entry
             else:  # one of ours in an older shape: replaced, its counters still the tap's
-                mods.append(self._delete(sw, key, entry, {tap.spec.tap_id: min(tap.live)}, now, out))
+                mods.append(sw.delete(key, entry, {tap.spec.tap_id: min(tap.live)}, now, out))
         out.add(dpid, mods)
-        self._push(dpid, wanted, now, out)
+        sw.push(wanted, now, out)
         return out
 
     def switch_down(self, dpid: int, now: float) -> Outcome:
@@ -304,12 +198,12 @@ class MirrorBook:
         out = Outcome(undo=undo)
         for other in self.switches.values():  # an earlier process's entries of this tap id
             if other.connected:
-                out.add(other.dpid, [self._delete(other, key, entry, {spec.tap_id: "forward"}, now, out)
+                out.add(other.dpid, [other.delete(key, entry, {spec.tap_id: "forward"}, now, out)
                                      for key, entry in list(other.strays.items()) if entry.cookie == cookie])
                 other.strays = {k: e for k, e in other.strays.items() if e.cookie != cookie}
         if old is not None and old.spec.dpid != spec.dpid:
             self._sync(old.spec.dpid, now, out)
-        self._push(spec.dpid, wanted, now, out)
+        sw.push(wanted, now, out)
         entries = sum(1 for c in sw.installed.values() if any(k[0] == spec.tap_id for k in c.members))
         tap.result = {"tap_id": spec.tap_id, "dpid": spec.dpid, "cookie": cookie, "entries": entries,
                       "replaced": old is not None, "installed_at": round(now, 3)}
@@ -322,7 +216,7 @@ class MirrorBook:
         its deterministic cookie); :meth:`finish_remove` answers once their counters are in."""
         out = Outcome(undo=self._snapshot())
         tap = self.taps.pop(tap_id, None)
-        self.removing[tap_id] = _Removal(tap, tap.counters if tap else {}, tap is not None)
+        self.removing[tap_id] = Removal(tap, tap.counters if tap else {}, tap is not None)
         if tap is not None:
             for d in DIRECTIONS:
                 self.rules.get(tap.spec.dpid, {}).pop((tap_id, d), None)
@@ -334,7 +228,7 @@ class MirrorBook:
             mine = {k: e for k, e in sw.strays.items() if e.cookie == cookie}
             if sw.connected and mine:
                 self.removing[tap_id].found = True
-                out.add(sw.dpid, [self._delete(sw, k, e, {tap_id: "forward"}, now, out) for k, e in mine.items()])
+                out.add(sw.dpid, [sw.delete(k, e, {tap_id: "forward"}, now, out) for k, e in mine.items()])
                 sw.strays = {k: e for k, e in sw.strays.items() if k not in mine}
         return out
 
@@ -351,8 +245,7 @@ class MirrorBook:
                 if tap.spec.bidirectional:
                     event["direction"] = direction
                 out.events.append(("mirror_removed", event))
-        packets = int(sum(c[0] for c in removal.counters.values()))
-        nbytes = int(sum(c[1] for c in removal.counters.values()))
+        packets, nbytes = taps.total(removal.counters)
         out.result = {"tap_id": tap_id, "removed": removal.found, "packets": packets, "bytes": nbytes}
         return out
 
@@ -364,7 +257,7 @@ class MirrorBook:
         for dpid, sw in sorted(self.switches.items()):
             if not sw.connected:
                 continue
-            self._sync_base(dpid, out)
+            sw.sync_base(self._intended(dpid), out)
             self._sync(dpid, now, out)
             wanted = static_entries(static, dpid)
             switches += bool(wanted)
@@ -379,7 +272,7 @@ class MirrorBook:
         out = Outcome()
         for dpid, sw in sorted(self.switches.items()):
             if sw.connected:
-                self._sync_base(dpid, out)
+                sw.sync_base(self._intended(dpid), out)
                 try:
                     self._sync(dpid, now, out)
                 except merge.MergeError:  # cannot happen for a state that compiled before
@@ -418,17 +311,7 @@ class MirrorBook:
         return out
 
     def list_switches(self) -> list[dict[str, Any]]:
-        out = []
-        for dpid, sw in sorted(self.switches.items()):
-            if not sw.connected:
-                continue
-            role = self.fabric.role(dpid)
-            out.append({"dpid": dpid, "name": sw.name, "role": sw.role, "connected_at": round(sw.connected_at, 3),
-                        "ports": [sw.ports[n] for n in sorted(sw.ports)],
-                        "host_ports": list(role.host_ports) if role else [],
-                        "uplinks": list(role.uplinks) if role else [],
-                        "capture_port": role.capture_port if role else None})
-        return out
+        return [sw.record(self.fabric.role(dpid)) for dpid, sw in sorted(self.switches.items()) if sw.connected]
 
     def mirror_entries(self) -> int:
         """Mirror flow entries the connected switches hold (as far as the book knows)."""
@@ -450,11 +333,9 @@ class MirrorBook:
         if not is_mirror_cookie(removed.cookie):
             return out
         key = merge.entry_key(removed.priority, removed.match)
-        pending = sw.deleting.get(key)
-        if removed.reason == "delete" and pending:
-            self._credit(pending.pop(0).credit, removed)
-            if not pending:
-                del sw.deleting[key]
+        mine = sw.own_delete(key) if removed.reason == "delete" else None
+        if mine is not None:
+            self._credit(mine.credit, removed)
             return out
         compiled = sw.installed.pop(key, None)
         if compiled is None:
@@ -463,7 +344,7 @@ class MirrorBook:
                                                   "reason": removed.reason, "packets": removed.packets,
                                                   "bytes": removed.bytes, "duration_s": removed.duration_s}))
             return out
-        self._credit(_credit_of(compiled), removed)
+        self._credit(credit_of(compiled), removed)
         rules = self.rules.get(dpid, {})
         if removed.reason == "idle_timeout" and any(compiled.owners & c.members for c in sw.installed.values()):
             sw.idle_waiting.append(compiled)  # decided on the switch's counters (stats_reply)
@@ -515,10 +396,7 @@ class MirrorBook:
         out = Outcome()
         self._expire(now, out)
         for sw in self.switches.values():
-            for key in list(sw.deleting):
-                sw.deleting[key] = [d for d in sw.deleting[key] if d.until > now]
-                if not sw.deleting[key]:
-                    del sw.deleting[key]
+            sw.forget_deletes(now)
         return out
 
     # ------------------------------------------------------------- internals
@@ -549,41 +427,7 @@ class MirrorBook:
         return of13.compile_mirrors(rules, now, forward, uses_l2_table(self.fabric, dpid, "1.3"))
 
     def _sync(self, dpid: int, now: float, out: Outcome) -> None:
-        self._push(dpid, self._compile(dpid, now), now, out)
-
-    def _push(self, dpid: int, wanted: list[CompiledEntry], now: float, out: Outcome) -> None:
-        """Changes that take a connected switch from what it holds to ``wanted``: new entries
-        first (a bigger region's copy never lapses), changed ones deleted and added (their
-        final counters come back), stale ones deleted last."""
-        sw = self.switches.get(dpid)
-        if sw is None or not sw.connected:
-            return
-        to_add, to_delete = merge.diff(sw.installed, wanted)
-        mods: list[Change] = [FlowMod("add", c.entry) for c in to_add if c.key not in sw.installed]
-        for c in to_add:
-            if c.key in sw.installed:
-                old = sw.installed[c.key]
-                mods += [self._delete(sw, c.key, old.entry, _credit_of(old), now, out), FlowMod("add", c.entry)]
-            sw.seen.pop(c.key, None)  # counters restart with the entry
-        mods += [self._delete(sw, c.key, c.entry, _credit_of(c), now, out) for c in to_delete]
-        sw.installed = {c.key: c for c in wanted}
-        out.add(dpid, mods)
-
-    def _sync_base(self, dpid: int, out: Outcome) -> None:
-        """Baseline and static entries to what the fabric and static config say (replaced by
-        ADD: their counters do not matter)."""
-        sw = self.switches[dpid]
-        want = {base_key(e): e for e in self._intended(dpid)}
-        mods: list[Change] = [FlowMod("delete_strict", e) for k, e in sw.base.items() if k not in want]
-        mods += [FlowMod("add", e) for k, e in want.items() if k not in sw.base or not _same_base(sw.base[k], e)]
-        sw.base = want
-        out.add(dpid, mods)
-
-    def _delete(self, sw: SwitchView, key: EntryKey, entry: Entry, credit: dict[str, str], now: float,
-                out: Outcome) -> FlowMod:
-        sw.deleting.setdefault(key, []).append(_Deleting(credit, now + self.DELETE_WAIT))
-        out.awaiting.add((sw.dpid, key))
-        return FlowMod("delete_strict", entry)
+        self.switches[dpid].push(self._compile(dpid, now), now, out)
 
     def _credit(self, credit: Mapping[str, str], removed: Removed) -> None:
         """Add a departed entry's final counters to each tap that had its copy."""
@@ -591,13 +435,9 @@ class MirrorBook:
             tap = self.taps.get(tap_id)
             counters = tap.counters if tap is not None else \
                 self.removing[tap_id].counters if tap_id in self.removing else None
-            if counters is None:
-                continue
-            c = counters.setdefault(direction, [0, 0, 0.0])
-            c[0] += removed.packets
-            c[1] += removed.bytes
-            c[2] = max(c[2], removed.duration_s)
-            self.dirty = True
+            if counters is not None:
+                taps.add(counters, direction, removed)
+                self.dirty = True
 
     def _end(self, dpid: int, ended: Iterable[RuleKey], reason: str, out: Outcome,
              extra: Mapping[RuleKey, list[int]] | None = None) -> None:
