@@ -183,11 +183,13 @@ def send_payloads(payloads: Iterable[bytes], address: tuple[str, int],
 
 
 def replay_pcap(path: str | Path, address: tuple[str, int], speed: float | None = None,
-                port: int | None = 6343, stop: threading.Event | None = None) -> int:
+                port: int | None = 6343, stop: threading.Event | None = None,
+                progress: Callable[..., Iterable[tuple[float, bytes]]] | None = None) -> int:
     """Send a capture's sFlow payloads to ``address``; returns how many were sent.
 
     ``speed`` None sends back to back; otherwise at the original timing divided
-    by ``speed`` (2.0 = twice as fast).
+    by ``speed`` (2.0 = twice as fast). ``progress`` wraps the loop
+    (``sflow.cliopts.progress``: a bar on a terminal).
     """
     items = pcap_payloads(path, port)
     if speed is not None and speed <= 0:
@@ -197,7 +199,9 @@ def replay_pcap(path: str | Path, address: tuple[str, int], speed: float | None 
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         start = time.monotonic()
         first_ts = items[0][0] if items else 0.0
-        for ts, payload in items:
+        loop = progress(items, total=len(items), desc="replay", unit="datagram") if progress \
+            else items
+        for ts, payload in loop:
             if stop is not None and stop.is_set():
                 break
             if speed is not None:
