@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK
 """``demon-controller``: run the os-ken component (os-ken 4.x ships no ``osken-manager``)."""
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from demon import __version__
 from demon.controller.fabric import FabricError, load_fabric, load_static
-from demon.logging_setup import LOG_FORMATS, LOG_LEVELS, setup_logging
 from demon.rpc.token import TokenError, ensure_token
+from sflow import cliopts
 
 DEFAULT_TOKEN_FILE = "/run/pytapdemon/rpc.token"
+EXITS = {0: "stopped by SIGTERM/SIGINT (switches keep their entries; mirrors time out)",
+         1: "unexpected internal error",
+         2: "usage or configuration error (fabric, static config, token file), or a listener "
+            "cannot be bound"}
 
 
 def _check_free(host: str, port: int) -> None:
@@ -47,15 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--barrier-timeout", type=float, default=5.0, help="seconds to wait for a switch")
     parser.add_argument("--metrics-listen", default="127.0.0.1:8735", metavar="HOST:PORT",
                         help="Prometheus metrics at GET /metrics (default 127.0.0.1:8735; '' = off)")
-    parser.add_argument("--log-format", choices=LOG_FORMATS, default="text")
-    parser.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="info")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return parser
+    return cliopts.add_common(parser, exits=EXITS)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level, args.log_format)
+    args = cliopts.parse_args(build_parser(), argv)
     try:
         fabric = load_fabric(args.fabric)
         static = load_static(args.static) if args.static else None
@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    cliopts.notify_ready_when_listening(args.of_port, f"openflow {args.of_host}:{args.of_port} "
+                                                      f"rpc {server.address}")
     app_manager.AppManager.run_apps(["demon.controller.osken_app"])
     return 0
 
