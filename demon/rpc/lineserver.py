@@ -75,6 +75,8 @@ class Connection:
         self.authed = False
         self.subscribed = False
         self.inbuf = bytearray()
+        #: guards the socket's output side and ``out``: any thread may send, the I/O thread closes
+        self.wlock = threading.Lock()
         self.out: collections.deque[bytes] = collections.deque()
         self.out_bytes = 0
         self.sending_since: float | None = None  # output waiting since (no progress)
@@ -166,11 +168,15 @@ class LineServer:
             conn.in_flight += 1
 
     def done(self, conn: Connection) -> None:
-        """Its answer is queued (any thread): resume reading it, or finish closing it."""
+        """Its answer is sent or queued (any thread): the I/O thread hears of it only if it
+        must resume reading ``conn`` (it was at its in-flight limit) or finish closing it."""
         with self.lock:
             conn.in_flight -= 1
-            self._flush_wanted.add(id(conn))
-        self._wake()
+            needed = conn.in_flight + 1 >= self.max_in_flight or conn.finishing
+            if needed:
+                self._flush_wanted.add(id(conn))
+        if needed:
+            self._wake()
 
     # -- the I/O thread -----------------------------------------------------
 
@@ -310,22 +316,34 @@ class LineServer:
         self._interest(conn)  # at the in-flight limit: not read until calls are answered
 
     def send(self, conn: Connection, data: bytes) -> None:
-        """Queue a line for ``conn`` (any thread; never blocks)."""
-        with self.lock:
-            if conn.closed:
+        """Send a line to ``conn`` now, as far as it takes it, and queue the rest for the I/O
+        thread (any thread; never blocks): a reply costs no thread hop when the peer reads."""
+        overflow = failed = False
+        with conn.wlock:
+            if conn.closed or conn.fin_sent:
                 return
-            overflow = len(conn.out) >= self.max_queue
-            if overflow:
-                self._doomed.add(id(conn))
-            else:
+            if not conn.out:
+                try:
+                    sent = conn.sock.send(data)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError:
+                    sent, failed = 0, True
+                if sent == len(data):
+                    return
+                data = data[sent:]
+            if not failed:
+                overflow = len(conn.out) >= self.max_queue
+            if not (failed or overflow):
                 conn.out.append(data)
                 conn.out_bytes += len(data)
                 if conn.sending_since is None:
                     conn.sending_since = time.monotonic()
-                self._flush_wanted.add(id(conn))
+        with self.lock:
+            (self._doomed if failed or overflow else self._flush_wanted).add(id(conn))
         if overflow:
             self.throttled.warning("slow", "rpc: %s is not reading (%d lines queued): disconnecting it",
-                                    conn.peer, self.max_queue)
+                                   conn.peer, self.max_queue)
         if threading.current_thread() is not self._thread:
             self._wake()
 
@@ -341,19 +359,17 @@ class LineServer:
 
     def _flush(self, conn: Connection) -> None:
         """Write what the peer takes now; close a finished connection; else watch it."""
-        while not conn.fin_sent:
-            with self.lock:
-                data = conn.out[0] if conn.out else None
-            if data is None:
-                break
-            try:
-                sent = conn.sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                self._drop(conn)
-                return
-            with self.lock:
+        failed = False
+        with conn.wlock:
+            while conn.out and not conn.fin_sent and not conn.closed:
+                data = conn.out[0]
+                try:
+                    sent = conn.sock.send(data)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    failed = True
+                    break
                 conn.sending_since = time.monotonic()
                 conn.out_bytes -= sent
                 if sent == len(data):
@@ -361,30 +377,38 @@ class LineServer:
                 else:
                     conn.out[0] = data[sent:]
                     break
-        with self.lock:
             if not conn.out:
                 conn.sending_since = None
-            done = conn.finishing and not conn.out and conn.in_flight == 0
+            pending = bool(conn.out)
+        if failed:
+            self._drop(conn)
+            return
+        with self.lock:
+            done = conn.finishing and not pending and conn.in_flight == 0
         if done and conn.eof:
             self._drop(conn)
             return
         if done and not conn.fin_sent:
             # Our last word is out: FIN, then drain what the peer still sends (closing with
             # unread input would reset the connection and could destroy that word).
-            try:
-                conn.sock.shutdown(socket.SHUT_WR)
-            except OSError:
+            with conn.wlock:
+                try:
+                    conn.sock.shutdown(socket.SHUT_WR)
+                    conn.fin_sent = True
+                except OSError:
+                    pass
+            if not conn.fin_sent:
                 self._drop(conn)
                 return
-            conn.fin_sent = True
             conn.last_active = time.monotonic()
         self._interest(conn)
 
     def _interest(self, conn: Connection) -> None:
         """Watch for input unless the peer is done or at its in-flight limit; for output while queued."""
         assert self._selector is not None
-        with self.lock:
+        with conn.wlock:
             pending = bool(conn.out) and not conn.fin_sent
+        with self.lock:
             reading = not conn.eof and (conn.finishing or conn.in_flight < self.max_in_flight)
         events = (selectors.EVENT_READ if reading else 0) | (selectors.EVENT_WRITE if pending else 0)
         if events == conn.events:
@@ -406,22 +430,24 @@ class LineServer:
         self._flush(conn)
 
     def _drop(self, conn: Connection) -> None:
-        with self.lock:
+        with conn.wlock:  # no other thread is sending on it while it closes
             if conn.closed:
                 return
             conn.closed = True
-            self.connections.pop(id(conn), None)
-        if conn.events:
+            conn.out.clear()
+            with self.lock:
+                self.connections.pop(id(conn), None)
+            if conn.events:
+                try:
+                    assert self._selector is not None
+                    self._selector.unregister(conn.sock)
+                except (KeyError, ValueError, OSError):
+                    pass
+                conn.events = 0
             try:
-                assert self._selector is not None
-                self._selector.unregister(conn.sock)
-            except (KeyError, ValueError, OSError):
+                conn.sock.close()
+            except OSError:
                 pass
-            conn.events = 0
-        try:
-            conn.sock.close()
-        except OSError:
-            pass
 
     def _sweep(self, now: float) -> None:
         for conn in list(self.connections.values()):
