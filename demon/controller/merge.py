@@ -288,17 +288,15 @@ def ended_rules(removed: CompiledEntry, reason: str, rules: Mapping[RuleKey, Mir
 
     Idle timeout or an external delete: the entry's owners (their own traffic
     stopped, or an operator removed it). Hard timeout: the members whose
-    deadline has come (within ``slack`` s of clock skew); the others get the
-    entry back on recompilation.
+    deadline has come (within ``slack`` s of clock skew). The entry's hard
+    timeout is only a fail-safe that may end before its members do (a tap
+    extended without rewriting its entry, a deadline beyond the 16-bit
+    timeout): members not yet due end nothing, and get the entry back, re-armed
+    with what is left of their time, on recompilation.
     """
     if reason != "hard_timeout":
         return set(removed.owners)
-    members = [rules[k] for k in removed.members if k in rules]
-    due = {r.key for r in members if r.expires_at <= now + slack}
-    if not due and members:  # the switch's clock ran ahead of ours: the earliest deadline is the one
-        earliest = min(r.expires_at for r in members)
-        due = {r.key for r in members if r.expires_at == earliest}
-    return due
+    return {k for k in removed.members if k in rules and rules[k].expires_at <= now + slack}
 
 
 def kept_alive(removed: CompiledEntry, installed: Mapping[EntryKey, CompiledEntry],
