@@ -21,8 +21,9 @@ Lifetimes: the entry whose match equals a tap's own match ("owned" entry)
 carries the tap's idle timeout; every entry's hard timeout is the earliest hard
 deadline of its members, so the switch itself removes copies for an expired
 tap. After any change the mirror book (:mod:`demon.controller.book`) recompiles
-and applies the difference (:func:`diff`): ADD for new entries, DELETE_STRICT then
-ADD for changed ones, DELETE_STRICT (match + priority) for entries no longer wanted. A tap's idle timer only sees packets
+and applies the difference (:func:`diff`; how each difference is sent so that no
+counter is lost: :meth:`demon.controller.switchview.SwitchView.push`). A tap's idle
+timer only sees packets
 that hit its owned entry, so when that entry idles out the component first asks
 :func:`kept_alive` whether the tap's merged sub-regions counted packets since it
 last looked; if so the tap lives on and its entry is re-added.
