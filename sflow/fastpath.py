@@ -286,3 +286,8 @@ def split_keys(keys: dict[str, Any], agent: str, datasource: str
         rest.pop(name, None)
     context = {name: rest.pop(name) for name in CONTEXT_KEYS if name in rest}
     return HeaderKeys(rest), Context(context, agent, datasource), nbytes
+
+
+def make_header(protocol: int, header: bytes) -> HeaderKeys:
+    """The header keys of one sampled header (the compiled kernel's cache-miss path)."""
+    return HeaderKeys(header_keys(protocol, header))

@@ -302,6 +302,20 @@ class Ingest:
             update(table, now, context.agent, context.datasource, context.where, key, value,
                    scaled)
 
+    # --- called by the compiled kernel ------------------------------------------------
+
+    def value_of(self, table: Any, header: Any, context: Any, nbytes: int | None,
+                 rate: int) -> float | None:
+        """A table's value of a sample whose value is not bytes or frames."""
+        return table.fd.value_fn(full_keys(header, context, nbytes, rate))
+
+    def fail(self, source: str, exc: BaseException | None) -> None:
+        """A datagram failed in ingest (a bug): counted, logged, collection goes on."""
+        stats = self.stats
+        stats.dropped["ingest-error"] = stats.dropped.get("ingest-error", 0) + 1
+        log.error("ingest failed for a datagram from %s", source,
+                  exc_info=(type(exc), exc, exc.__traceback__) if exc is not None else None)
+
     # --- reads ----------------------------------------------------------------------
 
     def flow_keys(self, now: float) -> dict[str, int]:
