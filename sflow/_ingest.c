@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#define KERNEL_VERSION 1 /* bump with any change of what the kernel reads or writes */
 #define CACHE_MAX 8192
 #define MAX_SAMPLES 256
 #define MAX_NAME_SETS 4096
@@ -248,17 +249,22 @@ static PyObject *sid_tuple(uint32_t sub, uint32_t cls, uint32_t idx) {
 }
 
 /* Seq accounting of an existing entry: returns 1 if `last` moves to seq, 0 if not, -1 error */
+static PyObject *s_lost[3], *s_dup[3], *s_ooo[3];
+
+/* sflow.agents.account_sequence, here: what seq after last means for the agent's
+   totals (kind 0 datagrams, 1 flow samples, 2 counter samples); 1 if last moves */
 static int account(PyObject *agent, int kind, long long last, long long seq) {
     if (seq == last + 1) return 1;
-    PyObject *r = PyObject_CallFunction(py_account_sequence, "OiLL", agent, kind, last, seq);
-    if (!r) return -1;
-    int moves = PyObject_IsTrue(r);
-    Py_DECREF(r);
-    return moves;
+    if (seq > last + 1) return add_long_attr(agent, s_lost[kind], seq - last - 1) < 0 ? -1 : 1;
+    if (seq == last) return add_long_attr(agent, s_dup[kind], 1) < 0 ? -1 : 0;
+    if (seq <= 1 || last - seq > 1000000) return 1; /* RESTART_GAP: the agent restarted */
+    return add_long_attr(agent, s_ooo[kind], 1) < 0 ? -1 : 0;
 }
 
+static int helpers_ready;
+
 static int import_helpers(void) {
-    if (py_account_sequence) return 0;
+    if (helpers_ready) return 0;
     PyObject *agents = PyImport_ImportModule("sflow.agents");
     if (!agents) return -1;
     py_account_sequence = PyObject_GetAttrString(agents, "account_sequence");
@@ -269,7 +275,14 @@ static int import_helpers(void) {
     py_make_header = PyObject_GetAttrString(fast, "make_header");
     py_sample_names = PyObject_GetAttrString(fast, "SAMPLE_NAMES");
     Py_DECREF(fast);
-    if (!py_account_sequence || !py_context || !py_make_header || !py_sample_names) return -1;
+    if (!py_account_sequence || !py_context || !py_make_header || !py_sample_names) {
+        Py_CLEAR(py_account_sequence);
+        Py_CLEAR(py_context);
+        Py_CLEAR(py_make_header);
+        Py_CLEAR(py_sample_names);
+        return -1;
+    }
+    helpers_ready = 1;
     return 0;
 }
 
@@ -668,9 +681,36 @@ static int apply(Batch *b, PyObject *payload, PyObject *source, const unsigned c
     long long nflow = 0, ncounter = 0;
     int first = 1;
     PyObject *samplers = NULL, *csources = NULL;
+    /* the samples of a datagram mostly share one sampler: keep its entry at hand
+       (owned; dropped whenever Python code could have changed the map) */
+    PyObject *cached_entry = NULL;
+    uint32_t cached_src = 0;
     for (Py_ssize_t i = 0; i < nsamples; i++) {
         Sample *s = &samples[i];
         b->samples++;
+        if (s->is_flow && cached_entry && s->src == cached_src) {
+            b->flow_samples++;
+            nflow++;
+            PyObject *entry = cached_entry;
+            long long lastseq = PyLong_AsLongLong(PyList_GET_ITEM(entry, 0));
+            if ((long long)s->seq == lastseq + 1) {
+                PyObject *v = PyLong_FromUnsignedLong(s->seq);
+                if (!v) goto out_maps;
+                PyList_SetItem(entry, 0, v);
+                long long lastdrops = PyLong_AsLongLong(PyList_GET_ITEM(entry, 1));
+                if ((long long)s->drops == lastdrops) {
+                    if (b->ntables && flow_sample(b, payload, d, s, name, &first) < 0) goto out_maps;
+                    continue;
+                }
+                /* drops moved: undo the fast step and take the general one below */
+                v = PyLong_FromLongLong(lastseq);
+                if (!v) goto out_maps;
+                PyList_SetItem(entry, 0, v);
+            }
+            b->flow_samples--;
+            nflow--;
+        }
+        Py_CLEAR(cached_entry);
         PyObject *sid = sid_tuple(hdr[1], s->src >> 24, s->src & 0xFFFFFF);
         if (!sid) goto out_maps;
         if (s->is_flow) {
@@ -678,6 +718,11 @@ static int apply(Batch *b, PyObject *payload, PyObject *source, const unsigned c
             nflow++;
             if (!samplers && !(samplers = PyObject_GetAttr(agent, s_samplers))) { Py_DECREF(sid); goto out_maps; }
             PyObject *entry = PyDict_GetItemWithError(samplers, sid);
+            if (entry) {
+                Py_INCREF(entry);
+                cached_entry = entry;
+                cached_src = s->src;
+            }
             if (!entry) {
                 if (PyErr_Occurred()) { Py_DECREF(sid); goto out_maps; }
                 PyObject *r = PyObject_CallMethod(b->agents_obj, "first_sequence", "OiOkk", agent,
@@ -708,6 +753,7 @@ static int apply(Batch *b, PyObject *payload, PyObject *source, const unsigned c
             Py_DECREF(sid);
             if (b->ntables && flow_sample(b, payload, d, s, name, &first) < 0) goto out_maps;
         } else {
+            Py_CLEAR(cached_entry);
             b->counter_samples++;
             ncounter++;
             if (!csources && !(csources = PyObject_GetAttr(agent, s_counter_sources))) { Py_DECREF(sid); goto out_maps; }
@@ -736,6 +782,7 @@ static int apply(Batch *b, PyObject *payload, PyObject *source, const unsigned c
     if (add_long_attr(agent, s_counter_samples, ncounter) < 0) goto out_maps;
     rc = 0;
 out_maps:
+    Py_XDECREF(cached_entry);
     Py_XDECREF(samplers);
     Py_XDECREF(csources);
 out:
@@ -1088,9 +1135,18 @@ PyMODINIT_FUNC PyInit__ingest(void) {
     INTERN(s_slow, "slow"); INTERN(s_fail, "fail"); INTERN(s_value_of, "value_of");
     INTERN(s_names, "names"); INTERN(s_where, "where"); INTERN(s_datasource, "datasource");
     INTERN(s_empty, ""); INTERN(s_put_new, "put");
+    INTERN(s_lost[0], "datagrams_lost"); INTERN(s_lost[1], "flow_lost");
+    INTERN(s_lost[2], "counter_lost");
+    INTERN(s_dup[0], "datagrams_duplicates"); INTERN(s_dup[1], "flow_duplicates");
+    INTERN(s_dup[2], "counter_duplicates");
+    INTERN(s_ooo[0], "datagrams_out_of_order"); INTERN(s_ooo[1], "flow_out_of_order");
+    INTERN(s_ooo[2], "counter_out_of_order");
     header_cache = PyDict_New();
     context_cache = PyDict_New();
     agent_names = PyDict_New();
     if (!header_cache || !context_cache || !agent_names) return NULL;
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    /* sflow/ingest.py refuses a kernel built from other sources (a stale build) */
+    if (m && PyModule_AddIntConstant(m, "KERNEL_VERSION", KERNEL_VERSION) < 0) Py_CLEAR(m);
+    return m;
 }

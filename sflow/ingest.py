@@ -50,6 +50,9 @@ COMPILED_ENV = "DEMON_SFLOW_COMPILED"
 #: names seen in samples are forgotten after an hour (``/flowkeys/json``)
 FLOW_KEYS_TTL = 3600.0
 _MAX_NAME_SETS = 4096
+#: the compiled kernel's interface version this code expects (sflow/_ingest.c)
+KERNEL_VERSION = 1
+_stale: list[bool] = []
 
 
 def compiled() -> Any:
@@ -59,6 +62,13 @@ def compiled() -> Any:
     try:
         from sflow import _ingest  # type: ignore[attr-defined]
     except ImportError:
+        return None
+    if getattr(_ingest, "KERNEL_VERSION", None) != KERNEL_VERSION:
+        if not _stale:
+            _stale.append(True)
+            log.warning("sflow._ingest is a build of other sources (kernel version %s, "
+                        "wanted %s): using the pure-Python path; reinstall to rebuild it",
+                        getattr(_ingest, "KERNEL_VERSION", None), KERNEL_VERSION)
         return None
     return _ingest
 
