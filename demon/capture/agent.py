@@ -256,17 +256,18 @@ def _main(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"--interface {args.interface}: {exc.strerror or exc}") from None
     before = None
-    extra = live.status
+    status: dict[str, Any] = {}
+
+    def extra() -> dict[str, Any]:
+        return {**live.status(), **(follower.status() if follower is not None else {}), **status}
+
+    agent.status_extra = extra
     if args.daemon:
         follower = TransitionFollower(args.daemon, args.out, token=token, wake=live.wake).start()
 
         def before() -> None:
             follower.apply(agent.table, agent.note_transition)
 
-        def extra() -> dict[str, Any]:
-            return {**live.status(), **follower.status()}
-
-        agent.status_extra = extra
     try:
         metrics = start_metrics(args.metrics_listen, agent, extra)
     except UsageError:
@@ -274,6 +275,8 @@ def _main(args: argparse.Namespace) -> int:
         if follower is not None:
             follower.stop()
         raise
+    if metrics is not None:
+        status["metrics"] = metrics.url
     stop = {"flag": False}
 
     def on_signal(_signum: int, _frame: Any) -> None:

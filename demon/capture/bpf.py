@@ -311,6 +311,14 @@ def demux_program(rules: Iterable[TapRule], default: int = 0) -> tuple[list[tupl
     a(LD | W | ABS, ad(SKF_AD_PKTTYPE))
     a(JMP | JEQ | K, PACKET_OUTGOING, jt="out", jf=0)
     prelude(a)
+    # IPv6 extension headers hide the ports from this compiler: such frames take the
+    # Python path (ring 0), which skips them, so an older tap never takes a newer one's frame.
+    a(LD | MEM, M_ETYPE)
+    a(JMP | JEQ | K, 0x86DD, jt=0, jf="taps")
+    a(LD | MEM, M_PROTO)
+    for nh in (0, 43, 60):
+        a(JMP | JEQ | K, nh, jt="out", jf=0)
+    a.label("taps")
     left: list[TapRule] = []
     used = 0
     for n, rule in enumerate(rules):

@@ -118,6 +118,7 @@ class CaptureFile:
             self._write([head], len(head))
         except CaptureWriteError:
             self.close()
+            self.path.unlink(missing_ok=True)  # no empty file behind
             raise
         self.size = len(head)
 

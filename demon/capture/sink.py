@@ -212,6 +212,7 @@ class Sink:
 
     def _refuse(self, frames: int) -> None:
         self.not_written += frames
+        self.dirty = True
         if self.over_budget:
             self.budget_dropped += frames
 

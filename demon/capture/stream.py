@@ -89,6 +89,7 @@ class TransitionFollower:
 
         self.url = check_url(url)
         self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.token = token
         self.poll_timeout = poll_timeout
         self.limit = limit

@@ -161,7 +161,7 @@ class TapTable:
             raise TapTableError(f"{self.path}: not a JSON tap table (not text)") from None
         except ValueError as exc:
             raise TapTableError(f"{self.path}: not a JSON tap table ({exc})") from None
-        parse_taps(doc, str(self.path), [])
+        parse_taps(doc, str(self.path))  # strict: the first bad entry is the error
 
     def replace(self, taps: list[Tap]) -> None:
         # Oldest first (stable for equal starts): lookup walks it from the end.
