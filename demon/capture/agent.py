@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK
 """``demon-capture``: the capture host's agent. One capture file series per tap,
 with manifests.
 
@@ -38,13 +39,13 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, NoReturn
 
-from demon import __version__
 from demon.capture.budget import DiskBudget
 from demon.capture.files import FORMATS
 from demon.capture.filer import CaptureAgent
 from demon.capture.packetsocket import PacketSocket  # noqa: F401  (demon-traffic sniff uses it)
 from demon.capture.taptable import STOP_SLACK, StoreTapTable, TapTable, TapTableError
-from demon.logging_setup import LOG_FORMATS, LOG_LEVELS, setup_logging
+from sflow import cliopts
+from sflow.logsetup import setup_logging
 from sflow.pcap import LINKTYPE_ETHERNET, PcapError, iter_packets
 
 log = logging.getLogger("demon.capture")
@@ -105,11 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rings", type=int, default=64, help="rings at most (taps beyond: the Python path)")
     p.add_argument("--metrics-listen", default=DEFAULT_METRICS, metavar="HOST:PORT",
                    help=f"Prometheus metrics (default {DEFAULT_METRICS}; '' = off)")
-    p.add_argument("--log-format", choices=LOG_FORMATS, default="text")
-    p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     p.add_argument("-v", "--verbose", action="store_true", help="same as --log-level debug")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return p
+    return cliopts.add_common(p, exits={0: "stopped by SIGTERM/SIGINT, or --read filed the whole capture",
+                                        2: "bad input: options, --read file, tap table, token file, "
+                                           "interface, output directory (one line on stderr)"})
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -208,8 +208,9 @@ def start_metrics(listen: str, agent: CaptureAgent, extra: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging("debug" if args.verbose else args.log_level, args.log_format)
+    args = cliopts.parse_args(build_parser(), argv)
+    if args.verbose:
+        setup_logging("debug", args.log_format)
     try:
         return _main(args)
     except UsageError as exc:
@@ -285,6 +286,7 @@ def _main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info("capturing on %s into %s (%s)", args.interface, args.out, args.format)
+    cliopts.notify_ready(f"capturing on {args.interface} into {args.out}")
     try:
         live.run(lambda: stop["flag"], before)
     finally:
