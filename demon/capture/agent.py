@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, default="pcapng",
                    help="pcapng (default; the tap's metadata in the section header) or classic pcap")
     p.add_argument("--snaplen", type=int, default=262144, help="bytes kept of each frame (default 262144)")
-    p.add_argument("--rotate-bytes", type=parse_size, default=parse_size("100M"),
-                   help="a new file above this size (default 100M; 0 = never)")
+    p.add_argument("--rotate-bytes", type=int, default=100_000_000,
+                   help="a new file above this many bytes (default 100000000; 0 = never)")
     p.add_argument("--rotate-seconds", type=float, default=0, help="a new file after this age (0 = never)")
     p.add_argument("--budget", type=parse_size, default=0,
                    help="disk budget for all captures (oldest ended captures removed first; 0 = none)")

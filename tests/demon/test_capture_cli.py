@@ -75,7 +75,7 @@ CASES = {
     "bad daemon URL": (["-i", "lo", "-o", "{dir}/o", "--daemon", "ftp://x"], "--daemon 'ftp://x'"),
     "missing token file": (["-i", "lo", "-o", "{dir}/o", "--daemon", "http://127.0.0.1:1", "--token-file",
                             "{dir}/tok"], "tok: no such file"),
-    "rotation above the tap budget": (["--read", "{good}", "-o", "{dir}/o", "--rotate-bytes", "10M", "--tap-budget",
+    "rotation above the tap budget": (["--read", "{good}", "-o", "{dir}/o", "--rotate-bytes", "10000000", "--tap-budget",
                                        "1M"], "exceeds --tap-budget"),
     "output under a file": (["--read", "{good}", "-o", "{good}/o", "--taps", "{taps}"], "--out"),
     "bad metrics listen": (["-i", "lo", "-o", "{dir}/o", "--taps", "{taps}", "--metrics-listen", "127.0.0.1:99999"],
