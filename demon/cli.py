@@ -76,8 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="on SIGTERM/SIGINT leave taps to their hard timeouts (default) "
                          "or remove them")
     ap.add_argument("--replay", metavar="FILE",
-                    help="backtest: run the policies over a recorded engine session, no "
-                         "network, and print the taps they would have taken")
+                    help="backtest: run the policies over a recording, no network, and print "
+                         "the taps they would have taken: raw sFlow (pcap/pcapng, or a "
+                         "directory of the engine's rolling recording) or an engine session "
+                         "(JSON lines, docs/recordings.md)")
+    ap.add_argument("--compare", metavar="DIR",
+                    help="with --replay: also backtest the policies of DIR on the same "
+                         "recording and print the taps they gain and lose")
     ap.add_argument("--fabric", metavar="FILE",
                     help="with --replay: the fabric description giving the switches' roles "
                          "(default: <recording>.fabric.json)")
@@ -112,9 +117,16 @@ def main(argv: list[str] | None = None, *, stdout: IO[str] | None = None,
     if args.check:
         return check(args.policies, out, err)
     setup_logging(args.log_level, args.log_format, err)
+    if args.compare and not args.replay:
+        return _fail(err, "--compare needs --replay FILE (the recording to compare on)",
+                     EXIT_CONFIG)
     if args.replay:
         from demon.replay import ReplayError, replay_main
+        from demon.replay_compare import compare_main
         try:
+            if args.compare:
+                return compare_main(args.policies, args.compare, args.replay,
+                                    as_json=args.json, fabric=args.fabric, out=out)
             return replay_main(args.policies, args.replay, as_json=args.json,
                                fabric=args.fabric, out=out)
         except ReplayError as exc:
