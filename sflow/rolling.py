@@ -30,7 +30,8 @@ from typing import BinaryIO, Callable, Iterator
 
 from sflow.pcap import SFLOW_PORT, PcapWriter, read_udp_packets, udp_frame
 
-__all__ = ["RollingRecorder", "segments", "export", "SEGMENT_GLOB"]
+__all__ = ["RollingRecorder", "segments", "export", "SEGMENT_GLOB", "add_arguments",
+           "from_args", "parse_size", "parse_age"]
 
 SEGMENT_GLOB = "sflow-*.pcap"
 _SEGMENT = re.compile(r"^sflow-(\d{8}T\d{6})\.(\d{6})Z(?:-\d+)?\.pcap$")
@@ -111,6 +112,12 @@ class RollingRecorder:
         if ts - self._flushed_at >= self.flush_seconds:
             self.flush(ts)
 
+    def record_batch(self, batch: list[tuple[bytes, str]], now: float) -> None:
+        """Keep a collector batch: (payload, source address) received at ``now``
+        (the source port is not kept by the batch reader: 0)."""
+        for payload, src in batch:
+            self.record(now, src, 0, payload)
+
     def flush(self, now: float | None = None) -> None:
         if self._fh is not None:
             self._fh.flush()
@@ -190,3 +197,67 @@ def export(directory: str | Path, out: str | Path, since: float | None = None,
                 writer.write(pkt.timestamp, _frame(pkt.payload, pkt.src_ip, pkt.src_port))
                 count += 1
     return count
+
+
+# --- command-line options (demon-sflow, demon-watch) -----------------------------------
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(|k|K|M|G|T|Ki|Mi|Gi|Ti)B?\s*$")
+_SCALE = {"": 1, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
+          "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_AGE_UNIT = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_size(text: str) -> int:
+    """``1GB``, ``500MiB``, ``1000000`` → bytes (at least 1 MB)."""
+    m = _SIZE.match(str(text))
+    if not m:
+        raise ValueError(f"{text!r} is not a size (e.g. 1GB, 500MiB)")
+    size = int(float(m[1]) * _SCALE[m[2]])
+    if size < 1_000_000:
+        raise ValueError(f"{text!r}: at least 1MB")
+    return size
+
+
+def parse_age(text: str) -> float:
+    """``6h``, ``30m``, ``2d``, ``3600`` → seconds (at least 1 minute)."""
+    m = _AGE.match(str(text))
+    if not m:
+        raise ValueError(f"{text!r} is not a duration (e.g. 6h, 30m, 2d)")
+    age = float(m[1]) * _AGE_UNIT[m[2]]
+    if age < 60:
+        raise ValueError(f"{text!r}: at least 1m")
+    return age
+
+
+def _typed(parse: Callable[[str], object]) -> Callable[[str], object]:
+    import argparse
+
+    def convert(text: str) -> object:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return convert
+
+
+def add_arguments(parser: "argparse.ArgumentParser") -> None:  # noqa: F821
+    """``--record-sflow DIR`` and its bounds, the same on every command that runs an engine."""
+    group = parser.add_argument_group("rolling recording of the raw sFlow datagrams")
+    group.add_argument("--record-sflow", metavar="DIR",
+                       help="keep the datagrams the engine receives as pcap segments in DIR, "
+                            "so the last hours can be backtested (demon-watch --replay DIR)")
+    group.add_argument("--record-sflow-size", metavar="SIZE", type=_typed(parse_size),
+                       default=1 << 30, help="at most this much on disk (default 1GiB)")
+    group.add_argument("--record-sflow-age", metavar="AGE", type=_typed(parse_age),
+                       default=6 * 3600.0, help="nothing older than this (default 6h)")
+
+
+def from_args(args: object) -> RollingRecorder | None:
+    """The recorder the options ask for (None without ``--record-sflow``); OSError
+    when the directory cannot be used."""
+    directory = getattr(args, "record_sflow", None)
+    if not directory:
+        return None
+    return RollingRecorder(directory, max_bytes=getattr(args, "record_sflow_size", 1 << 30),
+                           max_age=getattr(args, "record_sflow_age", 6 * 3600.0))

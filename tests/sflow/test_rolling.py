@@ -66,3 +66,46 @@ def test_export_one_file_for_a_time_range(tmp_path: Path) -> None:
     assert export(rec_dir, out, since=T0 + 10) == 10
     assert [int.from_bytes(p.payload[:4], "big") for p in read_udp_packets(out)] == \
         list(range(10, 20))
+
+
+def test_the_embedded_engine_records_what_it_receives(tmp_path: Path) -> None:
+    import socket
+    import time
+
+    from sflow.embedded import EmbeddedEngine
+
+    rec = RollingRecorder(tmp_path / "rec")
+    engine = EmbeddedEngine(sflow_addr=("127.0.0.1", 0), http_addr=("127.0.0.1", 0),
+                            recorder=rec).start()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for n in range(50):
+                sock.sendto(payload(n), engine.sflow_address)
+        deadline = time.monotonic() + 5
+        while engine.collector.received < 50 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        engine.stop()  # closes the recorder
+    got = [(src, p) for _, src, p in iter_datagrams(tmp_path / "rec")]
+    assert got == [("127.0.0.1", payload(n)) for n in range(50)]
+    assert engine.engine.analyzer()["sFlowDatagramsReceived"] == 50  # and ingested them
+
+
+def test_record_options(tmp_path: Path) -> None:
+    import argparse
+
+    import pytest
+
+    from sflow import rolling
+
+    parser = argparse.ArgumentParser()
+    rolling.add_arguments(parser)
+    args = parser.parse_args(["--record-sflow", str(tmp_path / "r"), "--record-sflow-size",
+                              "2GB", "--record-sflow-age", "90m"])
+    rec = rolling.from_args(args)
+    assert (rec.max_bytes, rec.max_age) == (2_000_000_000, 5400.0)
+    assert rolling.from_args(parser.parse_args([])) is None
+    for bad in (["--record-sflow-size", "10"], ["--record-sflow-age", "5s"],
+                ["--record-sflow-size", "lots"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
