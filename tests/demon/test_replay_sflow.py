@@ -181,3 +181,47 @@ def test_the_tap_comes_at_the_capture_time_the_live_daemon_takes_it(tmp_path: Pa
     offset_live = live.created_at - start
     assert offset_live == pytest.approx(offset_backtest, abs=EXPORT_INTERVAL), \
         (offset_live, offset_backtest)
+
+
+# -- the project's own recording: demon-lab's over-cap scenario (demon/data/) -------------
+
+LAB = REPO / "demon" / "data" / "lab-over-cap.pcap"
+LIVE = json.loads((FIXTURES / "lab-over-cap.live.json").read_text())
+
+
+def test_the_lab_recording_is_tapped_when_the_live_lab_tapped_it() -> None:
+    """Three 200 Mbit/s elephants on s1 under the lab policy's cap of 2: the two the
+    live daemon tapped on its threshold events are tapped at the same capture time,
+    within one export interval."""
+    result = backtest(REPO / "policies" / "lab", LAB)  # the fabric is found beside it
+    by_flow = {}
+    for tap in sorted(result.taps.values(), key=lambda t: t.created_at):
+        by_flow.setdefault(tap.flow_key, tap)
+    for live in LIVE["taps"]:
+        if not live["cause"].startswith("event"):
+            continue
+        tap = by_flow[live["flow_key"]]
+        assert (tap.dpid, tap.in_port) == (live["dpid"], live["in_port"])
+        assert tap.created_at == pytest.approx(live["created_at"], abs=EXPORT_INTERVAL)
+    assert sum(1 for t in LIVE["taps"] if t["cause"].startswith("event")) == 2
+    # The third waits for a free slot. Live, the switch's idle timeout (2 s after the
+    # flows stopped) freed it; a recording holds no switch, so here it is the policy's
+    # own release (3 s after the rates fell below the threshold).
+    third = next(t for t in LIVE["taps"] if not t["cause"].startswith("event"))
+    assert by_flow[third["flow_key"]].created_at > max(
+        t.ended_at for t in result.taps.values() if t.flow_key != third["flow_key"]) - 0.01
+    assert [e.kind for e in result.timeline].count("waiting") >= 1
+
+
+def test_the_lab_recording_with_a_threshold_above_the_elephants_taps_nothing(
+        tmp_path: Path) -> None:
+    result = backtest(policies(tmp_path, "150Mbps"), LAB)  # they peaked at ~145 Mbit/s
+    assert result.taps == {} and result.events == 0 and result.datagrams == 731
+
+
+def test_record_sflow_is_for_the_embedded_engine_only(tmp_path: Path) -> None:
+    err = io.StringIO()
+    assert cli.main(["--policies", str(policies(tmp_path)), "--replay", str(LAB),
+                     "--record-sflow", str(tmp_path / "rec")], stdout=io.StringIO(),
+                    stderr=err) == cli.EXIT_CONFIG
+    assert "--record-sflow records the embedded engine's datagrams" in err.getvalue()
