@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK
 """``demon-watch``: the tap daemon's command line.
 
 Exit statuses (also in ``--help``):
@@ -19,8 +20,7 @@ import signal
 import sys
 from typing import IO, Any
 
-from demon import __version__
-from demon.logging_setup import LOG_FORMATS, LOG_LEVELS, setup_logging
+from sflow import cliopts, rolling
 from demon.rpc.protocol import DEFAULT_ADDRESS, DEFAULT_TOKEN_FILE
 
 log = logging.getLogger("demon.cli")
@@ -38,9 +38,13 @@ def default_state_path() -> str:
     return SYSTEM_STATE if os.geteuid() == 0 else "demon-state.sqlite"
 
 
-EPILOG = """exit statuses: 0 ok, 1 internal error, 2 usage/config error, 3 engine unreachable
-at start, 4 controller unreachable at start, 5 state file unusable.
-signals: SIGHUP reloads the policies (a bad set is rejected whole, the old one keeps
+EXITS = {EXIT_OK: "stopped cleanly (or --check / --replay succeeded)",
+         EXIT_INTERNAL: "unexpected internal error",
+         EXIT_CONFIG: "usage or configuration error (flags, config file, policy set, token file)",
+         EXIT_ENGINE: "the analytics engine is unreachable at start (or refused our definitions)",
+         EXIT_CONTROLLER: "the controller component is unreachable at start (or refused our token)",
+         EXIT_STATE: "the state file cannot be used"}
+EPILOG = """signals: SIGHUP reloads the policies (a bad set is rejected whole, the old one keeps
 running); SIGTERM/SIGINT stop cleanly (see --on-exit)."""
 
 
@@ -76,16 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="on SIGTERM/SIGINT leave taps to their hard timeouts (default) "
                          "or remove them")
     ap.add_argument("--replay", metavar="FILE",
-                    help="backtest: run the policies over a recorded engine session, no "
-                         "network, and print the taps they would have taken")
+                    help="backtest: run the policies over a recording, no network, and print "
+                         "the taps they would have taken: raw sFlow (pcap/pcapng, or a "
+                         "directory of the engine's rolling recording) or an engine session "
+                         "(JSON lines, docs/recordings.md)")
+    ap.add_argument("--compare", metavar="DIR",
+                    help="with --replay: also backtest the policies of DIR on the same "
+                         "recording and print the taps they gain and lose")
     ap.add_argument("--fabric", metavar="FILE",
                     help="with --replay: the fabric description giving the switches' roles "
                          "(default: <recording>.fabric.json)")
     ap.add_argument("--json", action="store_true", help="with --replay: JSON lines output")
-    ap.add_argument("--log-format", choices=LOG_FORMATS, default="text")
-    ap.add_argument("--log-level", choices=LOG_LEVELS, default="info")
-    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return ap
+    rolling.add_arguments(ap)
+    return cliopts.add_common(ap, exits=EXITS)
 
 
 def check(directory: str, out: IO[str], err: IO[str]) -> int:
@@ -108,18 +115,30 @@ def main(argv: list[str] | None = None, *, stdout: IO[str] | None = None,
          stderr: IO[str] | None = None) -> int:
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
-    args = build_parser().parse_args(argv)
+    args = cliopts.parse_args(build_parser(), argv, log_stream=err)
     if args.check:
         return check(args.policies, out, err)
-    setup_logging(args.log_level, args.log_format, err)
+    if args.record_sflow and (args.sflow_rt or args.replay):
+        return _fail(err, "--record-sflow records the embedded engine's datagrams: not with "
+                          "--sflow-rt or --replay", EXIT_CONFIG)
+    if args.compare and not args.replay:
+        return _fail(err, "--compare needs --replay FILE (the recording to compare on)",
+                     EXIT_CONFIG)
     if args.replay:
         from demon.replay import ReplayError, replay_main
+        from demon.replay_compare import compare_main
         try:
+            if args.compare:
+                return compare_main(args.policies, args.compare, args.replay,
+                                    as_json=args.json, fabric=args.fabric, out=out)
             return replay_main(args.policies, args.replay, as_json=args.json,
                                fabric=args.fabric, out=out)
         except ReplayError as exc:
             print(f"demon-watch: {exc}", file=err)
             return EXIT_CONFIG
+        except BrokenPipeError:  # | head: the reader has seen enough
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_OK
     try:
         return _watch(args, err)
     except KeyboardInterrupt:
@@ -180,6 +199,7 @@ def _watch(args: argparse.Namespace, err: IO[str]) -> int:
             runtime.start()
         except StartupError as exc:
             return _fail(err, str(exc), exc.status)
+        cliopts.notify_ready("watching")
         runtime.run()
         return EXIT_OK
     finally:
@@ -193,11 +213,18 @@ def _watch(args: argparse.Namespace, err: IO[str]) -> int:
 def _start_embedded(args: argparse.Namespace) -> Any:
     from sflow.embedded import EmbeddedEngine
 
+    recorder = rolling.from_args(args)  # OSError: the caller says so
     engine = EmbeddedEngine(sflow_addr=("127.0.0.1", args.sflow_port),
-                            http_addr=("127.0.0.1", args.engine_http_port))
-    engine.start()
+                            http_addr=("127.0.0.1", args.engine_http_port), recorder=recorder)
+    try:
+        engine.start()
+    except OSError:
+        if recorder is not None:
+            recorder.close()
+        raise
     host, port = engine.sflow_address
-    log.info("embedded engine: sFlow on %s:%d, API at %s", host, port, engine.url)
+    log.info("embedded engine: sFlow on %s:%d, API at %s%s", host, port, engine.url,
+             f"; recording its datagrams in {args.record_sflow}" if recorder else "")
     return engine
 
 

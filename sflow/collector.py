@@ -73,8 +73,12 @@ class Collector:
 
     def __init__(self, engine: Engine, host: str = "127.0.0.1", port: int = 6343,
                  rcvbuf: int = RCVBUF_WANTED, clock: Callable[[], float] = time.time,
-                 fast_path: bool = True) -> None:
+                 fast_path: bool = True, recorder: Any = None) -> None:
         self.engine = engine
+        #: ``sflow.rolling.RollingRecorder`` (or anything with ``record_batch``): every
+        #: datagram read is kept for backtests, outside the engine lock
+        self.recorder = recorder
+        self.record_errors = 0
         #: kept for callers; how datagrams are read is the engine's choice (``compiled=``)
         self.fast_path = fast_path
         self.clock = clock
@@ -146,6 +150,8 @@ class Collector:
                     raise
             self.received += len(batch)
             now = self.clock()
+            if self.recorder is not None and batch:
+                self._record(batch, now)
             with lock:
                 before = engine.last_event_id
                 if batch:
@@ -157,6 +163,16 @@ class Collector:
                     last_tick = now
                 if engine.last_event_id != before:
                     lock.notify_all()
+
+
+    def _record(self, batch: list[tuple[bytes, str]], now: float) -> None:
+        try:
+            self.recorder.record_batch(batch, now)
+        except OSError as exc:  # a full disk must not stop collection
+            self.record_errors += 1
+            if self.record_errors == 1 or self.record_errors % 1000 == 0:
+                log.warning("recording sFlow datagrams failed (%d batches so far): %s",
+                            self.record_errors, exc)
 
 
 # --- replay -----------------------------------------------------------------------------
@@ -187,11 +203,13 @@ def send_payloads(payloads: Iterable[bytes], address: tuple[str, int],
 
 
 def replay_pcap(path: str | Path, address: tuple[str, int], speed: float | None = None,
-                port: int | None = 6343, stop: threading.Event | None = None) -> int:
+                port: int | None = 6343, stop: threading.Event | None = None,
+                progress: Callable[..., Iterable[tuple[float, bytes]]] | None = None) -> int:
     """Send a capture's sFlow payloads to ``address``; returns how many were sent.
 
     ``speed`` None sends back to back; otherwise at the original timing divided
-    by ``speed`` (2.0 = twice as fast).
+    by ``speed`` (2.0 = twice as fast). ``progress`` wraps the loop
+    (``sflow.cliopts.progress``: a bar on a terminal).
     """
     items = pcap_payloads(path, port)
     if speed is not None and speed <= 0:
@@ -201,7 +219,9 @@ def replay_pcap(path: str | Path, address: tuple[str, int], speed: float | None 
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         start = time.monotonic()
         first_ts = items[0][0] if items else 0.0
-        for ts, payload in items:
+        loop = progress(items, total=len(items), desc="replay", unit="datagram") if progress \
+            else items
+        for ts, payload in loop:
             if stop is not None and stop.is_set():
                 break
             if speed is not None:
