@@ -74,13 +74,20 @@ class Packet(NamedTuple):
 
     @property
     def timestamp(self) -> float:
-        return self.ts_ns / 1e9
+        return ns_to_seconds(self.ts_ns)
+
+
+def ns_to_seconds(ts_ns: int) -> float:
+    """Epoch nanoseconds as float seconds, the way the file's seconds and fraction
+    add up (``ts_ns / 1e9`` rounds through a 19-digit float: .25 became .2499998)."""
+    sec, nsec = divmod(ts_ns, 1_000_000_000)
+    return sec + nsec / 1e9
 
 
 def iter_frames(path: str | Path) -> Iterator[tuple[float, int, bytes]]:
     """Yield ``(timestamp, linktype, frame)`` for every packet in the file."""
     for pkt in iter_packets(path):
-        yield pkt.ts_ns / 1e9, pkt.linktype, pkt.frame
+        yield pkt.timestamp, pkt.linktype, pkt.frame
 
 
 def iter_packets(path: str | Path) -> Iterator[Packet]:
