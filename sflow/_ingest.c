@@ -40,7 +40,7 @@ static PyObject *s_stats, *s_agents, *s_flows, *s_active, *s_thresholds, *s_fire
 
 /* Python helpers, imported on first use */
 static PyObject *py_account_sequence, *py_context, *py_make_header, *py_sample_names;
-static PyObject *header_cache, *context_cache, *agent_names;
+static PyObject *agent_names;
 
 typedef struct {
     PyObject *td, *name; /* borrowed from the thresholds tuple */
@@ -286,11 +286,89 @@ static int import_helpers(void) {
     return 0;
 }
 
+/* --- caches of shared header keys and contexts, keyed by raw bytes ---------------------
+   Open addressing in C (no key object per lookup); each entry owns the Python object and
+   the attributes the kernel reads from it, so a hit costs no attribute lookup. Cleared
+   whole when CACHE_MAX entries are held, like sflow.fastpath's dicts. */
+
+#define SLOTS (2 * CACHE_MAX)
+#define KEYMAX 48
+
+typedef struct {
+    uint64_t hash; /* 0: empty */
+    unsigned char len;
+    unsigned char key[KEYMAX];
+    PyObject *obj, *x[4]; /* owned */
+} Slot;
+
+typedef struct {
+    Slot *slots;
+    Py_ssize_t count;
+} Cache;
+
+static Cache header_slots, context_slots;
+
+static uint64_t hash_bytes(const unsigned char *p, Py_ssize_t n) {
+    uint64_t h = 1469598103934665603ULL;
+    for (Py_ssize_t i = 0; i < n; i++) h = (h ^ p[i]) * 1099511628211ULL;
+    h ^= h >> 29; /* FNV-1a's low bits mix poorly: fold the high ones in */
+    return h | ((uint64_t)1 << 63); /* never 0 (0 marks an empty slot) */
+}
+
+static void cache_clear(Cache *c) {
+    if (!c->slots) return;
+    for (Py_ssize_t i = 0; i < SLOTS; i++) {
+        Slot *e = &c->slots[i];
+        if (!e->hash) continue;
+        Py_CLEAR(e->obj);
+        for (int j = 0; j < 4; j++) Py_CLEAR(e->x[j]);
+        e->hash = 0;
+    }
+    c->count = 0;
+}
+
+/* the slot holding key, or the empty slot where it goes (NULL: no memory) */
+static Slot *cache_find(Cache *c, const unsigned char *key, Py_ssize_t len, uint64_t h) {
+    if (!c->slots) {
+        c->slots = PyMem_Calloc(SLOTS, sizeof(Slot));
+        if (!c->slots) { PyErr_NoMemory(); return NULL; }
+    }
+    Py_ssize_t i = (Py_ssize_t)(h & (SLOTS - 1));
+    for (;;) {
+        Slot *e = &c->slots[i];
+        if (!e->hash || (e->hash == h && e->len == len && memcmp(e->key, key, len) == 0))
+            return e;
+        i = (i + 1) & (SLOTS - 1);
+    }
+}
+
+typedef struct {
+    PyObject *obj, *memo, *names; /* owned for the time of one sample */
+} HeaderRef;
+
+typedef struct {
+    PyObject *obj, *where, *agent, *ds, *names; /* owned for the time of one sample */
+} CtxRef;
+
+static void header_release(HeaderRef *r) {
+    Py_XDECREF(r->obj);
+    Py_XDECREF(r->memo);
+    Py_XDECREF(r->names);
+}
+
+static void ctx_release(CtxRef *r) {
+    Py_XDECREF(r->obj);
+    Py_XDECREF(r->where);
+    Py_XDECREF(r->agent);
+    Py_XDECREF(r->ds);
+    Py_XDECREF(r->names);
+}
+
 /* The header keys of a sample: cached on the bytes its keys depend on (as fastpath). */
-static PyObject *header_for(PyObject *payload, const unsigned char *d, Sample *s) {
+static int header_for(const unsigned char *d, Sample *s, HeaderRef *out) {
     const unsigned char *h = d + s->hs;
     uint32_t n = s->hlen;
-    unsigned char sig[48];
+    unsigned char sig[KEYMAX];
     Py_ssize_t siglen = 0;
     if (s->protocol == 1 && n >= 48 && h[12] == 8 && h[13] == 0 && h[14] == 0x45 &&
         !(h[20] & 0x1F) && !h[21]) {
@@ -308,32 +386,44 @@ static PyObject *header_for(PyObject *payload, const unsigned char *d, Sample *s
             }
         }
     }
-    PyObject *key = NULL, *header;
+    Slot *e = NULL;
+    uint64_t hv = 0;
     if (siglen) {
-        key = PyBytes_FromStringAndSize((const char *)sig, siglen);
-        if (!key) return NULL;
-        header = PyDict_GetItemWithError(header_cache, key);
-        if (header) {
-            Py_DECREF(key);
-            Py_INCREF(header);
-            return header;
+        hv = hash_bytes(sig, siglen);
+        e = cache_find(&header_slots, sig, siglen, hv);
+        if (!e) return -1;
+        if (e->hash) {
+            out->obj = e->obj; out->memo = e->x[0]; out->names = e->x[1];
+            Py_INCREF(out->obj); Py_INCREF(out->memo); Py_INCREF(out->names);
+            return 0;
         }
-        if (PyErr_Occurred()) { Py_DECREF(key); return NULL; }
     }
     PyObject *raw = PyBytes_FromStringAndSize((const char *)h, n);
-    if (!raw) { Py_XDECREF(key); return NULL; }
-    header = PyObject_CallFunction(py_make_header, "kO", (unsigned long)s->protocol, raw);
+    if (!raw) return -1;
+    PyObject *header = PyObject_CallFunction(py_make_header, "kO", (unsigned long)s->protocol, raw);
     Py_DECREF(raw);
-    if (header && key) {
-        if (PyDict_GET_SIZE(header_cache) >= CACHE_MAX) PyDict_Clear(header_cache);
-        if (PyDict_SetItem(header_cache, key, header) < 0) Py_CLEAR(header);
+    if (!header) return -1;
+    PyObject *memo = PyObject_GetAttr(header, s_memo);
+    PyObject *names = memo ? PyObject_GetAttr(header, s_names) : NULL;
+    if (!names) { Py_DECREF(header); Py_XDECREF(memo); return -1; }
+    out->obj = header; out->memo = memo; out->names = names;
+    if (e) {
+        if (header_slots.count >= CACHE_MAX) {
+            cache_clear(&header_slots);
+            e = cache_find(&header_slots, sig, siglen, hv);
+        }
+        e->hash = hv;
+        e->len = (unsigned char)siglen;
+        memcpy(e->key, sig, siglen);
+        e->obj = header; e->x[0] = memo; e->x[1] = names;
+        Py_INCREF(header); Py_INCREF(memo); Py_INCREF(names);
+        header_slots.count++;
     }
-    Py_XDECREF(key);
-    return header;
+    return 0;
 }
 
-static PyObject *context_for(PyObject *payload, const unsigned char *d, Sample *s,
-                             PyObject *agent_name) {
+static int context_for(PyObject *payload, const unsigned char *d, Sample *s,
+                       PyObject *agent_name, CtxRef *out) {
     unsigned char ck[32];
     memcpy(ck, d + 8, 4);
     memcpy(ck + 4, d + s->start + 4, 4);
@@ -343,22 +433,42 @@ static PyObject *context_for(PyObject *payload, const unsigned char *d, Sample *
         memcpy(ck + 16, d + s->switch_at, 16);
         len = 32;
     }
-    PyObject *key = PyBytes_FromStringAndSize((const char *)ck, len);
-    if (!key) return NULL;
-    PyObject *ctx = PyDict_GetItemWithError(context_cache, key);
-    if (ctx) {
-        Py_DECREF(key);
-        Py_INCREF(ctx);
-        return ctx;
+    uint64_t hv = hash_bytes(ck, len);
+    Slot *e = cache_find(&context_slots, ck, len, hv);
+    if (!e) return -1;
+    if (e->hash) {
+        out->obj = e->obj; out->where = e->x[0]; out->agent = e->x[1]; out->ds = e->x[2];
+        out->names = e->x[3];
+        Py_INCREF(out->obj); Py_INCREF(out->where); Py_INCREF(out->agent); Py_INCREF(out->ds);
+        Py_INCREF(out->names);
+        return 0;
     }
-    if (PyErr_Occurred()) { Py_DECREF(key); return NULL; }
-    ctx = PyObject_CallFunction(py_context, "OOnn", agent_name, payload, s->start, s->switch_at);
-    if (ctx) {
-        if (PyDict_GET_SIZE(context_cache) >= CACHE_MAX) PyDict_Clear(context_cache);
-        if (PyDict_SetItem(context_cache, key, ctx) < 0) Py_CLEAR(ctx);
+    PyObject *ctx = PyObject_CallFunction(py_context, "OOnn", agent_name, payload, s->start,
+                                          s->switch_at);
+    if (!ctx) return -1;
+    out->obj = ctx;
+    out->where = PyObject_GetAttr(ctx, s_where);
+    out->agent = PyObject_GetAttr(ctx, s_agent);
+    out->ds = PyObject_GetAttr(ctx, s_datasource);
+    out->names = PyObject_GetAttr(ctx, s_names);
+    if (!out->where || !out->agent || !out->ds || !out->names) {
+        ctx_release(out);
+        memset(out, 0, sizeof *out);
+        return -1;
     }
-    Py_DECREF(key);
-    return ctx;
+    if (context_slots.count >= CACHE_MAX) {
+        cache_clear(&context_slots);
+        e = cache_find(&context_slots, ck, len, hv);
+    }
+    e->hash = hv;
+    e->len = (unsigned char)len;
+    memcpy(e->key, ck, len);
+    e->obj = ctx; e->x[0] = out->where; e->x[1] = out->agent; e->x[2] = out->ds;
+    e->x[3] = out->names;
+    Py_INCREF(ctx); Py_INCREF(out->where); Py_INCREF(out->agent); Py_INCREF(out->ds);
+    Py_INCREF(out->names);
+    context_slots.count++;
+    return 0;
 }
 
 static PyObject *agent_name_of(uint32_t addr) {
@@ -393,7 +503,7 @@ typedef struct {
 } Batch;
 
 /* one update of a flow: rate, thresholds */
-static int update_flow(Batch *b, Table *tb, PyObject *ctx, PyObject *key, double value,
+static int update_flow(Batch *b, Table *tb, CtxRef *ctx, PyObject *key, double value,
                        double scaled) {
     double impulse = value * scaled / tb->t;
     if (impulse < tb->min_impulse && impulse > 0) {
@@ -411,27 +521,24 @@ static int update_flow(Batch *b, Table *tb, PyObject *ctx, PyObject *key, double
         Py_DECREF(sc);
     }
     double scale = tb->scale;
-    PyObject *where = PyObject_GetAttr(ctx, s_where);
-    if (!where) return -1;
+    PyObject *where = ctx->where;
     PyObject *src = PyDict_GetItemWithError(tb->sources, where);
     if (!src) {
-        if (PyErr_Occurred()) { Py_DECREF(where); return -1; }
+        if (PyErr_Occurred()) return -1;
         PyObject *flows = PyDict_New();
         src = flows ? Py_BuildValue("[NO]", flows, b->now_obj) : NULL;
         if (!src || PyDict_SetItem(tb->sources, where, src) < 0) {
             Py_XDECREF(src);
-            Py_DECREF(where);
             return -1;
         }
         Py_DECREF(src); /* the dict holds it */
     } else {
         PyObject *last = PyList_GET_ITEM(src, 1);
-        if (PyFloat_AsDouble(last) < b->now) {
+        if (PyFloat_AS_DOUBLE(last) < b->now) {
             Py_INCREF(b->now_obj);
             PyList_SetItem(src, 1, b->now_obj);
         }
     }
-    Py_DECREF(where);
     PyObject *flows = PyList_GET_ITEM(src, 0);
     PyObject *stored_obj = PyDict_GetItemWithError(flows, key);
     double stored;
@@ -457,16 +564,11 @@ static int update_flow(Batch *b, Table *tb, PyObject *ctx, PyObject *key, double
     }
     if (!tb->nthr) return 0;
     double rate = stored / scale;
-    PyObject *agent = NULL, *ds = NULL;
+    PyObject *agent = ctx->agent, *ds = ctx->ds;
     int rc = 0;
     for (int i = 0; i < tb->nthr; i++) {
         Thr *th = &tb->thr[i];
         if (!(rate > th->value)) continue;
-        if (!agent) {
-            agent = PyObject_GetAttr(ctx, s_agent);
-            ds = agent ? PyObject_GetAttr(ctx, s_datasource) : NULL;
-            if (!ds) { rc = -1; break; }
-        }
         /* the common case, "still armed off", here; anything else in Python */
         PyObject *arm = PyTuple_Pack(4, th->name, agent, ds, th->by_flow ? key : s_empty);
         if (!arm) { rc = -1; break; }
@@ -502,31 +604,24 @@ static int update_flow(Batch *b, Table *tb, PyObject *ctx, PyObject *key, double
         if (!res) { rc = -1; break; }
         Py_DECREF(res);
     }
-    Py_XDECREF(agent);
-    Py_XDECREF(ds);
     return rc;
 }
 
 static int flow_sample(Batch *b, PyObject *payload, const unsigned char *d, Sample *s,
                        PyObject *agent_name, int *first) {
-    PyObject *header = header_for(payload, d, s);
-    if (!header) return -1;
-    PyObject *ctx = context_for(payload, d, s, agent_name);
-    if (!ctx) { Py_DECREF(header); return -1; }
+    HeaderRef header = {0};
+    CtxRef ctx = {0};
+    if (header_for(d, s, &header) < 0) return -1;
+    if (context_for(payload, d, s, agent_name, &ctx) < 0) { header_release(&header); return -1; }
     int rc = -1;
-    PyObject *memo = PyObject_GetAttr(header, s_memo);
-    if (!memo) goto done;
+    PyObject *memo = header.memo;
     if (*first) {
         *first = 0;
         if (PyDict_GET_SIZE(b->seen) >= MAX_NAME_SETS) PyDict_Clear(b->seen);
-        PyObject *hn = PyObject_GetAttr(header, s_names);
-        PyObject *cn = hn ? PyObject_GetAttr(ctx, s_names) : NULL;
-        int bad = !cn || PyDict_SetItem(b->seen, hn, b->now_obj) < 0 ||
-                  PyDict_SetItem(b->seen, cn, b->now_obj) < 0 ||
-                  PyDict_SetItem(b->seen, py_sample_names, b->now_obj) < 0;
-        Py_XDECREF(hn);
-        Py_XDECREF(cn);
-        if (bad) goto done;
+        if (PyDict_SetItem(b->seen, header.names, b->now_obj) < 0 ||
+            PyDict_SetItem(b->seen, ctx.names, b->now_obj) < 0 ||
+            PyDict_SetItem(b->seen, py_sample_names, b->now_obj) < 0)
+            goto done;
     }
     double scaled = s->rate ? (double)s->rate : 1.0;
     PyObject *nbytes = NULL, *rate_obj = NULL;
@@ -536,7 +631,7 @@ static int flow_sample(Batch *b, PyObject *payload, const unsigned char *d, Samp
         if (tb->scope == 1) {
             key = PyDict_GetItemWithError(memo, tb->uid);
         } else if (tb->scope == 2) {
-            mkey = PyTuple_Pack(2, tb->uid, ctx);
+            mkey = PyTuple_Pack(2, tb->uid, ctx.obj);
             if (!mkey) goto loop_err;
             key = PyDict_GetItemWithError(memo, mkey);
             Py_DECREF(mkey);
@@ -550,7 +645,7 @@ static int flow_sample(Batch *b, PyObject *payload, const unsigned char *d, Samp
                 rate_obj = nbytes ? PyLong_FromUnsignedLong(s->rate) : NULL;
                 if (!rate_obj) goto loop_err;
             }
-            key = PyObject_CallMethodObjArgs(tb->obj, s_compute_key, header, ctx, nbytes,
+            key = PyObject_CallMethodObjArgs(tb->obj, s_compute_key, header.obj, ctx.obj, nbytes,
                                              rate_obj, NULL);
             if (!key) goto loop_err;
         }
@@ -566,15 +661,15 @@ static int flow_sample(Batch *b, PyObject *payload, const unsigned char *d, Samp
                 rate_obj = nbytes ? PyLong_FromUnsignedLong(s->rate) : NULL;
                 if (!rate_obj) { Py_DECREF(key); goto loop_err; }
             }
-            PyObject *v = PyObject_CallMethodObjArgs(b->ing, s_value_of, tb->obj, header, ctx,
-                                                     nbytes, rate_obj, NULL);
+            PyObject *v = PyObject_CallMethodObjArgs(b->ing, s_value_of, tb->obj, header.obj,
+                                                     ctx.obj, nbytes, rate_obj, NULL);
             if (!v) { Py_DECREF(key); goto loop_err; }
             if (v == Py_None) { Py_DECREF(v); Py_DECREF(key); continue; }
             value = PyFloat_AsDouble(v);
             Py_DECREF(v);
             if (value == -1.0 && PyErr_Occurred()) { Py_DECREF(key); goto loop_err; }
         }
-        int urc = update_flow(b, tb, ctx, key, value, scaled);
+        int urc = update_flow(b, tb, &ctx, key, value, scaled);
         Py_DECREF(key);
         if (urc < 0) goto loop_err;
     }
@@ -583,9 +678,8 @@ loop_err:
     Py_XDECREF(nbytes);
     Py_XDECREF(rate_obj);
 done:
-    Py_XDECREF(memo);
-    Py_DECREF(header);
-    Py_DECREF(ctx);
+    header_release(&header);
+    ctx_release(&ctx);
     return rc;
 }
 
@@ -1141,10 +1235,8 @@ PyMODINIT_FUNC PyInit__ingest(void) {
     INTERN(s_dup[2], "counter_duplicates");
     INTERN(s_ooo[0], "datagrams_out_of_order"); INTERN(s_ooo[1], "flow_out_of_order");
     INTERN(s_ooo[2], "counter_out_of_order");
-    header_cache = PyDict_New();
-    context_cache = PyDict_New();
     agent_names = PyDict_New();
-    if (!header_cache || !context_cache || !agent_names) return NULL;
+    if (!agent_names) return NULL;
     PyObject *m = PyModule_Create(&module);
     /* sflow/ingest.py refuses a kernel built from other sources (a stale build) */
     if (m && PyModule_AddIntConstant(m, "KERNEL_VERSION", KERNEL_VERSION) < 0) Py_CLEAR(m);
