@@ -23,7 +23,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#define KERNEL_VERSION 1 /* bump with any change of what the kernel reads or writes */
+#define KERNEL_VERSION 2 /* bump with any change of what the kernel reads or writes */
 #define CACHE_MAX 8192
 #define MAX_SAMPLES 256
 #define MAX_NAME_SETS 4096
@@ -36,7 +36,8 @@ static PyObject *s_stats, *s_agents, *s_flows, *s_active, *s_thresholds, *s_fire
     *s_datagrams, *s_bytes, *s_decoded, *s_samples, *s_flow_samples, *s_counter_samples,
     *s_subagents, *s_samplers, *s_counter_sources, *s_flow_drops, *s_agent, *s_agent_fn,
     *s_first_sequence, *s_compute_key, *s_exceeded, *s_shrink, *s_put, *s_slow, *s_fail,
-    *s_value_of, *s_names, *s_where, *s_datasource, *s_empty, *s_put_new;
+    *s_value_of, *s_names, *s_where, *s_datasource, *s_empty, *s_put_new, *s_counter_watch,
+    *s_counter_sample;
 
 /* Python helpers, imported on first use */
 static PyObject *py_account_sequence, *py_context, *py_make_header, *py_sample_names;
@@ -497,6 +498,7 @@ typedef struct {
         *agents_obj, *agents_dict;
     Table *tables;
     Py_ssize_t ntables;
+    int counter_watch;
     double now;
     PyObject *now_obj;
     long long datagrams, bytes, decoded, samples, flow_samples, counter_samples;
@@ -712,6 +714,12 @@ static int counter_sample(Batch *b, PyObject *agent_obj, PyObject *agent_name,
             goto out;
         }
         Py_DECREF(entry);
+    }
+    if (b->counter_watch) { /* thresholds on counter metrics: Python, only when defined */
+        PyObject *r = PyObject_CallMethodObjArgs(b->thresholds_obj, s_counter_sample, agent_name,
+                                                 ds, b->now_obj, b->counters_obj, NULL);
+        if (!r) goto out;
+        Py_DECREF(r);
     }
     rc = 0;
 out:
@@ -988,6 +996,7 @@ static PyObject *ingest(PyObject *self, PyObject *args) {
     b.skip = PyObject_GetAttr(ing, s_skip);
     b.now_obj = PyFloat_FromDouble(now);
     b.fired = b.thresholds_obj ? PyObject_GetAttr(b.thresholds_obj, s_fired) : NULL;
+
     b.store = b.counters_obj ? PyObject_GetAttr(b.counters_obj, s_sources) : NULL;
     b.agents_dict = b.agents_obj ? PyObject_GetAttr(b.agents_obj, s_agents) : NULL;
     PyObject *result = NULL;
@@ -996,6 +1005,10 @@ static PyObject *ingest(PyObject *self, PyObject *args) {
         !b.seen || !b.skip || !b.now_obj || !b.fired || !b.store || !b.agents_dict)
         goto out;
     if (load_tables(&b) < 0) goto out;
+    PyObject *watch = PyObject_GetAttr(b.thresholds_obj, s_counter_watch);
+    if (!watch) goto out;
+    b.counter_watch = PyObject_IsTrue(watch) > 0;
+    Py_DECREF(watch);
     Py_ssize_t n = PyList_GET_SIZE(batch);
     Sample samples[MAX_SAMPLES];
     uint32_t hdr[4];
@@ -1229,6 +1242,7 @@ PyMODINIT_FUNC PyInit__ingest(void) {
     INTERN(s_slow, "slow"); INTERN(s_fail, "fail"); INTERN(s_value_of, "value_of");
     INTERN(s_names, "names"); INTERN(s_where, "where"); INTERN(s_datasource, "datasource");
     INTERN(s_empty, ""); INTERN(s_put_new, "put");
+    INTERN(s_counter_watch, "counter_watch"); INTERN(s_counter_sample, "counter_sample");
     INTERN(s_lost[0], "datagrams_lost"); INTERN(s_lost[1], "flow_lost");
     INTERN(s_lost[2], "counter_lost");
     INTERN(s_dup[0], "datagrams_duplicates"); INTERN(s_dup[1], "flow_duplicates");

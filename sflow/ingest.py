@@ -51,7 +51,7 @@ COMPILED_ENV = "DEMON_SFLOW_COMPILED"
 FLOW_KEYS_TTL = 3600.0
 _MAX_NAME_SETS = 4096
 #: the compiled kernel's interface version this code expects (sflow/_ingest.c)
-KERNEL_VERSION = 1
+KERNEL_VERSION = 2
 _stale: list[bool] = []
 
 
@@ -281,6 +281,8 @@ class Ingest:
                 elif account_sequence(agent, 2, last, seq):
                     agent.counter_sources[sid] = seq
                 self.counters.put(name, datasource, seq, now, records)
+                if self.thresholds.counter_watch:
+                    self.thresholds.counter_sample(name, datasource, now, self.counters)
 
     def _flow(self, tables: tuple[Any, ...], now: float, header: Any, context: Any,
               nbytes: int | None, rate: int) -> None:

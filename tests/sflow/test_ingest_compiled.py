@@ -30,6 +30,7 @@ def build(use_compiled: bool) -> Engine:
     engine.set_threshold(parse_threshold("busy", {"metric": "ports", "value": 5}))
     engine.set_threshold(parse_threshold("fast", {"metric": "bps", "value": 10,
                                                   "filter": {"ifspeed": ["10000000000"]}}))
+    engine.set_threshold(parse_threshold("util", {"metric": "ifinutilization", "value": 0.5}))
     assert engine.compiled == use_compiled
     return engine
 
