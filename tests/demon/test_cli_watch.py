@@ -23,6 +23,8 @@ from tests.demon.test_store_sqlite import make_tap
 
 
 def run(main, argv: list[str]) -> tuple[int, str, str]:
+    if main is cli.main and "--listen" not in argv:
+        argv = [*argv, "--listen", "127.0.0.1:0"]  # never the fixed default port in tests
     out, err = io.StringIO(), io.StringIO()
     status = main(argv, stdout=out, stderr=err)
     return status, out.getvalue(), err.getvalue()
@@ -38,6 +40,7 @@ def closed_port() -> int:
 def token_file(tmp_path: Path) -> Path:
     path = tmp_path / "rpc.token"
     path.write_text(TOKEN + "\n")
+    path.chmod(0o600)
     return path
 
 
@@ -100,7 +103,8 @@ def test_unreachable_controller_exits_4_with_a_hint(tmp_path: Path, token_file: 
 
 def test_wrong_token_exits_4(tmp_path: Path) -> None:
     wrong = tmp_path / "wrong.token"
-    wrong.write_text("not-the-token\n")
+    wrong.write_text("not-the-token-at-all\n")
+    wrong.chmod(0o600)
     with FakeController() as controller, \
             responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         engine = ScriptedEngine().register(mock)
@@ -145,7 +149,7 @@ def test_watch_runs_until_stopped_and_dry_run_sends_no_writes(tmp_path: Path,
         err = io.StringIO()
         argv = ["--policies", str(pol), "--sflow-rt", engine.base_url, "--controller",
                 controller.address, "--token-file", str(token_file), "--dry-run",
-                "--log-format", "json"]
+                "--listen", "127.0.0.1:0", "--log-format", "json"]
         # Handlers are installed by the main thread (main() restores them on return):
         # run there, stop with a signal from a timer.
         stopper = threading.Timer(2.0, lambda: signal.raise_signal(signal.SIGTERM))
@@ -165,8 +169,8 @@ def test_watch_starts_the_embedded_engine_by_default(tmp_path: Path, token_file:
     with FakeController() as controller:
         stopper = threading.Timer(1.5, lambda: signal.raise_signal(signal.SIGINT))
         stopper.start()
-        status = cli.main(["--policies", str(REPO / "policies"), "--sflow-port", "0",
-                           "--controller", controller.address, "--token-file", str(token_file),
+        status = cli.main(["--policies", str(REPO / "policies"), "--sflow-listen",
+                           "127.0.0.1:0", "--listen", "127.0.0.1:0", "--controller", controller.address, "--token-file", str(token_file),
                            "--state", str(tmp_path / "s.sqlite")], stdout=io.StringIO(),
                           stderr=err)
         stopper.join()
@@ -174,6 +178,7 @@ def test_watch_starts_the_embedded_engine_by_default(tmp_path: Path, token_file:
     log = err.getvalue()
     assert "embedded engine: sFlow on 127.0.0.1:" in log and "API at http://127.0.0.1:" in log
     assert "embedded engine: sFlow on 127.0.0.1:0," not in log  # the bound port is shown
+    assert "API at http://127.0.0.1:" in log and "/api/v1/ (loopback" in log
     assert "stopping: SIGINT" in log
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
