@@ -331,3 +331,86 @@ def test_exposed_beyond_loopback_reads_need_a_token(make: Callable[..., Harness]
         assert httpx.get(f"{server.url}/api/v1/status", headers=bearer(VIEWER)).status_code == 200
     finally:
         server.stop()
+
+
+# -- demon-tap --url ---------------------------------------------------------------------
+
+
+def token_file(tmp_path: Any, token: ApiToken) -> str:
+    path = tmp_path / f"{token.name}.token"
+    path.write_text(f"{token.name}:{token.secret}{'' if token.can_write else ':ro'}\n")
+    path.chmod(0o600)
+    return str(path)
+
+
+def demon_tap(api: Api, *argv: str, token: str | None = None) -> tuple[int, str, str]:
+    import io
+
+    from demon import tapctl
+
+    out, err = io.StringIO(), io.StringIO()
+    args = ["--url", api.server.url, *(["--token-file", token] if token else []), *argv]
+    return tapctl.main(args, stdout=out, stderr=err), out.getvalue(), err.getvalue()
+
+
+def test_demon_tap_over_the_api_reads_like_the_local_mode(api: Api, tmp_path: Any) -> None:
+    tap_id = api.tapped()
+    status, out, _ = demon_tap(api, "list")
+    lines = out.strip().splitlines()
+    assert status == 0 and lines[0].split()[:3] == ["TAP", "POLICY", "FLOW"]
+    assert lines[1].startswith(tap_id) and "1/1" in lines[1]
+    status, out, _ = demon_tap(api, "--json", "list")
+    assert [t["tap_id"] for t in json.loads(out)] == [tap_id]
+    status, out, _ = demon_tap(api, "show", tap_id)
+    assert status == 0 and "trigger:" in out and "event 1: demon_elephant" in out
+    assert "created" in out and "active" in out
+    status, out, _ = demon_tap(api, "--json", "show", tap_id)
+    assert [e["kind"] for e in json.loads(out)["history"]] == ["created", "active"]
+    status, _, err = demon_tap(api, "show", "nope.1")
+    assert status == 1 and "nope.1" in err
+    status, out, _ = demon_tap(api, "--json", "history", "--tap", tap_id)
+    assert [json.loads(line)["kind"] for line in out.splitlines()] == ["created", "active"]
+    status, out, _ = demon_tap(api, "history", "--since", "1h")
+    assert "controller_up" in out and f"{tap_id}" in out
+
+
+def test_demon_tap_over_the_api_acts_with_the_tokens_name(api: Api, tmp_path: Any) -> None:
+    tap_id = api.tapped()
+    alice, viewer = token_file(tmp_path, ALICE), token_file(tmp_path, VIEWER)
+    status, _, err = demon_tap(api, "release", tap_id)
+    assert status == 2 and "--token-file" in err
+    status, _, err = demon_tap(api, "release", tap_id, token=viewer)
+    assert status == 4 and "read-only" in err and len(err.strip().splitlines()) == 1
+    assert api.h.controller.mirrors
+    status, out, _ = demon_tap(api, "release", tap_id, token=alice)
+    assert status == 0 and out.strip() == f"release {tap_id}: release requested"
+    wait_for(lambda: not api.h.controller.mirrors, what="removal")
+    status, out, _ = demon_tap(api, "release", tap_id, token=alice)
+    assert status == 0 and "already" in out
+    status, _, err = demon_tap(api, "release", "nope.3", token=alice)
+    assert status == 1 and "no live tap 'nope.3'" in err
+    status, out, _ = demon_tap(api, "pause", "elephant", token=alice)
+    assert (status, out.strip()) == (0, "pause elephant: paused")
+    status, out, _ = demon_tap(api, "--json", "resume", "elephant", token=alice)
+    assert status == 0 and json.loads(out)["who"] == "alice"
+    status, out, _ = demon_tap(api, "tap", "elephant", FLOW_B, "--at", "2/5", "--for", "1m",
+                               token=alice)
+    assert status == 0 and out.startswith(f"tap elephant {FLOW_B}: tapped elephant.")
+    status, out, err = demon_tap(api, "requests", token=alice)
+    assert status == 2 and "only with --state" in err
+
+
+def test_demon_tap_says_when_the_daemon_is_unreachable(tmp_path: Any) -> None:
+    import io
+    import socket
+
+    from demon import tapctl
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    err = io.StringIO()
+    status = tapctl.main(["--url", f"http://127.0.0.1:{port}", "list"], stdout=io.StringIO(),
+                         stderr=err)
+    assert status == 3 and "cannot reach the daemon" in err.getvalue()
+    assert len(err.getvalue().strip().splitlines()) == 1

@@ -235,14 +235,50 @@ def test_tap_history_since(state_file: Path) -> None:
     assert status == tapctl.EXIT_USAGE and "--since" in err
 
 
-def test_tap_release_without_a_daemon_says_so(state_file: Path) -> None:
+def test_tap_release_without_a_daemon_says_so_and_leaves_nothing_queued(state_file: Path) -> None:
+    """Issue 8: a request for a daemon that is down must not wait in the file for a
+    daemon started much later."""
     status, _, err = run(tapctl.main, ["--state", str(state_file), "release", "elephant.1",
                                        "--wait", "0.3"])
     assert status == tapctl.EXIT_NO_ANSWER
-    assert "is demon-watch running" in err
+    assert "is demon-watch running" in err and "withdrawn: nothing will be done" in err
+    assert len(err.strip().splitlines()) == 1
     with Store(state_file) as store:
-        assert [(r.kind, r.target) for r in store.pending_requests()] == [
-            ("release", "elephant.1")]
+        assert store.pending_requests(now=time.time() - 3600) == []
+        [request] = store.requests()
+        assert request.code == "cancelled" and request.done_at is not None
+
+
+def test_a_queued_request_expires_and_can_be_listed_and_cancelled(state_file: Path) -> None:
+    status, out, _ = run(tapctl.main, ["--state", str(state_file), "pause", "elephant",
+                                       "--wait", "0"])
+    assert status == 0 and "queued as request 1 (expires in 60s" in out
+    status, out, _ = run(tapctl.main, ["--state", str(state_file), "release", "elephant.1",
+                                       "--wait", "0"])
+    status, out, _ = run(tapctl.main, ["--state", str(state_file), "requests"])
+    lines = out.strip().splitlines()
+    assert lines[0].split()[:4] == ["ID", "KIND", "TARGET", "WHO"]
+    assert [line.split()[:3] for line in lines[1:]] == [["1", "pause", "elephant"],
+                                                         ["2", "release", "elephant.1"]]
+    status, out, _ = run(tapctl.main, ["--state", str(state_file), "requests", "--cancel", "1"])
+    assert status == 0 and "request 1: cancelled" in out
+    status, _, err = run(tapctl.main, ["--state", str(state_file), "requests", "--cancel", "1"])
+    assert status == tapctl.EXIT_REFUSED and "not pending" in err
+    status, out, _ = run(tapctl.main, ["--state", str(state_file), "--json", "requests"])
+    assert [r["id"] for r in json.loads(out)] == [2]
+    with Store(state_file) as store:  # a minute later, nobody has taken it: it is gone
+        assert store.pending_requests(now=time.time() + 61) == []
+        assert store.expire_requests(now=time.time() + 61) == 1
+        assert store.request(2).code == "expired"
+
+
+def test_tap_never_creates_a_state_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "state.sqlite"
+    for argv in (["release", "x.1", "--wait", "0"], ["pause", "p"], ["requests"],
+                 ["tap", "p", "10.0.0.1,10.0.0.2,6,1,2"], ["list"]):
+        status, _, err = run(tapctl.main, ["--state", str(missing), *argv])
+        assert status == tapctl.EXIT_STATE and "does not exist" in err, argv
+    assert not missing.parent.exists()
 
 
 def test_tap_pause_gets_the_daemons_answer(state_file: Path) -> None:
