@@ -364,7 +364,7 @@ class Harness:
                  controller: FakeController | None = None,
                  engine: ScriptedEngine | None = None,
                  clock: Callable[[], float] | None = None, rpc_timeout: float = 2.0,
-                 **options: Any) -> None:
+                 notify: list[Any] | None = None, **options: Any) -> None:
         self.policies_dir = tmp / "policies"
         self.policies_dir.mkdir(exist_ok=True)
         for old in self.policies_dir.glob("*.yaml"):
@@ -380,7 +380,7 @@ class Harness:
                                RpcClient(self.controller.address, token=TOKEN,
                                          timeout=rpc_timeout),
                                self.store, self.options,
-                               clock=clock or accelerated_clock(SPEED))
+                               clock=clock or accelerated_clock(SPEED), notify=notify or ())
         self.thread = threading.Thread(target=self.runtime.run, daemon=True)
 
     def start(self) -> "Harness":
