@@ -248,6 +248,11 @@ def _watch(args: argparse.Namespace, err: IO[str]) -> int:
                           embedded_engine=engine is not None, notify=sinks,
                           sflow_listen=None if engine is None else format_listen(
                               *engine.sflow_address))
+        registry = None if engine is None else (getattr(engine, "metrics_registry", None)
+                                                or getattr(engine.engine, "metrics_registry",
+                                                           None))
+        if registry is not None:  # the embedded engine's metrics on the same page
+            runtime.metrics.extra.append(registry)
         if api_addr is not None:
             try:
                 api = ApiServer(runtime, *api_addr, tokens=api_tokens).start()

@@ -161,6 +161,9 @@ class Runtime:
                                          "reloads_ok": 0, "reloads_rejected": 0,
                                          "operator_requests": 0}
         self.transition_counts: dict[tuple[str, str], int] = {}
+        from demon.runtime.metrics import DaemonMetrics
+
+        self.metrics = DaemonMetrics(self)
 
     # -- public, thread-safe ---------------------------------------------------------
 
@@ -173,6 +176,10 @@ class Runtime:
 
     def request_stop(self, why: str = "stop requested") -> None:
         self.inputs.put(_Stop(why))
+
+    def render_metrics(self) -> tuple[bytes, str]:
+        """The Prometheus exposition (``GET /metrics``)."""
+        return self.metrics.render()
 
     def ask(self, ask: Ask) -> "Future[Answer]":
         """An operator's request (the API): the future gets the core's ``Answer``
