@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK
 """``demon-tap``: what is tapped, since when and why; tap, release, pause, resume.
 
 Two ways to reach the daemon, with the same subcommands and the same output:
@@ -36,6 +37,7 @@ from demon.model import HistoryEntry, Tap, tap_from_dict, tap_to_dict
 from demon.store import REQUEST_TTL, Store, StoreError
 from demon.tap_request import TapRequest, is_positive, parse_at
 from demon.units import UnitError, format_rate, parse_duration
+from sflow import cliopts
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NO_ANSWER, EXIT_AUTH, EXIT_STATE = 0, 1, 2, 3, 4, 5
 _POSITIVE = ("release requested", "paused", "resumed", "already paused", "not paused")
@@ -51,10 +53,8 @@ class Failure(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="demon-tap", description="Inspect and steer demon-watch's taps.",
-        epilog="exit statuses: 0 done, 1 refused by the daemon, 2 usage error, 3 no answer, "
-               "4 not allowed (token), 5 state file unusable")
+    ap = argparse.ArgumentParser(prog="demon-tap",
+                                 description="Inspect and steer demon-watch's taps.")
     where = ap.add_mutually_exclusive_group()
     where.add_argument("--url", metavar="URL", default=os.environ.get("DEMON_URL") or None,
                        help="the daemon's API, e.g. http://127.0.0.1:8734 ($DEMON_URL)")
@@ -95,7 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     requests_cmd = sub.add_parser("requests", help="with --state: requests queued for the "
                                                    "daemon and not answered yet")
     requests_cmd.add_argument("--cancel", type=int, metavar="ID", help="withdraw this request")
-    return ap
+    return cliopts.add_common(ap, exits={
+        EXIT_OK: "done", EXIT_REFUSED: "the daemon refused (no such tap or policy, no room)",
+        EXIT_USAGE: "usage error",
+        EXIT_NO_ANSWER: "no answer (the daemon is unreachable, or did not answer within --wait)",
+        EXIT_AUTH: "not allowed (no token, a wrong or read-only token)",
+        EXIT_STATE: "the state file cannot be used (missing, damaged)"})
 
 
 def parse_since(text: str, now: float) -> float:

@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK
 """``demon-sflow``: the embedded sFlow-RT-compatible engine on its own.
 
     demon-sflow [--sflow-host H] [--sflow-port 6343] [--http-host H] [--http-port 8008]
@@ -20,7 +21,14 @@ import sys
 import threading
 from typing import Sequence
 
+from sflow import cliopts
+
 __all__ = ["main"]
+
+SERVE_EXITS = {0: "stopped by SIGINT/SIGTERM", 1: "unexpected internal error",
+               2: "usage or configuration error, or a listener cannot be bound"}
+REPLAY_EXITS = {0: "every datagram sent", 1: "unexpected internal error",
+                2: "usage error, or the capture cannot be read"}
 
 
 def _serve(argv: Sequence[str]) -> int:
@@ -39,11 +47,8 @@ def _serve(argv: Sequence[str]) -> int:
                         help="fast: common datagrams (compact flow samples with a sampled "
                              "header) skip the full decoder; full: decode everything "
                              "(same results, slower; default %(default)s)")
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"])
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cliopts.add_common(parser, exits=SERVE_EXITS)
+    args = cliopts.parse_args(parser, argv)
     from sflow.embedded import EmbeddedEngine
 
     service = EmbeddedEngine((args.sflow_host, args.sflow_port), (args.http_host, args.http_port),
@@ -59,6 +64,7 @@ def _serve(argv: Sequence[str]) -> int:
         signal.signal(sig, lambda *_: done.set())
     host, port = service.sflow_address
     print(json.dumps({"sflow": [host, port], "http": service.url}), flush=True)
+    cliopts.notify_ready(f"sFlow on udp {host}:{port}, API on {service.url}")
     logging.getLogger("sflow").info("sFlow on udp %s:%d, API on %s (UDP buffer %d bytes)",
                                     host, port, service.url, service.collector.rcvbuf
                                     if service.collector else 0)
@@ -74,13 +80,21 @@ def _replay(argv: Sequence[str]) -> int:
     parser.add_argument("--to", default="127.0.0.1:6343", help="HOST:PORT (default %(default)s)")
     parser.add_argument("--speed", type=float, default=None,
                         help="original timing divided by this factor (default: back to back)")
-    args = parser.parse_args(argv)
+    cliopts.add_common(parser, exits=REPLAY_EXITS, config=False)
+    args = cliopts.parse_args(parser, argv)
     host, _, port = args.to.rpartition(":")
     if not host or not port.isdigit():
         parser.error(f"--to: expected HOST:PORT, got {args.to!r}")
     from sflow.collector import replay_pcap
 
-    sent = replay_pcap(args.file, (host.strip("[]"), int(port)), speed=args.speed)
+    from sflow.pcap import PcapError
+
+    try:
+        sent = replay_pcap(args.file, (host.strip("[]"), int(port)), speed=args.speed,
+                           progress=cliopts.progress)
+    except (OSError, PcapError) as exc:
+        print(f"demon-sflow replay: {args.file}: {exc}", file=sys.stderr)
+        return 2
     print(f"sent {sent} datagrams to {args.to}", file=sys.stderr)
     return 0
 
