@@ -364,14 +364,15 @@ class Harness:
                  controller: FakeController | None = None,
                  engine: ScriptedEngine | None = None,
                  clock: Callable[[], float] | None = None, rpc_timeout: float = 2.0,
-                 notify: list[Any] | None = None, **options: Any) -> None:
+                 notify: list[Any] | None = None, state_path: Path | None = None,
+                 **options: Any) -> None:
         self.policies_dir = tmp / "policies"
         self.policies_dir.mkdir(exist_ok=True)
         for old in self.policies_dir.glob("*.yaml"):
             old.unlink()
         for name, text in policies.items():
             (self.policies_dir / f"{name}.yaml").write_text(text)
-        self.state_path = tmp / "state.sqlite"
+        self.state_path = state_path or tmp / "state.sqlite"
         self.engine = engine or ScriptedEngine().register(mock)
         self.controller = controller or FakeController().start()
         self.store = Store(self.state_path)
