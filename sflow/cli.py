@@ -2,7 +2,7 @@
 """``demon-sflow``: the embedded sFlow-RT-compatible engine on its own.
 
     demon-sflow [--sflow-host H] [--sflow-port 6343] [--http-host H] [--http-port 8008]
-                [--readonly] [--max-flows N] [--ingest fast|full] [--log-level info]
+                [--readonly] [--max-flows N] [--ingest compiled|python] [--log-level info]
                 [--record-sflow DIR [--record-sflow-size 1GB] [--record-sflow-age 6h]]
     demon-sflow decode FILE.pcap [...]        datagrams as JSON lines (sflow.jsonview)
     demon-sflow replay FILE.pcap [--to HOST:PORT] [--speed X]
@@ -44,10 +44,12 @@ def _serve(argv: Sequence[str]) -> int:
     parser.add_argument("--readonly", action="store_true", help="refuse PUT/DELETE (HTTP 403)")
     parser.add_argument("--max-flows", type=int, default=100_000,
                         help="flows tracked per flow definition (default %(default)s)")
-    parser.add_argument("--ingest", default="fast", choices=["fast", "full"],
-                        help="fast: common datagrams (compact flow samples with a sampled "
-                             "header) skip the full decoder; full: decode everything "
-                             "(same results, slower; default %(default)s)")
+    parser.add_argument("--ingest", default="compiled",
+                        choices=["compiled", "python", "fast", "full"],
+                        help="compiled: the C ingest kernel (sflow._ingest) for the common "
+                             "datagrams when it was built, else Python; python: the "
+                             "pure-Python path (same results, slower). fast/full: former "
+                             "names of compiled/python (default %(default)s)")
     rolling.add_arguments(parser)
     cliopts.add_common(parser, exits=SERVE_EXITS)
     args = cliopts.parse_args(parser, argv)
@@ -60,7 +62,7 @@ def _serve(argv: Sequence[str]) -> int:
         return 2
     service = EmbeddedEngine((args.sflow_host, args.sflow_port), (args.http_host, args.http_port),
                              readonly=args.readonly, max_flows=args.max_flows,
-                             fast_path=args.ingest == "fast", recorder=recorder)
+                             fast_path=args.ingest in ("compiled", "fast"), recorder=recorder)
     try:
         service.start()
     except OSError as exc:

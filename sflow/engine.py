@@ -88,10 +88,13 @@ class Engine:
                                   "delete one first")
         if self.flows_table.set(fd, self.threshold_table.watching(fd.name)):
             self.threshold_table.forget(metric=fd.name)
+        self.threshold_table.refresh(self.flows_table.tables)
 
     def delete_flow(self, name: str) -> bool:
         self.threshold_table.forget(metric=name)
-        return self.flows_table.delete(name)
+        found = self.flows_table.delete(name)
+        self.threshold_table.refresh(self.flows_table.tables)
+        return found
 
     def flow(self, name: str) -> FlowDef | None:
         table = self.flows_table.tables.get(name)
@@ -111,6 +114,7 @@ class Engine:
         self.delete_threshold(td.name)
         defs[td.name] = td
         self.flows_table.watch(td.metric, self.threshold_table.watching(td.metric))
+        self.threshold_table.refresh(self.flows_table.tables)
 
     def delete_threshold(self, name: str) -> bool:
         td = self.threshold_table.defs.get(name)
@@ -119,6 +123,7 @@ class Engine:
         self.threshold_table.forget(threshold=name)
         del self.threshold_table.defs[name]
         self.flows_table.watch(td.metric, self.threshold_table.watching(td.metric))
+        self.threshold_table.refresh(self.flows_table.tables)
         return True
 
     def threshold(self, name: str) -> ThresholdDef | None:
