@@ -306,3 +306,19 @@ def test_readonly_refuses_topology_and_groups() -> None:
         service.stop()
 
 
+
+
+def test_client_sends_its_token_on_writes() -> None:
+    from sflow.client import ReadOnly, SFlowRTClient
+
+    secret = "y" * 32
+    server = _served(EngineAPI(Engine(), tokens=Tokens({"demon": secret})))
+    try:
+        with pytest.raises(ReadOnly, match="401"):
+            SFlowRTClient(server.url, retries=0).define_flow("f", TCP)
+        client = SFlowRTClient(server.url, retries=0, token=secret)
+        client.define_flow("f", TCP)
+        assert client.get_flow("f")["keys"] == TCP["keys"]
+        client.delete_flow("f")
+    finally:
+        server.stop()
