@@ -143,8 +143,9 @@ def test_flow_log_end_active_timeout_and_flow_start() -> None:
     syn = [r for r in log.records if r["name"] == "syn"]
     assert len(syn) == 1 and syn[0]["start"] == syn[0]["end"] == 3000000 and syn[0]["value"] == 5.0
     # the cursor: newest first; after a cursor, the oldest ones after it
+    # ids: 1 k1, 2-3 k2's active records, 4 syn's start, 5 k2's end (written at 3100)
     newest = log.select(-1, 2)
-    assert [r["flowID"] for r in newest] == [4, 3]
+    assert [r["flowID"] for r in newest] == [5, 4]
     assert [r["flowID"] for r in log.select(1, 2)] == [3, 2]
     assert [r["flowID"] for r in log.select(-1, 10, name="syn")] == [4]
 
