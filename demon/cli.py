@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK
 """``demon-watch``: the tap daemon's command line.
 
 Exit statuses (also in ``--help``):
@@ -19,8 +20,7 @@ import signal
 import sys
 from typing import IO, Any
 
-from demon import __version__
-from demon.logging_setup import LOG_FORMATS, LOG_LEVELS, setup_logging
+from sflow import cliopts
 from demon.rpc.protocol import DEFAULT_ADDRESS, DEFAULT_TOKEN_FILE
 
 log = logging.getLogger("demon.cli")
@@ -38,9 +38,13 @@ def default_state_path() -> str:
     return SYSTEM_STATE if os.geteuid() == 0 else "demon-state.sqlite"
 
 
-EPILOG = """exit statuses: 0 ok, 1 internal error, 2 usage/config error, 3 engine unreachable
-at start, 4 controller unreachable at start, 5 state file unusable.
-signals: SIGHUP reloads the policies (a bad set is rejected whole, the old one keeps
+EXITS = {EXIT_OK: "stopped cleanly (or --check / --replay succeeded)",
+         EXIT_INTERNAL: "unexpected internal error",
+         EXIT_CONFIG: "usage or configuration error (flags, config file, policy set, token file)",
+         EXIT_ENGINE: "the analytics engine is unreachable at start (or refused our definitions)",
+         EXIT_CONTROLLER: "the controller component is unreachable at start (or refused our token)",
+         EXIT_STATE: "the state file cannot be used"}
+EPILOG = """signals: SIGHUP reloads the policies (a bad set is rejected whole, the old one keeps
 running); SIGTERM/SIGINT stop cleanly (see --on-exit)."""
 
 
@@ -82,10 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --replay: the fabric description giving the switches' roles "
                          "(default: <recording>.fabric.json)")
     ap.add_argument("--json", action="store_true", help="with --replay: JSON lines output")
-    ap.add_argument("--log-format", choices=LOG_FORMATS, default="text")
-    ap.add_argument("--log-level", choices=LOG_LEVELS, default="info")
-    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return ap
+    return cliopts.add_common(ap, exits=EXITS)
 
 
 def check(directory: str, out: IO[str], err: IO[str]) -> int:
@@ -108,10 +109,9 @@ def main(argv: list[str] | None = None, *, stdout: IO[str] | None = None,
          stderr: IO[str] | None = None) -> int:
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
-    args = build_parser().parse_args(argv)
+    args = cliopts.parse_args(build_parser(), argv, log_stream=err)
     if args.check:
         return check(args.policies, out, err)
-    setup_logging(args.log_level, args.log_format, err)
     if args.replay:
         from demon.replay import ReplayError, replay_main
         try:
@@ -180,6 +180,7 @@ def _watch(args: argparse.Namespace, err: IO[str]) -> int:
             runtime.start()
         except StartupError as exc:
             return _fail(err, str(exc), exc.status)
+        cliopts.notify_ready("watching")
         runtime.run()
         return EXIT_OK
     finally:

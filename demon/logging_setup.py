@@ -1,53 +1,6 @@
-"""Logging for the daemon's commands: readable text, or one JSON object a line.
+"""Moved to :mod:`sflow.logsetup` (one logging set-up for every command); kept so
+that code importing it from here keeps working."""
 
-JSON lines carry ``ts`` (epoch s), ``level``, ``logger``, ``msg`` and any of
-the structured extras the runtime attaches to decisions (``tap_id``, ``kind``,
-``detail``), so a log shipper can index taps without parsing sentences.
-"""
+from sflow.logsetup import LOG_FORMATS, LOG_LEVELS, JsonFormatter, setup_logging
 
-from __future__ import annotations
-
-import json
-import logging
-import sys
-from typing import IO
-
-LOG_FORMATS = ("text", "json")
-LOG_LEVELS = ("debug", "info", "warning", "error")
-_EXTRAS = ("tap_id", "kind", "detail")
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        data = {"ts": round(record.created, 3), "level": record.levelname.lower(),
-                "logger": record.name, "msg": record.getMessage()}
-        for name in _EXTRAS:
-            if hasattr(record, name):
-                data[name] = getattr(record, name)
-        if record.exc_info:
-            data["exc"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str, separators=(",", ":"))
-
-
-def setup_logging(level: str = "info", fmt: str = "text", stream: IO[str] | None = None) -> None:
-    """Configure the root logger for a command (replaces a handler set up earlier here)."""
-    if fmt not in LOG_FORMATS:
-        raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, got {fmt!r}")
-    if level.lower() not in LOG_LEVELS:
-        raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    handler._demon = True  # type: ignore[attr-defined]
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        if getattr(old, "_demon", False):  # leave handlers others installed (pytest's)
-            root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level.upper())
-    # APScheduler logs every job run (INFO) and every run skipped behind a slow one
-    # (WARNING; the runtime reports the slow engine itself): debugging only.
-    logging.getLogger("apscheduler").setLevel(logging.ERROR if level.lower() != "debug"
-                                              else logging.DEBUG)
+__all__ = ["LOG_FORMATS", "LOG_LEVELS", "JsonFormatter", "setup_logging"]

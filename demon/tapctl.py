@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK
 """``demon-tap``: what is tapped, since when and why; tap, release, pause, resume.
 
 Reads the daemon's state file directly (SQLite WAL: reading never blocks the
@@ -26,6 +27,7 @@ from demon.model import HistoryEntry, Tap, tap_to_dict
 from demon.store import Store, StoreError
 from demon.tap_request import TapRequest, is_positive, parse_at
 from demon.units import UnitError, format_rate, parse_duration
+from sflow import cliopts
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NO_ANSWER, EXIT_STATE = 0, 1, 2, 3, 5
 _POSITIVE = ("release requested", "paused", "resumed")
@@ -62,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--since", metavar="WHEN",
                          help="epoch seconds, ISO time (2026-11-24T10:00) or an age (10m, 2h)")
     history.add_argument("--tap", metavar="TAP_ID", help="only this tap")
-    return ap
+    return cliopts.add_common(ap, exits={
+        EXIT_OK: "done", EXIT_REFUSED: "the daemon refused (no such tap or policy)",
+        EXIT_USAGE: "usage error", EXIT_NO_ANSWER: "not answered within --wait (is demon-watch running?)",
+        EXIT_STATE: "the state file cannot be used"})
 
 
 def parse_since(text: str, now: float) -> float:

@@ -1,8 +1,9 @@
+# PYTHON_ARGCOMPLETE_OK
 """``demon-sflow``: the embedded sFlow-RT-compatible engine on its own.
 
     demon-sflow [--sflow-listen HOST:PORT] [--http-listen HOST:PORT] [--token-file FILE]
                 [--asn-file FILE] [--readonly] [--max-flows N] [--ingest fast|full]
-                [--log-level info] [--version]
+                [--config FILE] [--log-format text|json] [--log-level info] [--version]
     demon-sflow decode FILE.pcap [...]        datagrams as JSON lines (sflow.jsonview)
     demon-sflow replay FILE.pcap [--to HOST:PORT] [--speed X]
 
@@ -28,19 +29,17 @@ import sys
 import threading
 from typing import Sequence
 
-__all__ = ["main", "package_version"]
+from sflow import cliopts
+
+__all__ = ["main", "exposure_lines"]
 
 _DEFAULT_SFLOW = "127.0.0.1:6343"
 _DEFAULT_HTTP = "127.0.0.1:8008"
-
-
-def package_version() -> str:
-    """The installed pytapdemon version (sflow/ imports nothing from demon/)."""
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-        return version("pytapdemon")
-    except (ImportError, PackageNotFoundError):  # running from a source tree
-        return "unknown"
+SERVE_EXITS = {0: "stopped by SIGINT/SIGTERM", 1: "unexpected internal error",
+               2: "usage or configuration error, an unusable token or data file, or a "
+                  "listener cannot be bound"}
+REPLAY_EXITS = {0: "every datagram sent", 1: "unexpected internal error",
+                2: "usage error, or the capture cannot be read"}
 
 
 def _listen(value: str, default_port: int, flag: str, parser: argparse.ArgumentParser) -> tuple[str, int]:
@@ -72,14 +71,10 @@ def exposure_lines(sflow: tuple[str, int], http_listen: str, http_host: str, has
 
 
 def _serve(argv: Sequence[str]) -> int:
-    from sflow.engine import VERSION
-
     parser = argparse.ArgumentParser(
         prog="demon-sflow",
         description="Embedded sFlow-RT-compatible engine: sFlow v5 on UDP, the sFlow-RT "
                     "REST API on HTTP. Subcommands: decode FILE.pcap, replay FILE.pcap.")
-    parser.add_argument("--version", action="version",
-                        version=f"%(prog)s {package_version()} (sFlow-RT API {VERSION})")
     parser.add_argument("--sflow-listen", metavar="HOST:PORT", default=None,
                         help=f"sFlow UDP listener, port 0 = any (default {_DEFAULT_SFLOW})")
     parser.add_argument("--http-listen", metavar="HOST:PORT", default=None,
@@ -101,9 +96,8 @@ def _serve(argv: Sequence[str]) -> int:
                         help="fast: common datagrams (compact flow samples with a sampled "
                              "header) skip the full decoder; full: decode everything "
                              "(same results, slower; default %(default)s)")
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"])
-    args = parser.parse_args(argv)
+    cliopts.add_common(parser, exits=SERVE_EXITS)
+    args = cliopts.parse_args(parser, argv)
     sflow_host, sflow_port = _listen(args.sflow_listen or _DEFAULT_SFLOW, 6343,
                                      "--sflow-listen", parser)
     http_host, http_port = _listen(args.http_listen or _DEFAULT_HTTP, 8008,
@@ -113,8 +107,6 @@ def _serve(argv: Sequence[str]) -> int:
     sflow_port = sflow_port if args.sflow_port is None else args.sflow_port
     http_host = args.http_host or http_host
     http_port = http_port if args.http_port is None else args.http_port
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from sflow.auth import TokenFileError, load_tokens
     from sflow.embedded import EmbeddedEngine
     from sflow.groups import AsnTable, GroupError
@@ -146,6 +138,7 @@ def _serve(argv: Sequence[str]) -> int:
     for line in exposure_lines((host, port), service.http_listen, http_host, tokens is not None,
                                args.token_file, args.readonly):
         print(f"demon-sflow: {line}", file=sys.stderr, flush=True)
+    cliopts.notify_ready(f"sFlow on udp {format_listen(host, port)}, API on {service.url}")
     logging.getLogger("sflow").info("sFlow on udp %s, API on %s (UDP buffer %d bytes)",
                                     format_listen(host, port), service.url,
                                     service.collector.rcvbuf if service.collector else 0)
@@ -161,13 +154,21 @@ def _replay(argv: Sequence[str]) -> int:
     parser.add_argument("--to", default="127.0.0.1:6343", help="HOST:PORT (default %(default)s)")
     parser.add_argument("--speed", type=float, default=None,
                         help="original timing divided by this factor (default: back to back)")
-    args = parser.parse_args(argv)
+    cliopts.add_common(parser, exits=REPLAY_EXITS, config=False)
+    args = cliopts.parse_args(parser, argv)
     host, _, port = args.to.rpartition(":")
     if not host or not port.isdigit():
         parser.error(f"--to: expected HOST:PORT, got {args.to!r}")
     from sflow.collector import replay_pcap
 
-    sent = replay_pcap(args.file, (host.strip("[]"), int(port)), speed=args.speed)
+    from sflow.pcap import PcapError
+
+    try:
+        sent = replay_pcap(args.file, (host.strip("[]"), int(port)), speed=args.speed,
+                           progress=cliopts.progress)
+    except (OSError, PcapError) as exc:
+        print(f"demon-sflow replay: {args.file}: {exc}", file=sys.stderr)
+        return 2
     print(f"sent {sent} datagrams to {args.to}", file=sys.stderr)
     return 0
 

@@ -40,6 +40,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sflow.auth import Tokens
+from sflow.counters import port_map_rows
 from sflow.engine import AGG_MODES, VERSION, Engine
 from sflow.flowdef import DefinitionError, parse_flow, parse_threshold
 from sflow.groups import MAX_SETS, AddressGroup, AsnTable, GroupError, ValueMap, parse_json_bytes
@@ -325,18 +326,11 @@ class EngineAPI:
         return index
 
     def engine_learned_names(self) -> tuple[tuple[str, int, str | None], ...]:
-        """(agent, ifIndex, ifName) the agents reported (0:1005), taken under the lock."""
-        engine = self.engine
-        lock = engine.lock
-        if not lock.acquire(timeout=self.lock_timeout):
-            raise ApiError(503, f"engine busy: its lock was not free within {self.lock_timeout:g} s")
-        try:
-            ports = getattr(engine, "_ports", {})
-            names = tuple(sorted((agent, if_index, port.name)
-                                 for (agent, if_index), port in ports.items() if port.name))
-        finally:
-            lock.release()
-        return names
+        """(agent, ifIndex, ifName) the agents reported (0:1005): a snapshot taken under
+        the lock, read outside it."""
+        snapshot = self._locked(self.engine.counter_snapshot)
+        rows = port_map_rows(snapshot, self.clock())
+        return tuple((row["agent"], row["ifIndex"], row["name"]) for row in rows if row["name"])
 
     def select_agents(self, text: str) -> AgentSelection:
         if text in _TOKENS:
@@ -696,10 +690,10 @@ def _topology_active_flows(engine: Engine, name: str, now: float, selection: Age
 def _flow_rates(engine: Engine, name: str,
                 now: float) -> Iterable[tuple[str, str, str, float]] | None:
     """(agent, dataSource, key, rate) of every flow of definition ``name``."""
-    table = engine._tables.get(name)  # noqa: SLF001 - until the flow table exposes this
-    if table is None:
+    snap = engine.flow_snapshot(name, now)
+    if snap is None:
         return None
-    return [(agent, ds, key, rate) for agent, ds, key, rate, _ in engine._rates(table, None, now)]  # noqa: SLF001
+    return [(agent, ds, key, rate) for agent, ds, key, rate, _ in snap.rates()]
 
 
 def _system_busy() -> tuple[float, float] | None:

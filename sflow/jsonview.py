@@ -290,7 +290,11 @@ def main_decode(argv: list[str], stdout: TextIO | None = None, stderr: TextIO | 
     parser.add_argument("file", help="pcap or pcapng capture")
     parser.add_argument("--port", type=int, default=6343,
                         help="UDP destination port of the sFlow datagrams (0 = any UDP port; default 6343)")
-    args = parser.parse_args(argv)
+    from sflow import cliopts
+
+    cliopts.add_common(parser, exits={0: "every datagram printed (malformed ones as error lines)",
+                                      1: "the file cannot be read", 2: "usage error"}, config=False)
+    args = cliopts.parse_args(parser, argv, log_stream=err)
     total = 0
     errors: Counter[str] = Counter()
     try:

@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK
 """``demon-lab``: the whole loop on one machine, in one command.
 
 Starts Open vSwitch if needed, the controller component (os-ken; ``--controller
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from sflow import cliopts
 from topo.scenarios import SCENARIOS, FlowRun, Scenario, run_scenario, scenario
 from topo.session import LAB_POLICIES, LabSession, SessionOptions, TimelineEntry
 
@@ -149,8 +151,7 @@ def print_summary(out: TextIO, session: LabSession, taps: list[dict[str, Any]], 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="demon-lab", description="The whole tap loop on one machine: OVS seed "
                                 "topology, embedded sFlow engine, controller, capture agent, demon-watch, "
-                                "traffic; ends with a timeline.",
-                                epilog="exit: 0 loop OK, 1 loop not OK, 2 usage error, 3 lab did not start")
+                                "traffic; ends with a timeline.")
     p.add_argument("--out", type=Path, default=Path("lab-out"), help="output directory (default ./lab-out)")
     p.add_argument("--controller", choices=("os-ken", "pox"), default="os-ken",
                    help="controller component (pox needs POX_HOME)")
@@ -172,11 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="leave the lab up (Mininet CLI) until you exit")
     p.add_argument("--no-lock", action="store_true",
                    help="do not take the machine-wide lab lock (the caller holds it)")
-    return p
+    return cliopts.add_common(p, exits={0: "every elephant was tapped once, captured and released, nothing else tapped",
+                                        1: "the loop did not do that (the summary says why)",
+                                        2: "usage error (not root, no mininet, bad option)",
+                                        3: "the lab did not start"})
 
 
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
-    args = build_parser().parse_args(argv)
+    args = cliopts.parse_args(build_parser(), argv)
     if os.geteuid() != 0:
         print("demon-lab: needs root (Open vSwitch and Mininet)", file=sys.stderr)
         return 2

@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK
 """``demon-traffic``: lab traffic, run inside a Mininet host (``h1.popen([...])``).
 
 Subcommands:
@@ -30,6 +31,8 @@ import subprocess
 import sys
 import time
 from typing import Any, Sequence
+
+from sflow import cliopts
 
 RATE_UNITS = {"": 1, "k": 10**3, "K": 10**3, "m": 10**6, "M": 10**6, "g": 10**9, "G": 10**9}
 
@@ -417,11 +420,14 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--seconds", type=float, default=0, help="stop after S seconds (0 = no limit)")
     n.add_argument("--keep-noise", action="store_true")
     n.set_defaults(fn=cmd_sniff)
-    return p
+    return cliopts.add_common(p, exits={0: "done (ping: at least one reply; sink/tcpsink: traffic arrived)",
+                                        1: "the traffic did not get through (no reply, nothing received, "
+                                           "iperf3 failed)",
+                                        2: "usage error"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = cliopts.parse_args(build_parser(), argv)
     return int(args.fn(args))
 
 

@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK
 """``demon-capture``: the capture host's agent. One pcap per tap, plus a manifest.
 
 It runs on the capture host (in the lab: inside h11's namespace), reads every
@@ -40,6 +41,8 @@ from typing import Any, Callable, Iterable
 from demon.capture.packet import FlowKey, Fields, is_ipv6_noise, parse_frame
 from demon.capture.pcapwriter import RotatingPcap, Segment, read_pcap
 from demon.capture.taptable import StoreTapTable, Tap, TapTable
+from sflow import cliopts
+from sflow.logsetup import setup_logging
 
 log = logging.getLogger("demon.capture")
 
@@ -374,14 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, default=3.0,
                    help="seconds an unknown frame waits for its tap before going to unmatched/")
     p.add_argument("--keep-noise", action="store_true", help="keep IPv6 link-local chatter")
-    p.add_argument("-v", "--verbose", action="store_true")
-    return p
+    p.add_argument("-v", "--verbose", action="store_true", help="same as --log-level debug")
+    return cliopts.add_common(p, exits={0: "stopped by SIGTERM/SIGINT, or --read filed the whole capture",
+                                        1: "the interface cannot be opened", 2: "usage or configuration error"})
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="demon-capture: %(message)s")
+    args = cliopts.parse_args(build_parser(), argv)
+    if args.verbose:
+        setup_logging("debug", args.log_format)
     for name in ("rotate_bytes", "rotate_seconds", "grace"):
         if getattr(args, name) < 0:
             print(f"demon-capture: --{name.replace('_', '-')}: must be >= 0", file=sys.stderr)
@@ -406,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info("capturing on %s into %s", args.interface, args.out)
+    cliopts.notify_ready(f"capturing on {args.interface} into {args.out}")
     try:
         run_live(agent, psock, lambda: stop["flag"])
     finally:

@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK
 """``demon-controller``: run the os-ken component (os-ken 4.x ships no ``osken-manager``)."""
 
 from __future__ import annotations
@@ -13,8 +14,13 @@ from typing import Any
 
 from demon.controller.fabric import FabricError, load_fabric, load_static
 from demon.rpc.token import TokenError, ensure_token
+from sflow import cliopts
 
 DEFAULT_TOKEN_FILE = "/run/pytapdemon/rpc.token"
+EXITS = {0: "stopped by SIGTERM/SIGINT (switches keep their entries; mirrors time out)",
+         1: "unexpected internal error",
+         2: "usage or configuration error (fabric, static config, token file), or a listener "
+            "cannot be bound"}
 
 
 def _check_free(host: str, port: int) -> None:
@@ -43,13 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where tap ids are remembered by cookie across restarts "
                              "(default: osken-taps.json beside the token file)")
     parser.add_argument("--barrier-timeout", type=float, default=5.0, help="seconds to wait for a switch")
-    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    return parser
+    return cliopts.add_common(parser, exits=EXITS)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = cliopts.parse_args(build_parser(), argv)
     try:
         fabric = load_fabric(args.fabric)
         static = load_static(args.static) if args.static else None
@@ -106,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    cliopts.notify_ready_when_listening(args.of_port, f"openflow {args.of_host}:{args.of_port} "
+                                                      f"rpc {server.address}")
     app_manager.AppManager.run_apps(["demon.controller.osken_app"])
     return 0
 

@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK
 """``demon-netcheck``: compare each switch's flow table with the intended state (baseline B9).
 
 Intended = the fabric role's baseline + the static entries + the active mirrors.
@@ -21,6 +22,7 @@ from demon.controller import merge, of10, of13
 from demon.controller.fabric import (Entry, Fabric, FabricError, StaticConfig, intended_entries,
                                      forward_actions, load_fabric, load_static, uses_l2_table)
 from demon.controller.spec import LEARNED_COOKIE, SpecError, is_mirror_cookie, parse_mirror_params
+from sflow import cliopts
 
 # Stands for a mirror entry's hard_timeout, which is not compared (see mirror_intent).
 UNCHECKED_HARD = -1
@@ -142,11 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="protocol of the switches (default: from the component, else 1.3)")
     parser.add_argument("--switch", action="append", type=int, metavar="DPID", help="only these switches")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    cliopts.add_common(parser, exits={0: "every switch's table is as intended", 1: "differences (printed)",
+                                      2: "could not check (usage, fabric, RPC or ovs-ofctl failure)"})
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = cliopts.parse_args(build_parser(), argv)
     if not args.rpc and not args.ovs_ofctl:
         print("demon-netcheck: give --rpc ADDR or --ovs-ofctl", file=sys.stderr)
         return 2
