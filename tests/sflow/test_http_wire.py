@@ -132,7 +132,6 @@ def test_listen_options_version_and_sigterm(tmp_path: Path) -> None:
     version = subprocess.run([sys.executable, "-m", "sflow.cli", "--version"],
                              capture_output=True, text=True, timeout=30)
     assert version.returncode == 0 and version.stdout.startswith("demon-sflow ")
-    assert "sFlow-RT API 3.0-" in version.stdout
 
 
 @pytest.mark.parametrize("args, says", [
