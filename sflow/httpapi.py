@@ -40,10 +40,13 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sflow.auth import Tokens
-from sflow.counters import port_map_rows
+from sflow.counters import metric_rows, port_map_rows
 from sflow.engine import AGG_MODES, VERSION, Engine
 from sflow.flowdef import DefinitionError, parse_flow, parse_threshold
+from sflow.flowlog import FlowLog
 from sflow.groups import MAX_SETS, AddressGroup, AsnTable, GroupError, ValueMap, parse_json_bytes
+from sflow import keyfuncs, metricquery, promexport
+from sflow.metricquery import MetricError
 from sflow.topology import Topology, TopologyError, TopologyIndex
 
 __all__ = ["EngineAPI", "ApiError", "MAX_LONG_POLL", "MAX_BODY", "BODY_TIMEOUT", "LOCK_TIMEOUT",
@@ -226,6 +229,12 @@ class EngineAPI:
         self.requests_total = 0
         self.requests_by: dict[tuple[str, str], int] = {}
         self._cpu_last: tuple[float, float, float, float] | None = None
+        # what group:/map:/link:/node:/country:/asn: consult (sflow.keyfuncs)
+        keyfuncs.register()
+        self.keys = keyfuncs.KeyContext(self.groups, self.maps, None, asn_table)
+        # the flow log of definitions with log: true (the engine feeds it)
+        self.flow_log: FlowLog = getattr(engine, "flow_log", None) or FlowLog()
+        _register_http_collector(engine, self)
         self.app = self._build()
 
     # --- plumbing ----------------------------------------------------------------------
@@ -321,8 +330,12 @@ class EngineAPI:
                 return self._index
         index = topo.index(names)
         with self._state_lock:
-            if self._topology_version == version:
+            current = self._topology_version == version
+            if current:
                 self._index, self._index_key = index, key
+        if current and (self.keys.index is None or self.keys.index.ports != index.ports):
+            self.keys.index = index  # link:/node: see it at once; memoised keys are redone
+            self.sets_changed()
         return index
 
     def engine_learned_names(self) -> tuple[tuple[str, int, str | None], ...]:
@@ -357,6 +370,17 @@ class EngineAPI:
             Route("/events/json", self.events, methods=["GET"]),
             Route("/activeflows/{agent}/{name}/json", self.activeflows, methods=["GET"]),
             Route("/metric/{agent}/{metrics}/json", self.metric, methods=["GET"]),
+            Route("/metric/{agent}/json", self.agent_metrics, methods=["GET"]),
+            Route("/metrics/json", self.metric_names, methods=["GET"]),
+            Route("/dump/{agent}/{metrics}/json", self.dump, methods=["GET"]),
+            Route("/table/{agent}/{metrics}/json", self.table, methods=["GET"]),
+            Route("/flowvalue/{agent}/{name}/json", self.flowvalue, methods=["GET"]),
+            Route("/flowlocations/{agent}/{name}/json", self.flowlocations, methods=["GET"]),
+            Route("/flows/json", self.flows_log, methods=["GET"]),
+            Route("/prometheus/metrics/{agent}/{metrics}/txt", self.prometheus_metrics,
+                  methods=["GET"]),
+            Route("/prometheus/analyzer/txt", self.prometheus_analyzer, methods=["GET"]),
+            Route("/metrics", self.own_metrics, methods=["GET"]),
             Route("/agents/json", self.agents, methods=["GET"]),
             Route("/flowkeys/json", self.flowkeys, methods=["GET"]),
             Route("/analyzer/json", self.analyzer, methods=["GET"]),
@@ -369,6 +393,7 @@ class EngineAPI:
         ]
         app = Starlette(routes=routes, exception_handlers={
             ApiError: self._api_error,
+            MetricError: self._definition_error,
             DefinitionError: self._definition_error,
             HTTPException: self._http_exception,
             ClientDisconnect: self._disconnect,
@@ -437,7 +462,8 @@ class EngineAPI:
             return no_content()
         body = self.parse_json(await self.read_body(request))
         try:
-            parsed = parse_flow(name, body) if flows else parse_threshold(name, body)
+            with keyfuncs.bound(self.keys):
+                parsed = parse_flow(name, body) if flows else parse_threshold(name, body)
         except RecursionError:
             raise ApiError(400, "body: nested too deeply") from None
         await self.engine_call(engine.set_flow if flows else engine.set_threshold, parsed)
@@ -540,13 +566,17 @@ class EngineAPI:
         return await self.engine_json(self.engine.port_map, self.clock())
 
     async def analyzer(self, request: Request) -> Response:
+        return json_response(await self.analyzer_body())
+
+    async def analyzer_body(self) -> dict[str, Any]:
         body = await self.engine_call(self.engine.analyzer)
         if self.extra_analyzer is not None:
             body.update(self.extra_analyzer())
         body.update(self._process_figures())
         body.update(httpConnectionsCurrent=self.requests_current,
-                    httpConnectionsTotal=self.requests_total, updateAvailable=False)
-        return json_response(body)
+                    httpConnectionsTotal=self.requests_total, updateAvailable=False,
+                    flowLogRecords=self.flow_log.last_id, flowLogOpen=self.flow_log.open_flows)
+        return body
 
     def _process_figures(self) -> dict[str, Any]:
         """What sFlow-RT's status page reads besides the sFlow counters: CPU (fractions of
@@ -567,6 +597,187 @@ class EngineAPI:
         out.update(heapUsed=rss, heapMax=total)
         return out
 
+    # --- counter and flow metrics ----------------------------------------------------
+
+    def rows(self, selection: AgentSelection, now: float, request: Request | None = None,
+             flows: bool = True) -> list[dict[str, Any]]:
+        """Per (agent, dataSource): counter metrics and flow definitions' values (a flow's
+        value at a data source is its largest flow there). Copies under the lock, the
+        rest outside it; runs in a worker thread."""
+        engine = self.engine
+        agents = None if selection.agents is None else set(selection.agents)
+
+        def take() -> tuple[Any, dict[str, Any]]:
+            snapshot = engine.counter_snapshot(agents)
+            snaps = {}
+            if flows:
+                for name in engine.flows():
+                    snaps[name] = engine.flow_snapshot(name, now, agents)
+            return snapshot, snaps
+        snapshot, snaps = self._locked(take)
+        rows = metric_rows(snapshot, now)
+        by_where = {(row["agent"], row["dataSource"]): row for row in rows}
+        for name, snap in snaps.items():
+            if snap is None:
+                continue
+            for agent, ds, table, last in snap.rows:
+                if not table:
+                    continue
+                row = by_where.get((agent, ds))
+                age = max(0, int((now - last) * 1000))
+                if row is None:
+                    row = by_where[(agent, ds)] = {"agent": agent, "dataSource": ds,
+                                                   "lastUpdate": age, "metrics": {}}
+                    rows.append(row)
+                else:
+                    row["lastUpdate"] = min(row["lastUpdate"], age)
+                row["metrics"][name] = max(table.values()) * snap.inverse_scale
+        conditions = _conditions(request) if request is not None else {}
+        return [row for row in rows if selection.accepts(row["agent"], row["dataSource"])
+                and (not conditions or metricquery.row_matches(row, conditions))]
+
+    async def _rows_json(self, request: Request, build: Callable[[list[dict[str, Any]]], Any],
+                         flows: bool = True) -> Response:
+        selection = await run_in_threadpool(self.select_agents, request.path_params["agent"])
+        now = self.clock()
+
+        def work() -> bytes:
+            return json.dumps(build(self.rows(selection, now, request, flows))).encode()
+        return Response(await run_in_threadpool(work), media_type="application/json")
+
+    def _specs(self, text: str) -> list[metricquery.MetricSpec]:
+        known = list(self.engine.flows())
+        return [metricquery.parse_metric(m, known) for m in _split_metrics(text)]
+
+    async def dump(self, request: Request) -> Response:
+        text = request.path_params["metrics"]
+        specs = None if text == "ALL" else self._specs(text)
+        return await self._rows_json(request, lambda rows: metricquery.dump(specs, rows))
+
+    async def table(self, request: Request) -> Response:
+        columns = _split_metrics(request.path_params["metrics"])
+        known = list(self.engine.flows())
+        metricquery.table(columns, [], known)  # refuse a bad column list before any work
+        return await self._rows_json(request, lambda rows: metricquery.table(columns, rows, known))
+
+    async def agent_metrics(self, request: Request) -> Response:
+        agent = request.path_params["agent"]
+        selection = await run_in_threadpool(self.select_agents, agent)
+        now = self.clock()
+        rows = await run_in_threadpool(self.rows, selection, now, request)
+        if not rows and selection.token == "set":
+            raise ApiError(404, f"no metrics from agent {agent!r}")
+        return json_response(metricquery.agent_metrics(rows))
+
+    async def metric_names(self, request: Request) -> Response:
+        selection = AgentSelection("ALL", None, None)
+        rows = await run_in_threadpool(self.rows, selection, self.clock())
+        return json_response(metricquery.metric_ages(rows))
+
+    async def metric(self, request: Request) -> Response:
+        selection = await run_in_threadpool(self.select_agents, request.path_params["agent"])
+        specs = self._specs(request.path_params["metrics"])
+        now = self.clock()
+        engine = self.engine
+        conditions = _conditions(request)
+
+        def work() -> bytes:
+            out: list[dict[str, Any]] = []
+            rows = None
+            for spec in specs:
+                fd = engine.flow(spec.name)
+                if fd is not None and spec.agg == "max" and not conditions and not selection.narrows:
+                    # a flow definition: its largest flow's data source, with topKeys
+                    agents = None if selection.agents is None else set(selection.agents)
+                    snap = self._locked(engine.flow_snapshot, spec.name, now, agents)
+                    from sflow.flowtable import flow_metric
+                    stat = (flow_metric(snap, now, spec.datasource) if snap is not None
+                            else None) or {"metricN": 0}
+                    stat["metricName"] = spec.text
+                    out.append(stat)
+                    continue
+                if rows is None:
+                    rows = self.rows(selection, now, request)
+                out.append(metricquery.statistic(spec, rows))
+            return json.dumps(out).encode()
+        return Response(await run_in_threadpool(work), media_type="application/json")
+
+    # --- flow values, locations, log -----------------------------------------------
+
+    async def flowvalue(self, request: Request) -> Response:
+        """``/flowvalue/{agent}/{ds.name}/json?key=K``: one flow's value at one data source."""
+        agent = request.path_params["agent"]
+        spec = metricquery.parse_metric(request.path_params["name"], list(self.engine.flows()))
+        key = _Query(request).text("key")
+        if key is None:
+            raise ApiError(400, "key: required, the flow key (values joined with the flow's fs)")
+        if spec.datasource is None:
+            raise ApiError(400, f"name: expected <dataSource>.<flow>, e.g. 22.tcp, got {spec.text!r}")
+        now = self.clock()
+        snap = await self.engine_call(self.engine.flow_snapshot, spec.name, now, {agent})
+        if snap is None:
+            raise ApiError(404, f"no flow named {spec.name!r}")
+        for a, ds, flow, rate, last in snap.rates():
+            if ds == spec.datasource and flow == key:
+                return json_response({"agent": a, "dataSource": ds, "metricName": spec.name,
+                                      "key": key, "value": rate,
+                                      "lastUpdate": max(0, int((now - last) * 1000))})
+        raise ApiError(404, f"no flow {key!r} of {spec.name!r} at {agent} {spec.datasource}")
+
+    async def flowlocations(self, request: Request) -> Response:
+        """``/flowlocations/{agent}/{name}/json?key=K``: the data sources that see a flow,
+        largest value first (all flows' locations without ``key``)."""
+        name = request.path_params["name"]
+        key = _Query(request).text("key")
+        selection = await run_in_threadpool(self.select_agents, request.path_params["agent"])
+        now = self.clock()
+        agents = None if selection.agents is None else set(selection.agents)
+        snap = await self.engine_call(self.engine.flow_snapshot, name, now, agents)
+        if snap is None:
+            raise ApiError(404, f"no flow named {name!r}")
+        out = [{"agent": a, "dataSource": ds, "key": k, "value": rate}
+               for a, ds, k, rate, _ in snap.rates()
+               if (key is None or k == key) and selection.accepts(a, ds)]
+        out.sort(key=lambda rec: rec["value"], reverse=True)
+        return json_response(out)
+
+    async def flows_log(self, request: Request) -> Response:
+        q = _Query(request)
+        cursor = q.integer("flowID", -1)
+        max_flows = q.integer("maxFlows", 100, low=0, high=100_000)
+        timeout = q.number("timeout", 0, low=0, high=MAX_LONG_POLL)
+        name = q.text("name") or None
+        log_ = self.flow_log
+        records = await self.long_poll(lambda: log_.select(cursor, max_flows, name),
+                                       lambda: log_.last_id, cursor, timeout)
+        return json_response(records)
+
+    # --- Prometheus -------------------------------------------------------------------
+
+    async def prometheus_metrics(self, request: Request) -> Response:
+        text = request.path_params["metrics"]
+        names = None if text == "ALL" else [s.name for s in self._specs(text)]
+        selection = await run_in_threadpool(self.select_agents, request.path_params["agent"])
+        now = self.clock()
+
+        def work() -> bytes:
+            rows = self.rows(selection, now, request)
+            hosts = {row["agent"]: row["metrics"]["host_name"] for row in rows
+                     if isinstance(row["metrics"].get("host_name"), str)}
+            return promexport.metrics_text(names, rows, hosts)
+        return Response(await run_in_threadpool(work), media_type=promexport.CONTENT_TYPE)
+
+    async def prometheus_analyzer(self, request: Request) -> Response:
+        body = await self.analyzer_body()
+        return Response(promexport.analyzer_text(body), media_type=promexport.CONTENT_TYPE)
+
+    async def own_metrics(self, request: Request) -> Response:
+        """Our own metrics (``pytapdemon_engine_*``): the engine's collector and HTTP requests."""
+        from prometheus_client import generate_latest
+        registry = self.engine.metrics_registry
+        return Response(await run_in_threadpool(generate_latest, registry),
+                        media_type=promexport.CONTENT_TYPE)
+
     # --- topology, groups, maps --------------------------------------------------------
 
     async def topology_route(self, request: Request) -> Response:
@@ -576,7 +787,7 @@ class EngineAPI:
                 topo = self.topology
             return json_response(topo.body if topo is not None else {})
         if method == "DELETE":
-            self._set_topology(None)
+            await run_in_threadpool(self._set_topology, None)
             return no_content()
         raw = await self.read_body(request)
         try:
@@ -585,7 +796,7 @@ class EngineAPI:
             raise ApiError(400, str(exc)) from None
         except RecursionError:
             raise ApiError(400, "body: nested too deeply") from None
-        self._set_topology(topo if topo else None)
+        await run_in_threadpool(self._set_topology, topo if topo else None)
         return no_content()
 
     def _set_topology(self, topo: Topology | None) -> None:
@@ -593,6 +804,11 @@ class EngineAPI:
             self.topology = topo
             self._topology_version += 1
             self._index = self._index_key = None
+        self.keys.index = None
+        if topo is not None:
+            self.topology_index()
+        else:
+            self.sets_changed()
 
     async def groups_all(self, request: Request) -> Response:
         with self._state_lock:
@@ -625,7 +841,7 @@ class EngineAPI:
                 found = store.pop(name, None)
             if found is None:
                 raise ApiError(404, f"no {kind} named {name!r}")
-            self.sets_changed()
+            await run_in_threadpool(self.sets_changed)
             return no_content()
         raw = await self.read_body(request)
 
@@ -641,11 +857,12 @@ class EngineAPI:
             if name not in store and len(store) >= MAX_SETS:
                 raise ApiError(400, f"name: at most {MAX_SETS} {kind}s; delete one first")
             store[name] = parsed
-        self.sets_changed()
+        await run_in_threadpool(self.sets_changed)
         return no_content()
 
     def sets_changed(self) -> None:
-        """Groups or maps changed (key functions that read them forget their memos)."""
+        """Groups, maps or the topology changed: memoised flow keys are computed anew."""
+        self._locked(self.engine.key_functions_changed)
 
 
 def _topology_active_flows(engine: Engine, name: str, now: float, selection: AgentSelection,
@@ -694,6 +911,47 @@ def _flow_rates(engine: Engine, name: str,
     if snap is None:
         return None
     return [(agent, ds, key, rate) for agent, ds, key, rate, _ in snap.rates()]
+
+
+def _split_metrics(text: str) -> list[str]:
+    """A metric list: comma-separated (the REST form) or ';' (the JS API's dump form)."""
+    parts = [m for m in re.split(r"[,;]", text) if m]
+    if not parts:
+        raise ApiError(400, f"metric: expected metric names separated by ',', got {text!r}")
+    return parts
+
+
+def _conditions(request: Request) -> dict[str, list[str]]:
+    """Query parameters of metric URLs: data-source attribute filters (``?ifspeed=1e9``)."""
+    params = request.query_params
+    if "filter" in params:
+        raise ApiError(400, "filter: not supported by the embedded engine; give attributes "
+                            "as query parameters (?ifspeed=1000000000)")
+    return {name: params.getlist(name) for name in params.keys()}
+
+
+def _register_http_collector(engine: Engine, api: "EngineAPI") -> None:
+    """Count HTTP requests in the engine's registry (read when scraped)."""
+    from prometheus_client.core import CounterMetricFamily
+
+    class _Http:
+        def describe(self) -> list[Any]:
+            return []
+
+        def collect(self) -> Any:
+            family = CounterMetricFamily("pytapdemon_engine_http_requests",
+                                         "HTTP requests answered by the engine's API",
+                                         labels=["method", "code"])
+            for (method, code), count in sorted(dict(api.requests_by).items()):
+                family.add_metric([method, code], count)
+            yield family
+    registry = engine.metrics_registry
+    previous = getattr(engine, "_http_collector", None)
+    if previous is not None:
+        registry.unregister(previous)
+    collector = _Http()
+    registry.register(collector)
+    engine._http_collector = collector  # type: ignore[attr-defined]
 
 
 def _system_busy() -> tuple[float, float] | None:
