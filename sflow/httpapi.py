@@ -514,6 +514,9 @@ class EngineAPI:
         min_value = q.number("minValue", 0)
         name = request.path_params["name"]
         selection = await run_in_threadpool(self.select_agents, request.path_params["agent"])
+        if agg in ("edge", "core") and selection.index is None:
+            index = await run_in_threadpool(self.topology_index)
+            selection = AgentSelection(selection.token, selection.agents, index)
         now = self.clock()
         engine = self.engine
 
