@@ -63,7 +63,8 @@ def bound(ctx: KeyContext) -> Iterator[None]:
 def _context(name: str, base: int) -> KeyContext:
     ctx = _CURRENT.get()
     if ctx is None:
-        raise ExprError(f"key function '{name}:' needs the engine's HTTP API state at {base}")
+        raise ExprError(f"key function '{name}:' is not supported here: it reads the engine's "
+                        f"HTTP API state (groups, maps, topology) at {base}")
     return ctx
 
 
