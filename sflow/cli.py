@@ -3,6 +3,7 @@
 
     demon-sflow [--sflow-listen HOST:PORT] [--http-listen HOST:PORT] [--token-file FILE]
                 [--asn-file FILE] [--readonly] [--max-flows N] [--ingest fast|full]
+                [--record-sflow DIR [--record-sflow-size 1GB] [--record-sflow-age 6h]]
                 [--config FILE] [--log-format text|json] [--log-level info] [--version]
     demon-sflow decode FILE.pcap [...]        datagrams as JSON lines (sflow.jsonview)
     demon-sflow replay FILE.pcap [--to HOST:PORT] [--speed X]
@@ -29,7 +30,7 @@ import sys
 import threading
 from typing import Sequence
 
-from sflow import cliopts
+from sflow import cliopts, rolling
 
 __all__ = ["main", "exposure_lines"]
 
@@ -96,6 +97,7 @@ def _serve(argv: Sequence[str]) -> int:
                         help="fast: common datagrams (compact flow samples with a sampled "
                              "header) skip the full decoder; full: decode everything "
                              "(same results, slower; default %(default)s)")
+    rolling.add_arguments(parser)
     cliopts.add_common(parser, exits=SERVE_EXITS)
     args = cliopts.parse_args(parser, argv)
     sflow_host, sflow_port = _listen(args.sflow_listen or _DEFAULT_SFLOW, 6343,
@@ -121,10 +123,15 @@ def _serve(argv: Sequence[str]) -> int:
     except (TokenFileError, GroupError) as exc:
         print(f"demon-sflow: {exc}", file=sys.stderr)
         return 2
+    try:
+        recorder = rolling.from_args(args)
+    except OSError as exc:
+        print(f"demon-sflow: --record-sflow {args.record_sflow}: {exc}", file=sys.stderr)
+        return 2
     service = EmbeddedEngine((sflow_host, sflow_port), (http_host, http_port),
                              readonly=args.readonly, max_flows=args.max_flows,
                              fast_path=args.ingest == "fast", tokens=tokens,
-                             asn_table=asn_table)
+                             asn_table=asn_table, recorder=recorder)
     try:
         service.start()
     except OSError as exc:
