@@ -153,3 +153,22 @@ def test_crash_and_restart_reconciles_without_a_duplicate_and_ends_on_time(
             second.stop()
     finally:
         controller.stop()
+
+
+def test_a_reload_leaves_no_removed_policys_definition_in_the_engine(
+        make: Callable[..., Harness]) -> None:
+    """Issue 14 #11: 50 policies polled every second, reload to 1: the polls in flight
+    during the reload found their flows deleted and defined all 50 again (51 left)."""
+    many = {f"p{n}": ELEPHANT.replace("name: elephant", f"name: p{n}").format(max_taps=1)
+            for n in range(50)}
+    h = make(many)
+    wait_for(lambda: len(h.engine.flows) == 50, what="50 definitions")
+    time.sleep(0.5)  # polls of all 50 under way
+    for path in h.policies_dir.glob("p*.yaml"):
+        if path.stem != "p7":
+            path.unlink()
+    h.runtime.request_reload()
+    wait_for(lambda: set(h.runtime.ctx.policies) == {"p7"}, what="reload")
+    time.sleep(1.5)  # every poll that was in flight has ended
+    assert set(h.engine.flows) == {"demon_p7"}
+    assert set(h.engine.thresholds) == {"demon_p7"}
