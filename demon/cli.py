@@ -20,7 +20,7 @@ import signal
 import sys
 from typing import IO, Any
 
-from sflow import cliopts
+from sflow import cliopts, rolling
 from demon.rpc.protocol import DEFAULT_ADDRESS, DEFAULT_TOKEN_FILE
 
 log = logging.getLogger("demon.cli")
@@ -105,12 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="on SIGTERM/SIGINT leave taps to their hard timeouts (default) "
                          "or remove them")
     ap.add_argument("--replay", metavar="FILE",
-                    help="backtest: run the policies over a recorded engine session, no "
-                         "network, and print the taps they would have taken")
+                    help="backtest: run the policies over a recording, no network, and print "
+                         "the taps they would have taken: raw sFlow (pcap/pcapng, or a "
+                         "directory of the engine's rolling recording) or an engine session "
+                         "(JSON lines, docs/recordings.md)")
+    ap.add_argument("--compare", metavar="DIR",
+                    help="with --replay: also backtest the policies of DIR on the same "
+                         "recording and print the taps they gain and lose")
     ap.add_argument("--fabric", metavar="FILE",
                     help="with --replay: the fabric description giving the switches' roles "
                          "(default: <recording>.fabric.json)")
     ap.add_argument("--json", action="store_true", help="with --replay: JSON lines output")
+    rolling.add_arguments(ap)
     return cliopts.add_common(ap, exits=EXITS)
 
 
@@ -137,14 +143,27 @@ def main(argv: list[str] | None = None, *, stdout: IO[str] | None = None,
     args = cliopts.parse_args(build_parser(), argv, log_stream=err)
     if args.check:
         return check(args.policies, out, err)
+    if args.record_sflow and (args.sflow_rt or args.replay):
+        return _fail(err, "--record-sflow records the embedded engine's datagrams: not with "
+                          "--sflow-rt or --replay", EXIT_CONFIG)
+    if args.compare and not args.replay:
+        return _fail(err, "--compare needs --replay FILE (the recording to compare on)",
+                     EXIT_CONFIG)
     if args.replay:
         from demon.replay import ReplayError, replay_main
+        from demon.replay_compare import compare_main
         try:
+            if args.compare:
+                return compare_main(args.policies, args.compare, args.replay,
+                                    as_json=args.json, fabric=args.fabric, out=out)
             return replay_main(args.policies, args.replay, as_json=args.json,
                                fabric=args.fabric, out=out)
         except ReplayError as exc:
             print(f"demon-watch: {exc}", file=err)
             return EXIT_CONFIG
+        except BrokenPipeError:  # | head: the reader has seen enough
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_OK
     try:
         return _watch(args, err)
     except KeyboardInterrupt:
@@ -234,7 +253,7 @@ def _watch(args: argparse.Namespace, err: IO[str]) -> int:
             engine_url = args.sflow_rt
         else:
             try:
-                engine = _start_embedded(sflow_addr, engine_addr)
+                engine = _start_embedded(sflow_addr, engine_addr, rolling.from_args(args))
             except OSError as exc:
                 return _fail(err, f"cannot start the embedded engine (sFlow on "
                                   f"{format_listen(*sflow_addr)}, API on "
@@ -282,14 +301,21 @@ def _watch(args: argparse.Namespace, err: IO[str]) -> int:
             engine.stop()
 
 
-def _start_embedded(sflow_addr: tuple[str, int], http_addr: tuple[str, int]) -> Any:
+def _start_embedded(sflow_addr: tuple[str, int], http_addr: tuple[str, int],
+                    recorder: Any = None) -> Any:
     from sflow.embedded import EmbeddedEngine
     from sflow.webserve import format_listen, is_loopback
 
-    engine = EmbeddedEngine(sflow_addr=sflow_addr, http_addr=http_addr)
-    engine.start()
+    engine = EmbeddedEngine(sflow_addr=sflow_addr, http_addr=http_addr, recorder=recorder)
+    try:
+        engine.start()
+    except OSError:
+        if recorder is not None:
+            recorder.close()
+        raise
     host, port = engine.sflow_address
-    log.info("embedded engine: sFlow on %s, API at %s", format_listen(host, port), engine.url)
+    log.info("embedded engine: sFlow on %s, API at %s%s", format_listen(host, port), engine.url,
+             f"; recording its datagrams in {recorder.directory}" if recorder else "")
     if not is_loopback(host):
         log.warning("embedded engine's sFlow collector exposed beyond loopback on %s (it takes "
                     "datagrams from any host that can reach it)", format_listen(host, port))
