@@ -242,7 +242,7 @@ def _watch(args: argparse.Namespace, err: IO[str]) -> int:
             return _fail(err, str(exc), EXIT_CONFIG)
     state_path = ":memory:" if args.dry_run else (args.state or default_state_path())
     try:
-        store = Store(state_path)
+        store = Store(state_path, check=True)
     except StoreError as exc:
         return _fail(err, str(exc), EXIT_STATE)
     engine: Any = None
