@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="demon-watch", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Watch sFlow analytics and tap the flows your policies pick.")
-    ap.add_argument("--policies", required=True, metavar="DIR",
-                    help="directory of policy YAML files (and _global.yaml)")
+    ap.add_argument("--policies", metavar="DIR",
+                    help="directory of policy YAML files (and _global.yaml); required unless "
+                         "--init-policies or --demo")
     ap.add_argument("--check", action="store_true",
                     help="validate the policies, print each error on one line, and exit")
     ap.add_argument("--sflow-rt", metavar="URL",
@@ -86,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --replay: the fabric description giving the switches' roles "
                          "(default: <recording>.fabric.json)")
     ap.add_argument("--json", action="store_true", help="with --replay: JSON lines output")
+    first = ap.add_argument_group("getting started")
+    first.add_argument("--init-policies", metavar="DIR",
+                       help="write the example policy set into DIR (never overwrites) and exit")
+    first.add_argument("--demo", action="store_true",
+                       help="backtest the example policies on a recording the project made and "
+                            "print the taps they would have taken and why (no root, no network)")
     return cliopts.add_common(ap, exits=EXITS)
 
 
@@ -105,18 +112,76 @@ def check(directory: str, out: IO[str], err: IO[str]) -> int:
     return EXIT_OK
 
 
+def init_policies(directory: str, out: IO[str], err: IO[str]) -> int:
+    """``--init-policies DIR``: the shipped example policies, to start from."""
+    from pathlib import Path
+
+    from demon.share import POLICIES, ShareError, copy_tree
+
+    try:
+        written = copy_tree(POLICIES, Path(directory))
+    except (ShareError, OSError) as exc:
+        return _fail(err, f"--init-policies: {exc}", EXIT_CONFIG)
+    print(f"{directory}: {len(written)} file(s) written (README.md explains them); check them "
+          f"with: demon-watch --policies {directory} --check", file=out)
+    return EXIT_OK
+
+
+DEMO_INTRO = ("Backtest of the example policies on {name}: 65 s of sFlow analytics the project "
+              "recorded from synthetic traffic on the lab's seed topology (a TCP elephant, two "
+              "big UDP flows, an HTTPS elephant, mice). Each line is a decision and its cause; "
+              "the taps it would have taken follow, then why.")
+DEMO_NEXT = ("The same on your own data: demon-watch --init-policies DIR writes these policies "
+             "({policies}); record your engine with python -m sflow.recorder "
+             "(docs/recordings.md) and run demon-watch --policies DIR --replay FILE --fabric "
+             "FABRIC.json.")
+
+
+def demo(out: IO[str], err: IO[str], *, as_json: bool = False) -> int:
+    """``--demo``: the backtest a newcomer runs first, from the installed files only."""
+    import textwrap
+
+    from demon.replay import ReplayError, backtest, write_json, write_text
+    from demon.share import POLICIES, RECORDING, RECORDING_FABRIC
+
+    try:
+        result = backtest(POLICIES, RECORDING, RECORDING_FABRIC, progress=cliopts.progress)
+    except ReplayError as exc:
+        return _fail(err, str(exc), EXIT_CONFIG)
+    if as_json:
+        write_json(result, out)
+        return EXIT_OK
+    print(textwrap.fill(DEMO_INTRO.format(name=RECORDING.name), 88) + "\n", file=out)
+    write_text(result, out)
+    print("why:", file=out)
+    for tap in sorted(result.taps.values(), key=lambda t: (t.created_at, t.tap_id)):
+        cause = next((e.detail.get("cause", "") for e in result.timeline
+                      if e.tap_id == tap.tap_id and e.kind == "created"), "")
+        print(f"  {tap.tap_id}: {tap.policy} tapped {tap.flow_key} on {cause}", file=out)
+    print("\n" + textwrap.fill(DEMO_NEXT.format(policies=POLICIES), 88), file=out)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None, *, stdout: IO[str] | None = None,
          stderr: IO[str] | None = None) -> int:
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
-    args = cliopts.parse_args(build_parser(), argv, log_stream=err)
+    parser = build_parser()
+    args = cliopts.parse_args(parser, argv, log_stream=err)
+    if args.init_policies:
+        return init_policies(args.init_policies, out, err)
+    if args.demo:
+        return demo(out, err, as_json=args.json)
+    if not args.policies:
+        parser.error("the following arguments are required: --policies (or --init-policies DIR, "
+                     "--demo)")
     if args.check:
         return check(args.policies, out, err)
     if args.replay:
         from demon.replay import ReplayError, replay_main
         try:
             return replay_main(args.policies, args.replay, as_json=args.json,
-                               fabric=args.fabric, out=out)
+                               fabric=args.fabric, out=out, progress=cliopts.progress)
         except ReplayError as exc:
             print(f"demon-watch: {exc}", file=err)
             return EXIT_CONFIG

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterable, Mapping
+from typing import IO, Any, Callable, Iterable, Mapping
 
 from demon import core
 from demon.core import Context
@@ -167,8 +167,10 @@ def _array(body: Any, where: str) -> list[Any]:
 
 
 def backtest(policies_dir: str | Path, recording: str | Path,
-             fabric: str | Path | None = None) -> ReplayResult:
-    """Replay ``recording`` through the policies of ``policies_dir``."""
+             fabric: str | Path | None = None,
+             progress: Callable[..., Iterable[Any]] | None = None) -> ReplayResult:
+    """Replay ``recording`` through the policies of ``policies_dir``; ``progress``
+    wraps the loop over exchanges (``sflow.cliopts.progress``: a bar on a terminal)."""
     from demon.policy import PolicyError
     from sflow.recorder import load_recording
 
@@ -191,7 +193,9 @@ def backtest(policies_dir: str | Path, recording: str | Path,
         raise ReplayError(f"recording {recording} holds no exchanges")
     exchanges.sort(key=lambda e: e.t)  # stable: same-time exchanges keep their order
     run = Backtest(policies, limits, switches, exchanges[0].t)
-    for exchange in exchanges:
+    loop = progress(exchanges, total=len(exchanges), desc="backtest", unit="exchange") \
+        if progress else exchanges
+    for exchange in loop:
         run.feed(exchange)
     return run.result
 
@@ -236,7 +240,8 @@ def write_json(result: ReplayResult, out: IO[str]) -> None:
 
 
 def replay_main(policies_dir: str | Path, recording: str | Path, *, as_json: bool = False,
-                fabric: str | Path | None = None, out: IO[str]) -> int:
-    result = backtest(policies_dir, recording, fabric)
+                fabric: str | Path | None = None, out: IO[str],
+                progress: Callable[..., Iterable[Any]] | None = None) -> int:
+    result = backtest(policies_dir, recording, fabric, progress)
     (write_json if as_json else write_text)(result, out)
     return 0

@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
                          rotate_seconds=args.rotate_seconds, grace=args.grace,
                          keep_noise=args.keep_noise)
     if args.read:
-        run_offline(agent, read_pcap(args.read))
+        run_offline(agent, cliopts.progress(read_pcap(args.read), desc="filing", unit="frame"))
         return 0
     try:
         psock = PacketSocket(args.interface)
