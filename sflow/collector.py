@@ -1,10 +1,11 @@
 """UDP sFlow collector feeding an :class:`~sflow.engine.Engine`, and a pcap replayer.
 
 The receive loop does only this: drain up to ``BATCH`` datagrams from the
-socket, decode them outside the engine lock (the common shape through
-``sflow.fastpath``, anything else through ``sflow.decode``), then ingest the batch under one
-lock acquisition (and run the engine's housekeeping about once a second). A
-malformed datagram is counted by reason, never fatal.
+socket (one ``recvmmsg`` call when the compiled kernel is built), hand the
+batch to the engine's one way in (``Engine.receive_batch``, see
+``sflow.ingest``) under one lock acquisition, and run the engine's
+housekeeping about once a second. A malformed datagram is counted by reason,
+never fatal.
 
 The socket asks for a 32 MiB receive buffer (``SO_RCVBUFFORCE`` when allowed,
 else ``SO_RCVBUF``, which the kernel caps at ``net.core.rmem_max``);
@@ -23,9 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from sflow.decode import DecodeError, decode_datagram
 from sflow.engine import Engine
-from sflow.fastpath import Compact, parse_compact
 
 __all__ = ["Collector", "open_udp_socket", "kernel_drops", "replay_pcap", "send_payloads",
            "pcap_payloads", "BATCH", "RCVBUF_WANTED"]
@@ -75,7 +74,7 @@ class Collector:
                  rcvbuf: int = RCVBUF_WANTED, clock: Callable[[], float] = time.time,
                  fast_path: bool = True) -> None:
         self.engine = engine
-        #: common datagrams through ``sflow.fastpath`` (False: every one through the decoder)
+        #: kept for callers; how datagrams are read is the engine's choice (``compiled=``)
         self.fast_path = fast_path
         self.clock = clock
         self.sock = open_udp_socket(host, port, rcvbuf)
@@ -121,49 +120,34 @@ class Collector:
         engine = self.engine
         lock = engine.lock
         last_tick = 0.0
+        kernel = engine.ingester.kernel
+        recv_batch = kernel.recv_batch if kernel is not None else None
         recv = sock.recvfrom
-        compact_ok = self.fast_path and engine.takes_compact
+        fd = sock.fileno()
         while not self._stop.is_set():
-            batch = []
+            batch: list[tuple[bytes, str]] = []
             if poller.poll(250):
                 try:
-                    while len(batch) < BATCH:
-                        batch.append(recv(65535))
+                    if recv_batch is not None:  # recvmmsg: one system call per batch
+                        batch = recv_batch(fd, BATCH)
+                    else:
+                        while len(batch) < BATCH:
+                            payload, addr = recv(65535)
+                            batch.append((payload, addr[0]))
                 except (BlockingIOError, InterruptedError):
                     pass
                 except OSError:
                     if self._stop.is_set():
                         return
                     raise
-            decoded: list[tuple[Any, str, int]] = []
-            for payload, addr in batch:
-                if compact_ok:
-                    item = parse_compact(payload)
-                    if item is not None:
-                        decoded.append((item, addr[0], len(payload)))
-                        continue
-                try:
-                    decoded.append((decode_datagram(payload), addr[0], len(payload)))
-                except DecodeError as exc:
-                    decoded.append((exc.reason, addr[0], len(payload)))
             self.received += len(batch)
             now = self.clock()
             with lock:
                 before = engine.last_event_id
-                for item, source, size in decoded:
-                    if isinstance(item, str):
-                        engine.count_malformed(item, size)
-                    else:
-                        try:
-                            if item.__class__ is Compact:
-                                engine.ingest_compact(item, now, source, size)
-                            else:
-                                engine.ingest(item, now, source, size)
-                        except Exception:  # noqa: BLE001 - counted by the engine; collection goes on
-                            self.ingest_errors += 1
-                            if self.ingest_errors <= 10 or self.ingest_errors % 1000 == 0:
-                                log.exception("ingest failed for a datagram from %s (%d so far)",
-                                              source, self.ingest_errors)
+                if batch:
+                    failures = engine.receive_batch(batch, now)
+                    if failures:
+                        self.ingest_errors += failures
                 if now - last_tick >= 1.0:
                     engine.tick(now)
                     last_tick = now

@@ -572,7 +572,7 @@ def _counter_sample(data: bytes, off: int, end: int) -> CounterSample:
         raise _Overrun(off)
     seq, src, nrec = _COUNTER_COMPACT.unpack_from(data, off)
     records = _records(data, off + 12, end, nrec, COUNTER_DECODERS)
-    return CounterSample(seq, src >> 24, src & 0xFFFFFF, records)
+    return CounterSample(seq, src >> 24, src & 0xFFFFFF, records, raw=data[off + 8:end])
 
 
 def _counter_sample_expanded(data: bytes, off: int, end: int) -> CounterSample:
@@ -580,7 +580,7 @@ def _counter_sample_expanded(data: bytes, off: int, end: int) -> CounterSample:
         raise _Overrun(off)
     seq, cls, idx, nrec = _COUNTER_EXPANDED.unpack_from(data, off)
     records = _records(data, off + 16, end, nrec, COUNTER_DECODERS)
-    return CounterSample(seq, cls, idx, records, expanded=True)
+    return CounterSample(seq, cls, idx, records, expanded=True, raw=data[off + 12:end])
 
 
 _HEADER_V4 = struct.Struct(">4s4I")

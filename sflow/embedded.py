@@ -34,7 +34,7 @@ class EmbeddedEngine:
         self.http_addr = http_addr
         self.readonly = readonly
         self.clock = clock
-        self.engine = Engine(max_flows=max_flows)
+        self.engine = Engine(max_flows=max_flows, compiled=fast_path)
         self._rcvbuf = rcvbuf
         self.collector: Collector | None = None
         self.http: EngineHTTPServer | None = None

@@ -34,8 +34,9 @@ from sflow.headers import _fast_ipv4, header_keys
 from sflow.keys import datasource_of, sample_keys
 from sflow.model import FlowSample, Record
 
-__all__ = ["HeaderKeys", "Context", "Compact", "parse_compact", "view", "full_keys", "key_names",
-           "PER_SAMPLE_KEYS", "CONTEXT_KEYS", "CACHE_MAX"]
+__all__ = ["HeaderKeys", "Context", "Compact", "Parsed", "parse_compact", "view", "full_keys",
+           "key_names", "PER_SAMPLE_KEYS", "CONTEXT_KEYS", "CACHE_MAX", "FLOW", "COUNTER",
+           "intern_names", "split_keys"]
 
 #: keys that differ per sample, kept out of the shared parts
 PER_SAMPLE_KEYS = ("bytes", "frames", "_rate")
@@ -57,24 +58,45 @@ class HeaderKeys:
     (``memo[table, context]``), or its skip marker.
     """
 
-    __slots__ = ("keys", "memo")
+    __slots__ = ("keys", "memo", "names")
 
     def __init__(self, keys: dict[str, Any]) -> None:
         self.keys = keys
         self.memo: dict[Any, Any] = {}
+        self.names = intern_names(keys)
 
 
 class Context:
     """What a sample's keys owe to everything but its header: agent, interfaces,
     direction, extended_switch; and its data source (shared per data source)."""
 
-    __slots__ = ("keys", "agent", "datasource", "where")
+    __slots__ = ("keys", "agent", "datasource", "where", "names")
 
     def __init__(self, keys: dict[str, Any], agent: str, datasource: str) -> None:
         self.keys = keys
         self.agent = agent
         self.datasource = datasource
         self.where = (agent, datasource)
+        self.names = intern_names(keys)
+
+
+_NAMES: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def intern_names(keys: dict[str, Any]) -> tuple[str, ...]:
+    """The key names as one shared tuple per distinct set (``/flowkeys/json`` bookkeeping)."""
+    names = tuple(keys)
+    found = _NAMES.get(names)
+    if found is None:
+        if len(_NAMES) >= 4096:
+            _NAMES.clear()
+        found = _NAMES[names] = names
+    return found
+
+
+#: the per-sample key names, with and without ``bytes``
+SAMPLE_NAMES = ("bytes", "frames", "_rate")
+SAMPLE_NAMES_NO_BYTES = ("frames", "_rate")
 
 
 #: the names a Context's keys may have (a flow definition naming none of them
@@ -90,10 +112,13 @@ def view(header: HeaderKeys, context: Context) -> dict[str, Any]:
     return keys
 
 
-def full_keys(header: HeaderKeys, context: Context, frame_len: int, rate: int) -> dict[str, Any]:
-    """A sample's complete keys, as ``sflow.keys.sample_keys`` gives them."""
+def full_keys(header: HeaderKeys, context: Context, frame_len: int | None,
+              rate: int) -> dict[str, Any]:
+    """A sample's complete keys, as ``sflow.keys.sample_keys`` gives them
+    (``frame_len`` None: the sample carried no length, so no ``bytes`` key)."""
     keys = view(header, context)
-    keys["bytes"] = frame_len
+    if frame_len is not None:
+        keys["bytes"] = frame_len
     keys["frames"] = 1
     keys["_rate"] = rate
     return keys
@@ -103,18 +128,26 @@ def key_names(header: HeaderKeys, context: Context) -> list[str]:
     return [*header.keys, *context.keys, *PER_SAMPLE_KEYS]
 
 
-Row = tuple[int, int, int, int, HeaderKeys, Context, int]
+#: sample row kinds
+FLOW, COUNTER = 0, 1
+# A flow row:    (FLOW, (sub-agent, class, index), sequence, drops, sampling rate,
+#                 HeaderKeys, Context, bytes or None)
+# A counter row: (COUNTER, (sub-agent, class, index), sequence, dataSource, records)
+#                 records: the raw counter_record<> bytes, or decoded Records
+Row = tuple[Any, ...]
 
 
-class Compact(NamedTuple):
-    """A datagram of compact flow samples; ``samples`` rows are (sequence, source id
-    (class << 24 | index), sampling rate, drops, header keys, context, frame length)."""
+class Parsed(NamedTuple):
+    """A datagram as the engine ingests it: header fields and its samples in wire order."""
 
     agent: str
     sub_agent_id: int
     sequence: int
     uptime_ms: int
     samples: list[Row]
+
+
+Compact = Parsed  # the name parse_compact's result had before
 
 
 _HEADERS: dict[tuple[Any, ...], HeaderKeys] = {}
@@ -224,8 +257,9 @@ def parse_compact(data: bytes) -> Compact | None:
             header = headers.get(sig)  # type: ignore[assignment]
             if header is None:
                 # what header_keys computes on a miss, without filling its cache too
-                header = HeaderKeys({})
-                _fast_ipv4(data[hs:hs + hlen], data[hs + 23], header.keys)
+                found: dict[str, Any] = {}
+                _fast_ipv4(data[hs:hs + hlen], data[hs + 23], found)
+                header = HeaderKeys(found)
                 if len(headers) >= CACHE_MAX:
                     headers.clear()
                 headers[sig] = header
@@ -236,6 +270,19 @@ def parse_compact(data: bytes) -> Compact | None:
             if len(contexts) >= CACHE_MAX:
                 contexts.clear()
             contexts[ckey] = context
-        append((seq, src, rate, drops, header, context, frame_len))
+        append((FLOW, (sub, src >> 24, src & 0xFFFFFF), seq, drops, rate, header, context,
+                frame_len))
         off = end
-    return Compact(agent, sub, dseq, uptime, samples)
+    return Parsed(agent, sub, dseq, uptime, samples)
+
+
+def split_keys(keys: dict[str, Any], agent: str, datasource: str
+               ) -> tuple[HeaderKeys, Context, int | None]:
+    """A sample's complete keys (``sflow.keys.sample_keys``) as fresh, unshared
+    (HeaderKeys, Context, bytes): what a sample outside the common shape becomes."""
+    rest = dict(keys)
+    nbytes = rest.pop("bytes", None)
+    for name in PER_SAMPLE_KEYS:
+        rest.pop(name, None)
+    context = {name: rest.pop(name) for name in CONTEXT_KEYS if name in rest}
+    return HeaderKeys(rest), Context(context, agent, datasource), nbytes

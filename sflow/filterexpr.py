@@ -32,16 +32,52 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
-__all__ = ["ExprError", "KeyFn", "Predicate", "compile_key", "compile_filter", "as_text"]
+__all__ = ["ExprError", "KeyFn", "Predicate", "compile_key", "compile_filter", "as_text",
+           "register_key_function", "unregister_key_function", "implicit_reads",
+           "KeyFunctionBuilder", "MAX_DEPTH"]
 
 KeyFn = Callable[[Mapping[str, Any]], "str | None"]
 Predicate = Callable[[Mapping[str, Any]], bool]
+#: builds a key function from its arguments: (args as (text, offset) pairs, offset of the
+#: function name, compile_key) -> KeyFn; raises ExprError for bad arguments
+KeyFunctionBuilder = Callable[[list[tuple[str, int]], int, Callable[..., KeyFn]], KeyFn]
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
 _UNSUPPORTED = {"group", "country", "asn", "oui", "host", "link", "node", "map",
                 "if", "dns", "bgp"}
+#: nesting of parentheses in a filter and of [...] in key expressions
+MAX_DEPTH = 32
+_PLUGINS: dict[str, tuple[KeyFunctionBuilder, frozenset[str]]] = {}
+
+
+def register_key_function(name: str, build: KeyFunctionBuilder,
+                          reads: Iterable[str] = ()) -> None:
+    """Add a key function ``name:arg:...`` (``group:``, ``map:``, ``link:``...).
+
+    ``build(args, offset, compile_key)`` returns the function, which maps a
+    sample's keys to text or None; key-expression arguments are compiled with the
+    ``compile_key`` it is given. ``reads``: the sample keys it reads beyond the key
+    expressions in its arguments (``link:`` reads ``agent``), so the engine knows what
+    the value depends on: flow keys are memoised per distinct header (and, when a
+    context key such as ``agent`` or ``inputifindex`` is read, per context). When the
+    data it consults changes, call ``Engine.key_functions_changed()``.
+    """
+    _PLUGINS[name] = (build, frozenset(reads))
+
+
+def unregister_key_function(name: str) -> None:
+    _PLUGINS.pop(name, None)
+
+
+def implicit_reads(text: str) -> set[str]:
+    """Keys the registered key functions named in ``text`` read implicitly."""
+    names: set[str] = set()
+    for fname, (_, reads) in _PLUGINS.items():
+        if reads and f"{fname}:" in text:
+            names |= reads
+    return names
 
 
 class ExprError(ValueError):
@@ -177,6 +213,9 @@ def compile_key(text: str, base: int = 0) -> KeyFn:
             pieces = value.split(delim)
             return delim.join(pieces[:count] if head else pieces[-count:] if count else [])
         return affix
+    plugin = _PLUGINS.get(func)
+    if plugin is not None:
+        return plugin[0](args, base, compile_key)
     if func in _UNSUPPORTED:
         raise ExprError(f"key function '{func}:' is not supported by the embedded engine at {base}")
     raise ExprError(f"unknown key function '{func}:' at {base}")

@@ -94,6 +94,9 @@ class CounterSample:
     source_index: int
     records: list[Record]
     expanded: bool = False
+    #: the sample's counter_record<> as received (count + records), set by the decoder;
+    #: the engine keeps these bytes and decodes them when something reads them
+    raw: bytes | None = field(default=None, repr=False, compare=False)
 
     def record(self, enterprise: int, fmt: int) -> Record | None:
         for rec in self.records:

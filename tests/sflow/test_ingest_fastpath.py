@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from sflow.collector import Collector, pcap_payloads, send_payloads
 from sflow.decode import DecodeError, decode_datagram
 from sflow.engine import Engine
-from sflow.fastpath import CONTEXT_KEYS, full_keys, key_names, parse_compact
+from sflow.fastpath import CONTEXT_KEYS, FLOW, full_keys, key_names, parse_compact
 from sflow.flowdef import parse_flow, parse_threshold
 from sflow.keys import datasource_of, sample_keys
 from sflow.pcap import read_udp
@@ -107,9 +107,10 @@ def assert_same_as_decoder(payload: bytes) -> bool:
     assert (compact.agent, compact.sub_agent_id, compact.sequence, compact.uptime_ms) == \
         (dg.agent, dg.sub_agent_id, dg.sequence, dg.uptime_ms)
     assert len(compact.samples) == len(dg.flow_samples)
-    for (seq, src, rate, drops, header, context, frame_len), fs in zip(compact.samples,
-                                                                        dg.flow_samples):
-        assert (seq, src >> 24, src & 0xFFFFFF, rate, drops) == \
+    for (kind, (sub, cls, idx), seq, drops, rate, header, context, frame_len), fs in zip(
+            compact.samples, dg.flow_samples):
+        assert kind == FLOW and sub == dg.sub_agent_id
+        assert (seq, cls, idx, rate, drops) == \
             (fs.sequence, fs.source_class, fs.source_index, fs.sampling_rate, fs.drops)
         expected = sample_keys(dg.agent, fs)
         assert full_keys(header, context, frame_len, rate) == expected
@@ -121,14 +122,13 @@ def assert_same_as_decoder(payload: bytes) -> bool:
 
 def engines(payloads: list[bytes], times: list[float]) -> tuple[Engine, Engine]:
     """The same datagrams through the fast path (receive) and the full path (decode + ingest)."""
-    fast, full = Engine(max_flows=50), Engine(max_flows=50)
+    fast, full = Engine(max_flows=50, compiled=False), Engine(max_flows=50, compiled=False)
     for engine in (fast, full):
         for name, body in FLOWS.items():
             engine.set_flow(parse_flow(name, body))
         engine.set_threshold(parse_threshold("hot", {"metric": "tcp", "value": 1000,
                                                      "byFlow": True, "timeout": 1}))
         engine.set_threshold(parse_threshold("busy", {"metric": "ports", "value": 5}))
-    assert fast.takes_compact
     for payload, now in zip(payloads, times):
         fast.receive(payload, now, "127.0.0.1")
         try:
