@@ -16,7 +16,9 @@ import pytest
 
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (REPO / "demon" / "__init__.py").is_file(),
+                                 reason="builds the distribution: needs the source tree")]
 
 COMMANDS = ("demon-watch", "demon-sflow", "demon-lab", "demon-tap", "demon-controller",
             "demon-netcheck", "demon-capture", "demon-traffic")
