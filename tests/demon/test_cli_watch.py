@@ -126,8 +126,7 @@ def test_bad_policy_set_refuses_to_start(tmp_path: Path, token_file: Path) -> No
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "x.yaml").write_text("name: x\nkind: nonsense\n")
     status, _, err = run(cli.main, ["--policies", str(tmp_path / "p"), "--sflow-rt",
-                                    "http://127.0.0.1:1", "--token-file", str(token_file),
-                                    "--state", str(tmp_path / "s.sqlite")])
+                                    "http://127.0.0.1:1", "--token-file", str(token_file)])
     assert status == cli.EXIT_CONFIG
     assert "x.yaml" in err
 
