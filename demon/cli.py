@@ -20,7 +20,7 @@ import signal
 import sys
 from typing import IO, Any
 
-from sflow import cliopts
+from sflow import cliopts, rolling
 from demon.rpc.protocol import DEFAULT_ADDRESS, DEFAULT_TOKEN_FILE
 
 log = logging.getLogger("demon.cli")
@@ -81,12 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="on SIGTERM/SIGINT leave taps to their hard timeouts (default) "
                          "or remove them")
     ap.add_argument("--replay", metavar="FILE",
-                    help="backtest: run the policies over a recorded engine session, no "
-                         "network, and print the taps they would have taken")
+                    help="backtest: run the policies over a recording, no network, and print "
+                         "the taps they would have taken: raw sFlow (pcap/pcapng, or a "
+                         "directory of the engine's rolling recording) or an engine session "
+                         "(JSON lines, docs/recordings.md)")
+    ap.add_argument("--compare", metavar="DIR",
+                    help="with --replay: also backtest the policies of DIR on the same "
+                         "recording and print the taps they gain and lose")
     ap.add_argument("--fabric", metavar="FILE",
                     help="with --replay: the fabric description giving the switches' roles "
                          "(default: <recording>.fabric.json)")
     ap.add_argument("--json", action="store_true", help="with --replay: JSON lines output")
+    rolling.add_arguments(ap)
     first = ap.add_argument_group("getting started")
     first.add_argument("--init-policies", metavar="DIR",
                        help="write the example policy set into DIR (never overwrites) and exit")
@@ -127,14 +133,14 @@ def init_policies(directory: str, out: IO[str], err: IO[str]) -> int:
     return EXIT_OK
 
 
-DEMO_INTRO = ("Backtest of the example policies on {name}: 65 s of sFlow analytics the project "
-              "recorded from synthetic traffic on the lab's seed topology (a TCP elephant, two "
-              "big UDP flows, an HTTPS elephant, mice). Each line is a decision and its cause; "
-              "the taps it would have taken follow, then why.")
-DEMO_NEXT = ("The same on your own data: demon-watch --init-policies DIR writes these policies "
-             "({policies}); record your engine with python -m sflow.recorder "
-             "(docs/recordings.md) and run demon-watch --policies DIR --replay FILE --fabric "
-             "FABRIC.json.")
+DEMO_INTRO = ("Backtest of the lab's policy set on {name}: raw sFlow the project recorded in "
+              "its lab (three TCP elephants on one switch, against a policy cap of two taps), "
+              "re-run through the embedded engine on the recording's clock. Each line is a "
+              "decision and its cause; the taps it would have taken follow, then why.")
+DEMO_NEXT = ("On your own data: demon-watch --init-policies DIR writes the example policies; "
+             "record your switches' sFlow (tcpdump -w FILE udp port 6343, or demon-sflow "
+             "--record-sflow DIR) and run demon-watch --policies DIR --replay FILE --fabric "
+             "FABRIC.json (docs/backtest.md).")
 
 
 def demo(out: IO[str], err: IO[str], *, as_json: bool = False) -> int:
@@ -142,10 +148,10 @@ def demo(out: IO[str], err: IO[str], *, as_json: bool = False) -> int:
     import textwrap
 
     from demon.replay import ReplayError, backtest, write_json, write_text
-    from demon.share import POLICIES, RECORDING, RECORDING_FABRIC
+    from demon.share import DEMO_POLICIES, RECORDING, RECORDING_FABRIC
 
     try:
-        result = backtest(POLICIES, RECORDING, RECORDING_FABRIC, progress=cliopts.progress)
+        result = backtest(DEMO_POLICIES, RECORDING, RECORDING_FABRIC, progress=cliopts.progress)
     except ReplayError as exc:
         return _fail(err, str(exc), EXIT_CONFIG)
     if as_json:
@@ -158,7 +164,10 @@ def demo(out: IO[str], err: IO[str], *, as_json: bool = False) -> int:
         cause = next((e.detail.get("cause", "") for e in result.timeline
                       if e.tap_id == tap.tap_id and e.kind == "created"), "")
         print(f"  {tap.tap_id}: {tap.policy} tapped {tap.flow_key} on {cause}", file=out)
-    print("\n" + textwrap.fill(DEMO_NEXT.format(policies=POLICIES), 88), file=out)
+    waits = sorted({e.detail.get("cause", "") for e in result.timeline if e.kind == "waiting"})
+    for cause in waits:
+        print(f"  a flow waited: {cause}", file=out)
+    print("\n" + textwrap.fill(DEMO_NEXT, 88), file=out)
     return EXIT_OK
 
 
@@ -177,14 +186,27 @@ def main(argv: list[str] | None = None, *, stdout: IO[str] | None = None,
                      "--demo)")
     if args.check:
         return check(args.policies, out, err)
+    if args.record_sflow and (args.sflow_rt or args.replay):
+        return _fail(err, "--record-sflow records the embedded engine's datagrams: not with "
+                          "--sflow-rt or --replay", EXIT_CONFIG)
+    if args.compare and not args.replay:
+        return _fail(err, "--compare needs --replay FILE (the recording to compare on)",
+                     EXIT_CONFIG)
     if args.replay:
         from demon.replay import ReplayError, replay_main
+        from demon.replay_compare import compare_main
         try:
+            if args.compare:
+                return compare_main(args.policies, args.compare, args.replay,
+                                    as_json=args.json, fabric=args.fabric, out=out)
             return replay_main(args.policies, args.replay, as_json=args.json,
                                fabric=args.fabric, out=out, progress=cliopts.progress)
         except ReplayError as exc:
             print(f"demon-watch: {exc}", file=err)
             return EXIT_CONFIG
+        except BrokenPipeError:  # | head: the reader has seen enough
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_OK
     try:
         return _watch(args, err)
     except KeyboardInterrupt:
@@ -259,11 +281,18 @@ def _watch(args: argparse.Namespace, err: IO[str]) -> int:
 def _start_embedded(args: argparse.Namespace) -> Any:
     from sflow.embedded import EmbeddedEngine
 
+    recorder = rolling.from_args(args)  # OSError: the caller says so
     engine = EmbeddedEngine(sflow_addr=("127.0.0.1", args.sflow_port),
-                            http_addr=("127.0.0.1", args.engine_http_port))
-    engine.start()
+                            http_addr=("127.0.0.1", args.engine_http_port), recorder=recorder)
+    try:
+        engine.start()
+    except OSError:
+        if recorder is not None:
+            recorder.close()
+        raise
     host, port = engine.sflow_address
-    log.info("embedded engine: sFlow on %s:%d, API at %s", host, port, engine.url)
+    log.info("embedded engine: sFlow on %s:%d, API at %s%s", host, port, engine.url,
+             f"; recording its datagrams in {args.record_sflow}" if recorder else "")
     return engine
 
 

@@ -78,6 +78,17 @@ class Tap:
     ended_at: float | None = None
     sent: bool = False  # an install was ever sent (so the switch may hold it)
     hold_until: float = 0.0  # an operator asked for it: not released for a cleared condition before
+    # Budget: released once the switch's counters reach either (None: no limit).
+    max_packets: int | None = None
+    max_bytes: float | None = None
+    # The last counter read (``MirrorCounters``) and the rates measured between reads,
+    # which say when the next read is due (``demon.budget``).
+    counters_at: float = 0.0
+    packet_rate: float = 0.0
+    byte_rate: float = 0.0
+    # What ended it: "duration" (condition cleared), "max_duration", "max_packets",
+    # "max_bytes", "window" (a schedule's), "hold" (an operator's); "" otherwise.
+    limit: str = ""
 
     @property
     def live(self) -> bool:
@@ -233,6 +244,17 @@ class MirrorRemoved:
 
 
 @dataclass(frozen=True)
+class MirrorCounters:
+    """The switches' packet/byte counters of mirrors (``list_mirrors``), read at
+    ``read_at`` (epoch seconds; the step's ``now`` when None): ``counters`` holds
+    ``(tap_id, packets, bytes)``. Feeds the per-tap budgets (``max_packets``,
+    ``max_bytes``); the runtime reads them when ``demon.budget.reads_due`` says."""
+
+    counters: tuple[tuple[str, int, int], ...] | list[tuple[str, int, int]]
+    read_at: float | None = None
+
+
+@dataclass(frozen=True)
 class ControllerStatus:
     up: bool
 
@@ -284,8 +306,8 @@ class Reconcile:
 
 
 Input = Union[ThresholdEvent, TopFlows, Tick, InstallResult, RemoveResult, MirrorRemoved,
-              ControllerStatus, OperatorRelease, OperatorTap, PausePolicy, ResumePolicy,
-              Reconcile]
+              MirrorCounters, ControllerStatus, OperatorRelease, OperatorTap, PausePolicy,
+              ResumePolicy, Reconcile]
 
 
 # ---------------------------------------------------------------------------

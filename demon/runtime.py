@@ -115,8 +115,10 @@ def load_config(directory: str | Path) -> tuple[Mapping[str, Any], Any]:
 
 
 def engine_policies(policies: Mapping[str, Any]) -> dict[str, Any]:
-    """The enabled policies: the ones that get engine definitions and polls."""
-    return {name: pol for name, pol in policies.items() if getattr(pol, "enabled", True)}
+    """The enabled policies that get engine definitions and polls (not scheduled ones)."""
+    from demon.policy import engine_policies as chosen
+
+    return chosen(policies)
 
 
 def threshold_event(event: Event, by_threshold: Mapping[str, str]) -> ThresholdEvent | None:

@@ -3,6 +3,7 @@
 
     demon-sflow [--sflow-host H] [--sflow-port 6343] [--http-host H] [--http-port 8008]
                 [--readonly] [--max-flows N] [--ingest fast|full] [--log-level info]
+                [--record-sflow DIR [--record-sflow-size 1GB] [--record-sflow-age 6h]]
     demon-sflow decode FILE.pcap [...]        datagrams as JSON lines (sflow.jsonview)
     demon-sflow replay FILE.pcap [--to HOST:PORT] [--speed X]
 
@@ -21,7 +22,7 @@ import sys
 import threading
 from typing import Sequence
 
-from sflow import cliopts
+from sflow import cliopts, rolling
 
 __all__ = ["main"]
 
@@ -47,13 +48,19 @@ def _serve(argv: Sequence[str]) -> int:
                         help="fast: common datagrams (compact flow samples with a sampled "
                              "header) skip the full decoder; full: decode everything "
                              "(same results, slower; default %(default)s)")
+    rolling.add_arguments(parser)
     cliopts.add_common(parser, exits=SERVE_EXITS)
     args = cliopts.parse_args(parser, argv)
     from sflow.embedded import EmbeddedEngine
 
+    try:
+        recorder = rolling.from_args(args)
+    except OSError as exc:
+        print(f"demon-sflow: --record-sflow {args.record_sflow}: {exc}", file=sys.stderr)
+        return 2
     service = EmbeddedEngine((args.sflow_host, args.sflow_port), (args.http_host, args.http_port),
                              readonly=args.readonly, max_flows=args.max_flows,
-                             fast_path=args.ingest == "fast")
+                             fast_path=args.ingest == "fast", recorder=recorder)
     try:
         service.start()
     except OSError as exc:

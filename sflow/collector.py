@@ -72,8 +72,12 @@ class Collector:
 
     def __init__(self, engine: Engine, host: str = "127.0.0.1", port: int = 6343,
                  rcvbuf: int = RCVBUF_WANTED, clock: Callable[[], float] = time.time,
-                 fast_path: bool = True) -> None:
+                 fast_path: bool = True, recorder: Any = None) -> None:
         self.engine = engine
+        #: ``sflow.rolling.RollingRecorder`` (or anything with ``record_batch``): every
+        #: datagram read is kept for backtests, outside the engine lock
+        self.recorder = recorder
+        self.record_errors = 0
         #: kept for callers; how datagrams are read is the engine's choice (``compiled=``)
         self.fast_path = fast_path
         self.clock = clock
@@ -142,6 +146,8 @@ class Collector:
                     raise
             self.received += len(batch)
             now = self.clock()
+            if self.recorder is not None and batch:
+                self._record(batch, now)
             with lock:
                 before = engine.last_event_id
                 if batch:
@@ -153,6 +159,16 @@ class Collector:
                     last_tick = now
                 if engine.last_event_id != before:
                     lock.notify_all()
+
+
+    def _record(self, batch: list[tuple[bytes, str]], now: float) -> None:
+        try:
+            self.recorder.record_batch(batch, now)
+        except OSError as exc:  # a full disk must not stop collection
+            self.record_errors += 1
+            if self.record_errors == 1 or self.record_errors % 1000 == 0:
+                log.warning("recording sFlow datagrams failed (%d batches so far): %s",
+                            self.record_errors, exc)
 
 
 # --- replay -----------------------------------------------------------------------------

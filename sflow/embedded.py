@@ -28,8 +28,11 @@ class EmbeddedEngine:
     def __init__(self, sflow_addr: tuple[str, int] = ("127.0.0.1", 6343),
                  http_addr: tuple[str, int] = ("127.0.0.1", 8008), readonly: bool = False,
                  max_flows: int = 100_000, rcvbuf: int = RCVBUF_WANTED,
-                 clock: Callable[[], float] = time.time, fast_path: bool = True) -> None:
+                 clock: Callable[[], float] = time.time, fast_path: bool = True,
+                 recorder: Any = None) -> None:
         self.sflow_addr = sflow_addr
+        #: a ``sflow.rolling.RollingRecorder`` keeping the raw datagrams (closed by stop())
+        self.recorder = recorder
         self.fast_path = fast_path
         self.http_addr = http_addr
         self.readonly = readonly
@@ -44,7 +47,7 @@ class EmbeddedEngine:
         """Bind both sockets and start serving; raises OSError if a port is taken."""
         self.collector = Collector(self.engine, self.sflow_addr[0], self.sflow_addr[1],
                                    rcvbuf=self._rcvbuf, clock=self.clock,
-                                   fast_path=self.fast_path)
+                                   fast_path=self.fast_path, recorder=self.recorder)
         try:
             self._serve_http(self.http_addr)
         except OSError:
@@ -100,6 +103,8 @@ class EmbeddedEngine:
         self._close_http()
         if self.collector is not None:
             self.collector.stop()
+        if self.recorder is not None:
+            self.recorder.close()
 
     def __enter__(self) -> "EmbeddedEngine":
         return self.start()

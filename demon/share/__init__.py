@@ -2,15 +2,15 @@
 
 - ``policies/``: the example policy set (``policies/lab/``: the lab's, with
   second-scale timers); ``demon-watch --init-policies DIR`` copies it;
-- ``recordings/first-try.jsonl`` (+ ``.fabric.json``): an engine session the
-  project recorded (``scripts/record-first-try``), which ``demon-watch --demo``
-  backtests the example policies on;
-- ``docs/``: the reference pages (fabric, RPC, engine API, recordings, …);
-- ``contrib/``: the systemd units and the configuration file example.
+- ``docs/``: the reference pages (fabric, RPC, engine API, recordings, backtests, …);
+- ``contrib/``: the systemd units and the configuration file example;
+- the lab's raw sFlow recording (``demon/data/lab-over-cap.pcap`` and its fabric),
+  which ``demon-watch --demo`` backtests the lab's policies on.
 
 ``python -m demon.share`` prints where they are installed; ``python -m
-demon.share --copy DIR`` copies them all. In the repository these are links to
-the top-level directories, so there is one copy of each.
+demon.share --copy DIR`` copies them all. In the repository ``policies``, ``docs``
+and ``contrib`` here are links to the top-level directories, so there is one copy
+of each.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parent
 POLICIES = ROOT / "policies"
 DOCS = ROOT / "docs"
 CONTRIB = ROOT / "contrib"
-RECORDING = ROOT / "recordings" / "first-try.jsonl"
-RECORDING_FABRIC = ROOT / "recordings" / "first-try.fabric.json"
+DEMO_POLICIES = POLICIES / "lab"
+RECORDING = ROOT.parent / "data" / "lab-over-cap.pcap"
+RECORDING_FABRIC = RECORDING.with_name("lab-over-cap.fabric.json")
 PARTS = {"policies": POLICIES, "docs": DOCS, "contrib": CONTRIB,
          "recordings": RECORDING.parent}
 

@@ -1,5 +1,5 @@
-"""The first try without root: the shipped policies backtested on the shipped recording,
---init-policies, and what the package ships (demon.share)."""
+"""The first try without root: the shipped lab policies backtested on the lab's raw sFlow
+recording, --init-policies, and what the package ships (demon.share)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from demon.cli import main as watch_main
-from demon.share import CONTRIB, DOCS, POLICIES, RECORDING, RECORDING_FABRIC, main as share_main
+from demon.share import (CONTRIB, DEMO_POLICIES, DOCS, POLICIES, RECORDING, RECORDING_FABRIC,
+                         main as share_main)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,28 +27,29 @@ def test_shipped_files_are_the_repositorys() -> None:
         sorted(p.name for p in (REPO / "policies").glob("*.yaml"))
     assert (DOCS / "fabric.md").read_text() == (REPO / "docs" / "fabric.md").read_text()
     assert (CONTRIB / "config.example.yaml").is_file()
-    assert RECORDING.is_file() and RECORDING_FABRIC.is_file()
+    assert RECORDING.is_file() and RECORDING_FABRIC.is_file() and DEMO_POLICIES.is_dir()
 
 
 def test_demo_ends_with_the_taps_and_why() -> None:
     status, out, err = run("--demo")
     assert status == 0, err
+    assert "of raw sFlow (731 datagrams, 0 not decoded)" in out  # through the embedded engine
     taps = out.split(" tap(s):\n", 1)[1]
     why = out.split("why:\n", 1)[1].split("\n\n", 1)[0].splitlines()
-    # the recording's two elephants and two big UDP flows; no mouse
-    flows = {line.split(" tapped ")[1].split(" on ")[0] for line in why}
-    assert flows == {"10.0.0.1,10.0.0.2,51792,5201", "10.0.0.3,10.0.0.4,443,50123",
-                     "10.0.0.6,10.0.0.7,5004,5004", "10.0.0.8,10.0.0.9,4000,53"}
-    assert all(" on event " in line or " on top " in line for line in why)
-    assert taps.count("removed: condition cleared") == 4
-    for mouse in ("10.0.0.10", "40001", "40002", "40003"):
-        assert mouse not in taps
+    tapped = [line for line in why if " tapped " in line]
+    # the recording's three elephants on s1; the third waits for the cap of two
+    flows = [line.split(" tapped ")[1].split(" on ")[0] for line in tapped]
+    assert flows == ["10.0.0.5,10.0.0.2,51794,5203", "10.0.0.3,10.0.0.4,51793,5202",
+                     "10.0.0.1,10.0.0.2,51792,5201"]
+    assert tapped[0].split(" on ", 1)[1].startswith("event 1: demon_elephant_tcp")
+    assert "  a flow waited: policy cap reached (2 taps)" in why
+    assert taps.count("removed: condition cleared") == 2
 
 
 def test_demo_json() -> None:
     status, out, _ = run("--demo", "--json")
     lines = [json.loads(line) for line in out.splitlines()]
-    assert status == 0 and sum(1 for line in lines if "tap" in line) == 4
+    assert status == 0 and sum(1 for line in lines if "tap" in line) == 3
 
 
 def test_init_policies_writes_a_valid_set_and_never_overwrites(tmp_path: Path) -> None:
@@ -74,4 +76,4 @@ def test_share_lists_and_copies(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "policies" in capsys.readouterr().out
     assert share_main(["--copy", str(tmp_path)]) == 0
     assert (tmp_path / "contrib" / "config.example.yaml").is_file()
-    assert (tmp_path / "recordings" / "first-try.jsonl").is_file()
+    assert (tmp_path / "recordings" / "lab-over-cap.pcap").is_file()

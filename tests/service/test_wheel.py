@@ -72,9 +72,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproces
 def test_first_try_from_the_readme(installed: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     _, result = installed
     out = result.stdout
-    assert "4 tap(s):" in out and "why:" in out
-    assert out.count(" tapped ") == 4
-    assert "elephant_tcp.1: elephant_tcp tapped 10.0.0.1,10.0.0.2,51792,5201 on event" in out
+    assert "3 tap(s):" in out and "why:" in out and "policy cap reached" in out
+    assert out.count(" tapped ") == 3
+    assert "elephant_tcp.1: elephant_tcp tapped 10.0.0.5,10.0.0.2,51794,5203 on event" in out
 
 
 def test_the_venv_has_no_mininet(installed: tuple[Path, subprocess.CompletedProcess[str]],
@@ -118,9 +118,9 @@ def test_backtest_and_topology_tools_from_the_installed_files(
     assert all(str(venv) in path for path in share.values())  # nothing from the checkout
     assert run([str(bin_ / "demon-watch"), "--init-policies", "pol"], tmp_path).returncode == 0
     replay = run([str(bin_ / "demon-watch"), "--policies", "pol", "--replay",
-                  str(Path(share["recordings"].strip()) / "first-try.jsonl")], tmp_path)
+                  str(Path(share["recordings"].strip()) / "lab-over-cap.pcap")], tmp_path)
     assert replay.returncode == 0, replay.stderr
-    assert "4 tap(s):" in replay.stdout
+    assert "of raw sFlow" in replay.stdout and "3 tap(s):" in replay.stdout
     fabric = run([str(bin_ / "python"), "-m", "topo.fabricgen", "-o", "fabric.json"], tmp_path)
     assert fabric.returncode == 0 and (tmp_path / "fabric.json").is_file()
     drawn = run([str(bin_ / "python"), "-m", "topo.render", "x.dot", "--fabric", "fabric.json",
