@@ -27,6 +27,8 @@ log = logging.getLogger("demon.cli")
 
 EXIT_OK, EXIT_INTERNAL, EXIT_CONFIG, EXIT_ENGINE, EXIT_CONTROLLER, EXIT_STATE = 0, 1, 2, 3, 4, 5
 SYSTEM_STATE = "/var/lib/pytapdemon/state.sqlite"
+DEFAULT_LISTEN = "127.0.0.1:8734"
+DEFAULT_SFLOW_LISTEN = "127.0.0.1:6343"
 
 
 def default_state_path() -> str:
@@ -40,10 +42,11 @@ def default_state_path() -> str:
 
 EXITS = {EXIT_OK: "stopped cleanly (or --check / --replay succeeded)",
          EXIT_INTERNAL: "unexpected internal error",
-         EXIT_CONFIG: "usage or configuration error (flags, config file, policy set, token file)",
+         EXIT_CONFIG: "usage or configuration error (flags, config file, policy set, token file "
+                      "others can read, a listen address that cannot be bound)",
          EXIT_ENGINE: "the analytics engine is unreachable at start (or refused our definitions)",
          EXIT_CONTROLLER: "the controller component is unreachable at start (or refused our token)",
-         EXIT_STATE: "the state file cannot be used"}
+         EXIT_STATE: "the state file cannot be used (missing directory, damaged file)"}
 EPILOG = """signals: SIGHUP reloads the policies (a bad set is rejected whole, the old one keeps
 running); SIGTERM/SIGINT stop cleanly (see --on-exit)."""
 
@@ -61,10 +64,22 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--sflow-rt", metavar="URL",
                     help="use this sFlow-RT (e.g. http://127.0.0.1:8008) instead of starting "
                          "the embedded engine")
-    ap.add_argument("--sflow-port", type=int, default=6343, metavar="N",
-                    help="UDP port of the embedded engine's sFlow collector (default 6343)")
-    ap.add_argument("--engine-http-port", type=int, default=0, metavar="N",
-                    help="HTTP port of the embedded engine's API (default: ephemeral)")
+    ap.add_argument("--sflow-listen", default=None, metavar="HOST:PORT",
+                    help="where the embedded engine's collector takes sFlow from the switches "
+                         f"(default {DEFAULT_SFLOW_LISTEN}; the address they export to)")
+    ap.add_argument("--engine-listen", default=None, metavar="HOST:PORT",
+                    help="the embedded engine's sFlow-RT API (default 127.0.0.1:0, an "
+                         "ephemeral port: only the daemon needs it)")
+    # Before --sflow-listen/--engine-listen (kept so that old command lines still work).
+    ap.add_argument("--sflow-port", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--engine-http-port", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
+                    help=f"the daemon's HTTP API (default {DEFAULT_LISTEN}; '' turns it off). "
+                         "Beyond loopback every request needs a token")
+    ap.add_argument("--api-token-file", default=None, metavar="FILE",
+                    help="API tokens, one 'name:secret' a line, mode 0600 (created with one "
+                         "random 'operator' token when missing); without it the API is "
+                         "read-only and loopback-only")
     ap.add_argument("--controller", default=DEFAULT_ADDRESS, metavar="ADDRESS",
                     help=f"controller component RPC address (default {DEFAULT_ADDRESS})")
     ap.add_argument("--token-file", default=DEFAULT_TOKEN_FILE, metavar="FILE",
@@ -221,41 +236,90 @@ def _fail(err: IO[str], message: str, status: int) -> int:
     return status
 
 
+def _listens(args: argparse.Namespace) -> tuple[tuple[str, int] | None, tuple[str, int],
+                                               tuple[str, int]]:
+    """(API, sFlow collector, engine API) addresses; raises ``ListenError``."""
+    from sflow.webserve import ListenError, parse_listen
+
+    def one(flag: str, text: str, default_port: int) -> tuple[str, int]:
+        try:
+            return parse_listen(text, default_port)
+        except ListenError as exc:
+            raise ListenError(f"{flag}: {exc}") from None
+
+    api = None if args.listen == "" else one("--listen", args.listen, 8734)
+    sflow_text = args.sflow_listen or (f"127.0.0.1:{args.sflow_port}" if args.sflow_port
+                                       is not None else DEFAULT_SFLOW_LISTEN)
+    engine_text = args.engine_listen or f"127.0.0.1:{args.engine_http_port or 0}"
+    return api, one("--sflow-listen", sflow_text, 6343), one("--engine-listen", engine_text, 0)
+
+
 def _watch(args: argparse.Namespace, err: IO[str]) -> int:
+    from demon.api.server import ApiServer
     from demon.rpc.client import RpcClient
     from demon.rpc.protocol import parse_address
-    from demon.rpc.token import TokenError, read_token
+    from demon.rpc.token import TokenError, ensure_api_tokens, read_token
     from demon.runtime import Runtime, RuntimeOptions, StartupError
     from demon.store import Store, StoreError
+    from sflow.webserve import ListenError, format_listen, is_loopback
 
     try:
         parse_address(args.controller)
     except ValueError as exc:
         return _fail(err, f"--controller {args.controller!r}: {exc}", EXIT_CONFIG)
     try:
+        api_addr, sflow_addr, engine_addr = _listens(args)
+    except ListenError as exc:
+        return _fail(err, str(exc), EXIT_CONFIG)
+    try:
         token = read_token(args.token_file)
     except TokenError as exc:
         return _fail(err, f"{exc} (--token-file)", EXIT_CONFIG)
+    api_tokens = None
+    if args.api_token_file:
+        try:
+            api_tokens = ensure_api_tokens(args.api_token_file)
+        except TokenError as exc:
+            return _fail(err, f"{exc} (--api-token-file)", EXIT_CONFIG)
+        except OSError as exc:
+            return _fail(err, f"--api-token-file {args.api_token_file}: {exc.strerror or exc}",
+                         EXIT_CONFIG)
+    if api_addr is not None and not is_loopback(api_addr[0]) and not api_tokens:
+        return _fail(err, f"--listen {format_listen(*api_addr)} is reachable from other "
+                          "hosts: give --api-token-file (every request there needs a token)",
+                     EXIT_CONFIG)
     state_path = ":memory:" if args.dry_run else (args.state or default_state_path())
     try:
         store = Store(state_path)
     except StoreError as exc:
         return _fail(err, str(exc), EXIT_STATE)
     engine: Any = None
+    api: Any = None
     previous: dict[int, Any] = {}
     try:
         if args.sflow_rt:
             engine_url = args.sflow_rt
         else:
             try:
-                engine = _start_embedded(args)
+                engine = _start_embedded(sflow_addr, engine_addr, rolling.from_args(args))
             except OSError as exc:
                 return _fail(err, f"cannot start the embedded engine (sFlow on "
-                                  f"127.0.0.1:{args.sflow_port}): {exc}", EXIT_ENGINE)
+                                  f"{format_listen(*sflow_addr)}, API on "
+                                  f"{format_listen(*engine_addr)}): {exc.strerror or exc}",
+                             EXIT_ENGINE)
             engine_url = engine.url
         controller = RpcClient(args.controller, token=token, timeout=args.rpc_timeout)
         runtime = Runtime(args.policies, engine_url, controller, store,
-                          RuntimeOptions(on_exit=args.on_exit, dry_run=args.dry_run))
+                          RuntimeOptions(on_exit=args.on_exit, dry_run=args.dry_run),
+                          embedded_engine=engine is not None,
+                          sflow_listen=None if engine is None else format_listen(
+                              *engine.sflow_address))
+        if api_addr is not None:
+            try:
+                api = ApiServer(runtime, *api_addr, tokens=api_tokens).start()
+            except OSError as exc:
+                return _fail(err, f"--listen {format_listen(*api_addr)}: cannot listen: "
+                                  f"{exc.strerror or exc}", EXIT_CONFIG)
         # Handlers only enqueue: the mutator thread acts on them once run() starts.
         # Installed before start() so that no signal finds the default action.
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGHUP, signal.SIGTERM,
@@ -273,17 +337,19 @@ def _watch(args: argparse.Namespace, err: IO[str]) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if api is not None:
+            api.stop()
         store.close()
         if engine is not None:
             engine.stop()
 
 
-def _start_embedded(args: argparse.Namespace) -> Any:
+def _start_embedded(sflow_addr: tuple[str, int], http_addr: tuple[str, int],
+                    recorder: Any = None) -> Any:
     from sflow.embedded import EmbeddedEngine
+    from sflow.webserve import format_listen, is_loopback
 
-    recorder = rolling.from_args(args)  # OSError: the caller says so
-    engine = EmbeddedEngine(sflow_addr=("127.0.0.1", args.sflow_port),
-                            http_addr=("127.0.0.1", args.engine_http_port), recorder=recorder)
+    engine = EmbeddedEngine(sflow_addr=sflow_addr, http_addr=http_addr, recorder=recorder)
     try:
         engine.start()
     except OSError:
@@ -291,8 +357,14 @@ def _start_embedded(args: argparse.Namespace) -> Any:
             recorder.close()
         raise
     host, port = engine.sflow_address
-    log.info("embedded engine: sFlow on %s:%d, API at %s%s", host, port, engine.url,
-             f"; recording its datagrams in {args.record_sflow}" if recorder else "")
+    log.info("embedded engine: sFlow on %s, API at %s%s", format_listen(host, port), engine.url,
+             f"; recording its datagrams in {recorder.directory}" if recorder else "")
+    if not is_loopback(host):
+        log.warning("embedded engine's sFlow collector exposed beyond loopback on %s (it takes "
+                    "datagrams from any host that can reach it)", format_listen(host, port))
+    if not is_loopback(http_addr[0]):
+        log.warning("embedded engine's API exposed beyond loopback on %s",
+                    format_listen(*http_addr))
     return engine
 
 

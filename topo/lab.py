@@ -212,6 +212,9 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
         except Exception as exc:  # noqa: BLE001 — one readable line, the logs have the rest
             print(f"demon-lab: the lab did not start: {exc}", file=sys.stderr)
             return 3
+        if session.api_url:
+            print(f"demon-lab: daemon API at {session.api_url}/api/v1/ (token file "
+                  f"{session.paths['api_token']})", file=out, flush=True)
         runs = run_scenario(session, sc, args.settle)
         if args.keep:
             # Say what happened first: the lab then stays up until the operator leaves.
@@ -278,6 +281,10 @@ def _render(path: Path, session: LabSession, taps: list[dict[str, Any]]) -> None
 
 def _keep(session: LabSession, out: TextIO) -> None:
     print("\ndemon-lab: --keep: the lab stays up; exit the Mininet CLI (or Ctrl-C) to tear down", file=out)
+    if session.api_url:
+        print(f"  daemon API:  {session.api_url}/api/v1/status\n"
+              f"  operate:     demon-tap --url {session.api_url} --token-file "
+              f"{session.paths['api_token']} list", file=out, flush=True)
     try:
         if sys.stdin.isatty():
             from mininet.cli import CLI

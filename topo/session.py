@@ -83,6 +83,7 @@ class LabSession:
         self.paths = {
             "fabric": self.out / "fabric.json",
             "token": self.out / "rpc.token",
+            "api_token": self.out / "api.token",
             "state": self.out / "state.sqlite",
             "taps": self.out / "taps.json",
             "captures": self.out / "captures",
@@ -171,13 +172,21 @@ class LabSession:
         if "sflow" not in self.ports:
             self.ports["sflow"] = free_port(kind=2)  # SOCK_DGRAM
         self.ports["engine_http"] = free_port()
+        if "api" not in self.ports:
+            self.ports["api"] = free_port()  # the same across restarts: clients keep their URL
         settings = WatchSettings(opts.policies, f"tcp:127.0.0.1:{self.ports['rpc']}", self.paths["token"],
                                  self.paths["state"], self.ports["sflow"], opts.sflow_rt,
-                                 self.ports["engine_http"])
+                                 self.ports["engine_http"], api_port=self.ports["api"],
+                                 api_token_file=self.paths["api_token"])
         self.watch = start_watch(settings, self.paths["logs"] / "demon-watch.log")
         # Its engine is bound: the runtime (and its topology refresh timer) starts right after.
-        self.note("demon-watch up", pid=self.watch.pid, policies=str(opts.policies))
+        self.note("demon-watch up", pid=self.watch.pid, policies=str(opts.policies), api=self.api_url)
         return self.watch
+
+    @property
+    def api_url(self) -> str | None:
+        """The daemon's API (``demon-tap --url``, the capture host), once started."""
+        return f"http://127.0.0.1:{self.ports['api']}" if "api" in self.ports else None
 
     def _on_event(self, event: Any) -> None:
         if event.event == "mirror_removed":

@@ -394,6 +394,19 @@ class Harness:
             self.thread.join(timeout=15)
         self.store.close()
 
+    def crash(self) -> None:
+        """Stop the threads as a SIGKILL would: no removal, no undefinitions, no
+        final save; then close the state file."""
+        rt = self.runtime
+        rt.shutdown = lambda: rt._halt.set()  # type: ignore[method-assign]
+        rt.engine.stop()
+        if rt._scheduler is not None:
+            rt._scheduler.shutdown(wait=False)
+        rt.controller_side.stop()
+        rt.request_stop("simulated crash")
+        self.thread.join(timeout=5)
+        self.store.close()
+
     def live(self) -> list[str]:
         return sorted(t.tap_id for t in self.runtime.state.live_taps())
 

@@ -135,12 +135,7 @@ def test_crash_and_restart_reconciles_without_a_duplicate_and_ends_on_time(
         wait_for(lambda: controller.mirrors, what="install")
         created = first.store.tap("elephant.1").created_at
         # Crash: threads stop, nothing is cleaned up (no removal, no undefinitions).
-        first.runtime.shutdown = lambda: first.runtime._halt.set()  # type: ignore[method-assign]
-        first.runtime._scheduler.shutdown(wait=False)
-        first.runtime._subscription.close()
-        first.runtime.request_stop("simulated crash")
-        first.thread.join(timeout=5)
-        first.store.close()
+        first.crash()
         assert list(controller.mirrors) == ["elephant.1"]
 
         second = Harness(tmp_path, mock, policies, controller=controller, engine=engine,
