@@ -112,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     first.add_argument("--init-policies", metavar="DIR",
                        help="write the example policy set into DIR (never overwrites) and exit")
     first.add_argument("--demo", action="store_true",
-                       help="backtest the example policies on a recording the project made and "
-                            "print the taps they would have taken and why (no root, no network)")
+                       help="backtest the lab's policies on raw sFlow the project recorded in "
+                            "its lab and print the taps they would have taken and why (no root, "
+                            "no network)")
     return cliopts.add_common(ap, exits=EXITS)
 
 

@@ -118,7 +118,7 @@ def _annotation(action: argparse.Action) -> Any:
     if action.type is int:
         scalar: Any = StrictInt
     elif action.type is float:
-        scalar = Union[StrictInt, StrictFloat]
+        scalar = StrictFloat  # takes ints too, never a bool or a string
     else:  # text, paths, durations, rates: what the command line would take as a word
         scalar = Union[StrictStr, StrictInt, StrictFloat]
     scalar = Annotated[scalar, AfterValidator(_converter(action))]

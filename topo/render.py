@@ -286,7 +286,7 @@ def taps_from_api(url: str, token: str | None = None, timeout: float = 10.0) -> 
     base = url.rstrip("/")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        reply = requests.get(f"{base}/api/v1/taps", params={"state": "active"}, headers=headers,
+        reply = requests.get(f"{base}/api/v1/taps", params={"state": ",".join(ACTIVE_STATES)}, headers=headers,
                              timeout=timeout)
     except requests.RequestException as exc:
         raise RenderError(f"--api {url}: {type(exc).__name__}: {exc}") from None
@@ -369,16 +369,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _token(path: Path | None) -> str | None:
-    """The secret of the first token in a token file (``name:secret`` or a bare secret)."""
+    """The secret of the first token in an API token file (docs/api.md: ``name:secret``,
+    ``name:secret:ro`` or a bare secret; ``#`` starts a comment)."""
     if path is None:
         return None
     try:
-        lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+        lines = [ln.split("#", 1)[0].strip() for ln in Path(path).read_text().splitlines()]
     except OSError as exc:
         raise RenderError(f"--token-file {path}: {exc.strerror or exc}") from None
+    lines = [ln for ln in lines if ln]
     if not lines:
-        raise RenderError(f"--token-file {path}: empty")
-    return lines[0].split(":", 1)[1] if ":" in lines[0] else lines[0]
+        raise RenderError(f"--token-file {path}: holds no token")
+    parts = lines[0].split(":")
+    return parts[0] if len(parts) == 1 else parts[1]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -131,9 +131,10 @@ def fake_api() -> Iterator[tuple[str, list[dict[str, Any]]]]:
 def test_mirrors_from_the_daemons_api(tmp_path: Path, fake_api: tuple[str, list[Any]]) -> None:
     url, seen = fake_api
     token = tmp_path / "token"
-    token.write_text("operator:s3cret\n")
+    token.write_text("# tokens\nviewer:s3cret:ro\noperator:0th3r\n")
     assert main([str(tmp_path / "api.dot"), "--api", url, "--token-file", str(token)]) == 0
-    assert seen[0]["path"].startswith("/api/v1/taps") and seen[0]["auth"] == "Bearer s3cret"
+    assert seen[0]["path"] == "/api/v1/taps?state=active%2Cexpiring"
+    assert seen[0]["auth"] == "Bearer s3cret"
     red = red_edges((tmp_path / "api.dot").read_text())
     assert any(e.startswith("h1 -- s1") and "label=\"elephant_tcp.1\"" in e for e in red)
 
