@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None, *, stdout: IO[str] | None = None,
          stderr: IO[str] | None = None) -> int:
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
-    args = build_parser().parse_args(argv)
+    args = cliopts.parse_args(build_parser(), argv, log_stream=err)
     since = None
     if args.command == "history" and args.since:
         try:

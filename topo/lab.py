@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sflow import cliopts
+from topo.net import mininet_missing
 from topo.scenarios import SCENARIOS, FlowRun, Scenario, run_scenario, scenario
 from topo.session import LAB_POLICIES, LabSession, SessionOptions, TimelineEntry
 
@@ -186,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     args = cliopts.parse_args(build_parser(), argv)
+    missing = mininet_missing("demon-lab")
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
     if os.geteuid() != 0:
         print("demon-lab: needs root (Open vSwitch and Mininet)", file=sys.stderr)
         return 2
