@@ -32,6 +32,7 @@ from sflow.agents import AgentTable
 from sflow.counters import MAX_DATASOURCES, CounterSource, CounterStore, port_map_rows
 from sflow.fastpath import split_keys
 from sflow.flowdef import DefinitionError, FlowDef, ThresholdDef
+from sflow.flowlog import FlowLog
 from sflow.flowtable import AGG_MODES, IDLE_FACTOR, FlowSnapshot, FlowTables, active_flows, flow_metric
 from sflow.ingest import DataSourceFn, Ingest, KeysFn, Stats
 from sflow.model import Datagram
@@ -68,6 +69,9 @@ class Engine:
         self.threshold_table = Thresholds(max_events)
         self.counters = CounterStore(max_datasources)
         self.flows_table.thresholds = self.threshold_table
+        #: records of ``log: true`` definitions (``/flows/json``)
+        self.flow_log = FlowLog()
+        self.flows_table.flow_log = self.flow_log
         self.threshold_table.attributes = self.counters.attributes
         self.agent_table.on_forget.append(self.counters.forget_agent)
         self.ingester = Ingest(self.stats, self.agent_table, self.flows_table,

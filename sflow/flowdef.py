@@ -110,11 +110,17 @@ class FlowDef:
     #: the sample key ``value`` reads and its multiplier (bps: bytes x 8), for the fast path
     value_key: str = field(default="bytes", repr=False, compare=False)
     value_factor: float = field(default=1.0, repr=False, compare=False)
+    #: the flow log (``/flows/json``, sflow.flowlog): write this definition's flows
+    log: bool = False
+    flow_start: bool = False
+    active_timeout: float = 60.0
 
     def to_json(self) -> dict[str, Any]:
+        active = int(self.active_timeout) if float(self.active_timeout).is_integer() \
+            else self.active_timeout
         return {"keys": ",".join(self.keys), "value": self.value, "filter": self.filter,
-                "t": self.t, "n": self.n, "fs": self.fs, "log": False, "flowStart": False,
-                "activeTimeout": 60, "dropped": False}
+                "t": self.t, "n": self.n, "fs": self.fs, "log": self.log,
+                "flowStart": self.flow_start, "activeTimeout": active, "dropped": False}
 
     def flow_key(self, keys: Mapping[str, Any]) -> str | None:
         """The sample's flow key (key values joined with ``fs``), None if a key is missing."""
@@ -233,19 +239,22 @@ def parse_flow(name: str, body: Any) -> FlowDef:
         raise DefinitionError(f"fs: expected a non-empty string, got {fs!r}")
     if len(fs) > MAX_FS_LENGTH:
         raise DefinitionError(f"fs: longer than {MAX_FS_LENGTH} characters")
-    for unsupported in ("log", "flowStart", "dropped"):
-        if _bool(body, unsupported):
-            raise DefinitionError(f"{unsupported}: not supported by the embedded engine "
-                                  "(no flow log, no drop notifications)")
+    if _bool(body, "dropped"):
+        raise DefinitionError("dropped: not supported by the embedded engine "
+                              "(no drop-notification flows)")
     for ignored in ("values", "ipfixCollectors", "aggMode"):
         if body.get(ignored) not in (None, "", []):
             raise DefinitionError(f"{ignored}: not supported by the embedded engine")
-    _number(body, "activeTimeout", 60)
+    log, flow_start = _bool(body, "log"), _bool(body, "flowStart")
+    active_timeout = _number(body, "activeTimeout", 60)
+    if not 0 <= active_timeout <= 86_400:
+        raise DefinitionError(f"activeTimeout: expected 0-86400 s, got {active_timeout:g}")
     plain = tuple(keys) if all(_PLAIN_KEY.match(k) for k in keys) else None
     return FlowDef(name=name, keys=tuple(keys), value=value, filter=filt, t=t, n=n, fs=fs,
                    key_fns=tuple(key_fns), value_fn=value_fn, predicate=predicate,
                    plain_keys=plain, value_key=_value_source(value)[0],
-                   value_factor=_value_source(value)[1])
+                   value_factor=_value_source(value)[1],
+                   log=log, flow_start=flow_start, active_timeout=active_timeout)
 
 
 @dataclass(frozen=True)

@@ -182,7 +182,8 @@ def run_offline(agent: CaptureAgent, path: Path) -> None:
     try:
         if first is not None:
             agent.handle(first[1], first[0], first[2])
-            for ts_ns, frame, orig in packets:
+            # a bar on a terminal, nothing otherwise (the file's size is not known upfront)
+            for ts_ns, frame, orig in cliopts.progress(packets, desc="filing", unit="frame"):
                 agent.handle(frame, ts_ns, orig)
     finally:
         agent.close()
