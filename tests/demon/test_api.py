@@ -475,3 +475,12 @@ def test_reloads_are_counted_ok_or_rejected(api: Api) -> None:
                                   (("outcome", "rejected"),))] == 1, what="reload rejected")
     status = api.get("/api/v1/status").json()["policies"]["last_reload"]
     assert status["ok"] is False and "bad.yaml" in status["error"]
+
+
+def test_the_api_listener_is_a_tcp_socket_so_answers_are_not_held_by_nagle(api: Api) -> None:
+    """asyncio sets TCP_NODELAY on accepted connections only when the listening socket
+    says IPPROTO_TCP; with proto 0 every keep-alive answer waited ~40 ms (delayed ACK)."""
+    import socket
+
+    sock = api.server.http._sock
+    assert sock is not None and sock.proto == socket.IPPROTO_TCP
