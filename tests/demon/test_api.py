@@ -44,9 +44,16 @@ class Api:
         return self.http.post(path, headers=bearer(token) if token else {}, **kw)
 
     def tapped(self, flow: str = FLOW_A) -> str:
-        """Fire the elephant's event for ``flow``; the active tap's id."""
-        self.h.engine.set_flows("demon_elephant", [(flow, 400_000.0, "101")])
+        """Fire the elephant's event for ``flow`` (then keep the flow hot in the
+        engine's activeflows: the event, not a poll, is what tapped it); the active
+        tap's id."""
+        hot = [(flow, 400_000.0, "101")] + [
+            (r["key"], r["value"], r["dataSource"])
+            for r in self.h.engine.flow_tables.get("demon_elephant", []) if r["key"] != flow]
         self.h.engine.fire("demon_elephant", flow)
+        wait_for(lambda: any(t["flow_key"] == flow for t in self.get("/api/v1/taps").json()[
+            "taps"]), what=f"created tap of {flow}")
+        self.h.engine.set_flows("demon_elephant", hot)
         return wait_for(lambda: next((t["tap_id"] for t in self.get(
             "/api/v1/taps", params={"state": "active"}).json()["taps"]
             if t["flow_key"] == flow), None), what=f"tap of {flow}")
