@@ -50,7 +50,7 @@ def fill(path: Path, ended: int, live: int) -> list[str]:
     entries: list[HistoryEntry] = []
     for n in range(ended + live):
         tid = f"bench.{n + 1}"
-        created = now - 86400 + n * 60
+        created = now - 86400 + n * 60 if n < ended else now - 60
         flow = f"10.1.{n // 256 % 256}.{n % 256},10.0.0.2,6,{1024 + n},80"
         alive = n >= ended
         tap = Tap(tap_id=tid, policy="bench", flow_key=flow,
