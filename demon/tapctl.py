@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         EXIT_OK: "done", EXIT_REFUSED: "the daemon refused (no such tap or policy)",
         EXIT_USAGE: "usage error", EXIT_NO_ANSWER: "not answered within --wait (is demon-watch running?)",
         EXIT_AUTH: "not allowed (no token, a wrong one, or a read-only one)",
-        EXIT_STATE: "the state file cannot be used"})
+        EXIT_STATE: "the state file cannot be used"}, log_level="warning")
 
 
 def parse_since(text: str, now: float) -> float:
