@@ -42,8 +42,8 @@ def default_state_path() -> str:
 
 EXITS = {EXIT_OK: "stopped cleanly (or --check / --replay succeeded)",
          EXIT_INTERNAL: "unexpected internal error",
-         EXIT_CONFIG: "usage or configuration error (flags, config file, policy set, token file "
-                      "others can read, a listen address that cannot be bound)",
+         EXIT_CONFIG: "usage or configuration error (flags, config file, policy set, token "
+                      "file, a listen address that cannot be bound)",
          EXIT_ENGINE: "the analytics engine is unreachable at start (or refused our definitions)",
          EXIT_CONTROLLER: "the controller component is unreachable at start (or refused our token)",
          EXIT_STATE: "the state file cannot be used (missing directory, damaged file)"}
@@ -84,6 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"controller component RPC address (default {DEFAULT_ADDRESS})")
     ap.add_argument("--token-file", default=DEFAULT_TOKEN_FILE, metavar="FILE",
                     help=f"shared RPC token (default {DEFAULT_TOKEN_FILE})")
+    ap.add_argument("--notify-command", action="append", default=[], metavar="CMD",
+                    help="run CMD KIND TAP_ID on every tap transition, its JSON on standard "
+                         "input (repeatable)")
+    ap.add_argument("--notify-webhook", action="append", default=[], metavar="URL",
+                    help="POST every tap transition's JSON to URL (repeatable)")
+    ap.add_argument("--notify-timeout", type=float, default=5.0, metavar="S",
+                    help="seconds a notification may take (default 5)")
+    ap.add_argument("--notify-retries", type=int, default=3, metavar="N",
+                    help="retries of a failed notification before it is recorded as failed "
+                         "(default 3)")
     ap.add_argument("--rpc-timeout", type=float, default=5.0, metavar="S",
                     help="seconds to wait for each controller call (default 5)")
     ap.add_argument("--state", metavar="FILE", default=None,
@@ -289,9 +299,19 @@ def _watch(args: argparse.Namespace, err: IO[str]) -> int:
         return _fail(err, f"--listen {format_listen(*api_addr)} is reachable from other "
                           "hosts: give --api-token-file (every request there needs a token)",
                      EXIT_CONFIG)
+    from demon.notify import SinkConfig
+
+    sinks = [SinkConfig(kind, target, args.notify_timeout, args.notify_retries)
+             for kind, targets in (("command", args.notify_command),
+                                   ("webhook", args.notify_webhook)) for target in targets]
+    for sink in sinks:
+        try:
+            sink.check()
+        except ValueError as exc:
+            return _fail(err, str(exc), EXIT_CONFIG)
     state_path = ":memory:" if args.dry_run else (args.state or default_state_path())
     try:
-        store = Store(state_path)
+        store = Store(state_path, check=True)
     except StoreError as exc:
         return _fail(err, str(exc), EXIT_STATE)
     engine: Any = None
@@ -312,9 +332,14 @@ def _watch(args: argparse.Namespace, err: IO[str]) -> int:
         controller = RpcClient(args.controller, token=token, timeout=args.rpc_timeout)
         runtime = Runtime(args.policies, engine_url, controller, store,
                           RuntimeOptions(on_exit=args.on_exit, dry_run=args.dry_run),
-                          embedded_engine=engine is not None,
+                          embedded_engine=engine is not None, notify=sinks,
                           sflow_listen=None if engine is None else format_listen(
                               *engine.sflow_address))
+        registry = None if engine is None else (getattr(engine, "metrics_registry", None)
+                                                or getattr(engine.engine, "metrics_registry",
+                                                           None))
+        if registry is not None:  # the embedded engine's metrics on the same page
+            runtime.metrics.extra.append(registry)
         if api_addr is not None:
             try:
                 api = ApiServer(runtime, *api_addr, tokens=api_tokens).start()

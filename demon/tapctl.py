@@ -53,8 +53,8 @@ class Failure(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="demon-tap", description="Inspect and steer demon-watch's taps.")
+    ap = argparse.ArgumentParser(prog="demon-tap",
+                                 description="Inspect and steer demon-watch's taps.")
     where = ap.add_mutually_exclusive_group()
     where.add_argument("--url", metavar="URL", default=os.environ.get("DEMON_URL") or None,
                        help="the daemon's API, e.g. http://127.0.0.1:8734 ($DEMON_URL)")
@@ -96,10 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "daemon and not answered yet")
     requests_cmd.add_argument("--cancel", type=int, metavar="ID", help="withdraw this request")
     return cliopts.add_common(ap, exits={
-        EXIT_OK: "done", EXIT_REFUSED: "the daemon refused (no such tap or policy)",
-        EXIT_USAGE: "usage error", EXIT_NO_ANSWER: "not answered within --wait (is demon-watch running?)",
-        EXIT_AUTH: "not allowed (no token, a wrong one, or a read-only one)",
-        EXIT_STATE: "the state file cannot be used"}, log_level="warning")
+        EXIT_OK: "done", EXIT_REFUSED: "the daemon refused (no such tap or policy, no room)",
+        EXIT_USAGE: "usage error",
+        EXIT_NO_ANSWER: "no answer (the daemon is unreachable, or did not answer within --wait)",
+        EXIT_AUTH: "not allowed (no token, a wrong or read-only token)",
+        EXIT_STATE: "the state file cannot be used (missing, damaged)"}, log_level="warning")
 
 
 def parse_since(text: str, now: float) -> float:

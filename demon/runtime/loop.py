@@ -31,7 +31,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -116,7 +116,7 @@ class Runtime:
                  store: Store, options: RuntimeOptions = RuntimeOptions(), *,
                  clock: Callable[[], float] = time.time, engine_timeout: float = 5.0,
                  engine_retries: int = 2, embedded_engine: bool = False,
-                 sflow_listen: str | None = None) -> None:
+                 sflow_listen: str | None = None, notify: Sequence[Any] = ()) -> None:
         self.policies_dir = Path(policies_dir)
         self.engine_url = engine_url
         self.controller = controller
@@ -156,10 +156,14 @@ class Runtime:
         #: Other threads' progress the state file keeps (e.g. notification cursors).
         self.meta_out: dict[str, str] = {}
         self.notifier: Any = None
+        self._notify_configs = list(notify)
         self.counters: dict[str, int] = {"events": 0, "core_errors": 0, "store_errors": 0,
                                          "reloads_ok": 0, "reloads_rejected": 0,
                                          "operator_requests": 0}
         self.transition_counts: dict[tuple[str, str], int] = {}
+        from demon.runtime.metrics import DaemonMetrics
+
+        self.metrics = DaemonMetrics(self)
 
     # -- public, thread-safe ---------------------------------------------------------
 
@@ -172,6 +176,10 @@ class Runtime:
 
     def request_stop(self, why: str = "stop requested") -> None:
         self.inputs.put(_Stop(why))
+
+    def render_metrics(self) -> tuple[bytes, str]:
+        """The Prometheus exposition (``GET /metrics``)."""
+        return self.metrics.render()
 
     def ask(self, ask: Ask) -> "Future[Answer]":
         """An operator's request (the API): the future gets the core's ``Answer``
@@ -228,6 +236,29 @@ class Runtime:
         self.inputs.put(Reconcile(mirrors=list(mirrors)))
         self.inputs.put(ControllerStatus(up=True))
         self._start_threads()
+        if self._notify_configs:
+            self._start_notifier()
+
+    def _start_notifier(self) -> None:
+        from demon.notify import Notifier
+
+        cursors: dict[str, int] = {}
+        for config in self._notify_configs:
+            try:
+                value = self.store.meta(f"notify:{config.name}")
+                if value is not None:
+                    cursors[config.name] = int(value)
+            except (StoreError, ValueError) as exc:
+                log.warning("notification cursor of %s unreadable (%s): starting from now",
+                            config.target, exc)
+        self.notifier = Notifier(self.view, self._notify_configs, cursors, self._keep_cursor)
+        for sink in self.notifier.sinks:  # every key now: later writes only change values
+            self.meta_out[f"notify:{sink.config.name}"] = str(sink.cursor)
+        self.notifier.start()
+
+    def _keep_cursor(self, name: str, transition_id: int) -> None:
+        """A sink handled ``transition_id`` (its thread): saved with the next batch."""
+        self.meta_out[f"notify:{name}"] = str(transition_id)
 
     def _load_view(self) -> None:
         """The read model from the state file: every tap and transition it holds."""
@@ -621,6 +652,8 @@ class Runtime:
         self.engine.stop()
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.shutdown(wait=False)
+        if self.notifier is not None:
+            self.notifier.stop()
         self.controller_side.stop()
         if self.options.on_exit == "remove" and self.ctx is not None:
             self._remove_all()
@@ -630,6 +663,11 @@ class Runtime:
                     self.engine.undefine(pol)
                 except SFlowRTError as exc:
                     log.warning("could not delete %s from the engine: %s", pol.flow_name, exc)
+        if self.notifier is not None and self.options.on_exit != "remove":
+            try:  # the sinks' last positions
+                self.store.save(self.state, meta=self.meta_out, now=self.clock())
+            except StoreError as exc:
+                log.error("could not save the final state: %s", exc)
         for future in self._calls.values():
             if not future.done():
                 future.set_result(Answer("", "refused", "stopping", "the daemon is stopping"))

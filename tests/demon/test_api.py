@@ -324,7 +324,8 @@ def test_exposed_beyond_loopback_reads_need_a_token(make: Callable[..., Harness]
     server = serve(h, Auth([ALICE, VIEWER], reads_need_token=True))
     try:
         for path in ("/api/v1/status", "/api/v1/taps", "/api/v1/transitions",
-                     "/api/v1/transitions/stream", "/api/v1/policies", "/api/v1/taps/x.1"):
+                     "/api/v1/transitions/stream", "/api/v1/policies", "/api/v1/taps/x.1",
+                     "/metrics"):
             resp = httpx.get(f"{server.url}{path}")
             assert resp.status_code == 401 and resp.headers["www-authenticate"] == "Bearer", path
             assert "reads need a token" in resp.json()["error"]
@@ -414,3 +415,63 @@ def test_demon_tap_says_when_the_daemon_is_unreachable(tmp_path: Any) -> None:
                          stderr=err)
     assert status == 3 and "cannot reach the daemon" in err.getvalue()
     assert len(err.getvalue().strip().splitlines()) == 1
+
+
+# -- metrics ------------------------------------------------------------------------------
+
+
+def scrape(api: Api) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    resp = api.get("/metrics")
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
+    out = {}
+    for family in text_string_to_metric_families(resp.text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def test_metrics_follow_what_the_daemon_does(api: Api) -> None:
+    before = scrape(api)
+    assert before[("pytapdemon_daemon_engine_up", ())] == 1
+    assert before[("pytapdemon_daemon_controller_up", ())] == 1
+    assert before[("pytapdemon_daemon_taps", (("policy", "elephant"), ("state", "active")))] == 0
+    tap_id = api.tapped()
+    api.post(f"/api/v1/taps/{tap_id}/release")
+    wait_for(lambda: not api.h.controller.mirrors, what="release")
+    api.post("/api/v1/policies/top/pause")
+    wait_for(lambda: scrape(api)[("pytapdemon_daemon_taps", (("policy", "elephant"),
+                                                             ("state", "removed")))] == 1,
+             what="removed tap counted")
+    after = scrape(api)
+    assert after[("pytapdemon_daemon_transitions_total", (("cause", "event"),
+                                                          ("kind", "created")))] == 1
+    assert after[("pytapdemon_daemon_transitions_total", (("cause", "operator"),
+                                                          ("kind", "expiring")))] == 1
+    assert after[("pytapdemon_daemon_events_received_total", ())] >= 1
+    assert after[("pytapdemon_daemon_decisions_total", ())] > before[
+        ("pytapdemon_daemon_decisions_total", ())]
+    assert after[("pytapdemon_daemon_rpc_calls_total", (("method", "install_mirror"),
+                                                        ("outcome", "ok")))] == 1
+    assert after[("pytapdemon_daemon_rpc_duration_seconds_count",
+                  (("method", "remove_mirror"),))] == 1
+    assert after[("pytapdemon_daemon_operator_requests_total", ())] == 2
+    assert after[("pytapdemon_daemon_policy_reloads_total", (("outcome", "ok"),))] == 0
+    assert after[("pytapdemon_daemon_errors_total", (("kind", "core"),))] == 0
+    assert after[("pytapdemon_daemon_capture_budget_used_bits_per_second", ())] == 0
+    assert ("pytapdemon_daemon_build_info", (("version", api.get("/api/v1/status")
+                                              .json()["version"]),)) in after
+    assert not any("10.0.0" in str(labels) for _, labels in after)  # never a flow key
+
+
+def test_reloads_are_counted_ok_or_rejected(api: Api) -> None:
+    api.h.runtime.request_reload()
+    wait_for(lambda: scrape(api)[("pytapdemon_daemon_policy_reloads_total",
+                                  (("outcome", "ok"),))] == 1, what="reload ok")
+    (api.h.policies_dir / "bad.yaml").write_text("name: bad\nkind: nope\n")
+    api.h.runtime.request_reload()
+    wait_for(lambda: scrape(api)[("pytapdemon_daemon_policy_reloads_total",
+                                  (("outcome", "rejected"),))] == 1, what="reload rejected")
+    status = api.get("/api/v1/status").json()["policies"]["last_reload"]
+    assert status["ok"] is False and "bad.yaml" in status["error"]
