@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         EXIT_USAGE: "usage error",
         EXIT_NO_ANSWER: "no answer (the daemon is unreachable, or did not answer within --wait)",
         EXIT_AUTH: "not allowed (no token, a wrong or read-only token)",
-        EXIT_STATE: "the state file cannot be used (missing, damaged)"})
+        EXIT_STATE: "the state file cannot be used (missing, damaged)"}, log_level="warning")
 
 
 def parse_since(text: str, now: float) -> float:
