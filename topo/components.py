@@ -116,9 +116,12 @@ def start_controller(settings: ControllerSettings, log: Path, timeout: float = 3
                 "--token-file", str(settings.token_file), "--fabric", str(settings.fabric_file)]
         env = None
     elif settings.kind == "pox":
-        pox_home = os.environ.get("POX_HOME")
+        from demon.controller.poxhome import pox_home as find_pox
+
+        pox_home = find_pox()  # $POX_HOME, else the copy scripts/setup unpacked beside the venv
         if not pox_home or not (Path(pox_home) / "pox.py").exists():
-            raise ComponentError("--controller pox: set POX_HOME to a POX checkout (never pip install pox)")
+            raise ComponentError("--controller pox: no POX checkout (run scripts/setup or set POX_HOME; "
+                                 "never pip install pox)")
         if not (REPO / "demon" / "controller" / "pox_tap.py").exists():
             raise ComponentError("--controller pox: demon/controller/pox_tap.py is not in this checkout yet")
         argv = [PY, str(Path(pox_home) / "pox.py"), "openflow.of_01", "--address=127.0.0.1",

@@ -2,7 +2,7 @@
 """``demon-lab``: the whole loop on one machine, in one command.
 
 Starts Open vSwitch if needed, the controller component (os-ken; ``--controller
-pox`` with ``POX_HOME``), the seed network, the capture agent on h11,
+pox``, from the POX checkout), the seed network, the capture agent on h11,
 ``demon-watch`` with its embedded sFlow engine, and sFlow on every bridge; runs
 a traffic scenario (default: one TCP elephant h1->h2 among mice on both filter
 switches), prints progress as it goes, and ends with the timeline of each tap
@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "traffic; ends with a timeline.")
     p.add_argument("--out", type=Path, default=Path("lab-out"), help="output directory (default ./lab-out)")
     p.add_argument("--controller", choices=("os-ken", "pox"), default="os-ken",
-                   help="controller component (pox needs POX_HOME)")
+                   help="controller component (pox: the checkout scripts/setup unpacks, or POX_HOME)")
     p.add_argument("--policies", type=Path, default=LAB_POLICIES,
                    help="policy directory (default policies/lab: policies/ with second-scale timers)")
     p.add_argument("--sflow-rt", metavar="URL", help="use a real sFlow-RT (its collector must be on this host)")
@@ -184,8 +184,10 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     if os.geteuid() != 0:
         print("demon-lab: needs root (Open vSwitch and Mininet)", file=sys.stderr)
         return 2
-    if args.controller == "pox" and not os.environ.get("POX_HOME"):
-        print("demon-lab: --controller pox: set POX_HOME to a POX checkout", file=sys.stderr)
+    from demon.controller.poxhome import pox_home
+
+    if args.controller == "pox" and pox_home() is None:
+        print("demon-lab: --controller pox: no POX checkout (run scripts/setup or set POX_HOME)", file=sys.stderr)
         return 2
     if not args.policies.is_dir():
         print(f"demon-lab: --policies {args.policies}: not a directory", file=sys.stderr)

@@ -4,7 +4,6 @@ clean teardown both at the end and when interrupted."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from demon.controller.poxhome import pox_home
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -68,7 +69,7 @@ def test_demon_lab_tears_down_when_interrupted(tmp_path: Path) -> None:
 
 
 @pytest.mark.pox
-@pytest.mark.skipif(not os.environ.get("POX_HOME"), reason="POX_HOME not set (POX is a git checkout)")
+@pytest.mark.skipif(pox_home() is None, reason="no POX checkout (run scripts/setup or set POX_HOME)")
 def test_demon_lab_with_the_pox_component(tmp_path: Path) -> None:
     out = tmp_path / "lab"
     proc = subprocess.run([sys.executable, "-m", "topo.lab", "--controller", "pox", "--out", str(out),
