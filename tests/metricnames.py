@@ -15,9 +15,10 @@ GRAFANA = REPO / "contrib" / "grafana" / "pytapdemon.json"
 NAME = re.compile(r"\bpytapdemon_[a-z0-9_]+\b")
 BY = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
 LEGEND = re.compile(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}")
-SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
-            "summary": ("_sum", "_count", "_created"), "info": ("_info",), "gaugehistogram": (
-                "_bucket", "_gsum", "_gcount"), "stateset": ("",), "gauge": ("",), "unknown": ("",)}
+# The series a family of each type always has (``_created`` only when its samples show it).
+SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "summary": ("_sum", "_count"),
+            "info": ("_info",), "gaugehistogram": ("_bucket", "_gsum", "_gcount"), "stateset": ("",),
+            "gauge": ("",), "unknown": ("",)}
 
 
 def exported(text: str) -> dict[str, set[str]]:
