@@ -245,7 +245,9 @@ function onTransition(t) {
   state.lastId = t.id;
   state.transitions.push(t);
   if (state.transitions.length > KEEP_TRANSITIONS) state.transitions.splice(0, state.transitions.length - KEEP_TRANSITIONS);
-  $("timeline").prepend(transitionItem(t));
+  const item = transitionItem(t);
+  item.dataset.shownAt = String(Date.now());  // when the stream's record reached the page
+  $("timeline").prepend(item);
   const list = $("timeline");
   while (list.children.length > KEEP_TRANSITIONS) list.lastChild.remove();
   if (t.tap) {
