@@ -334,6 +334,7 @@ def keep_artefact(path: Path) -> None:
 def test_the_page_shows_the_lab_elephant_and_a_release_clicked_there_ends_the_mirror(
         session: LabSession, browser: Browser) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
 
     first = api(session, "/api/v1/status")["last_transition_id"]
     browser.open(f"{session.api_url}/")
@@ -342,6 +343,7 @@ def test_the_page_shows_the_lab_elephant_and_a_release_clicked_there_ends_the_mi
                  what="the transition stream")
     fabric = browser.js("return [...document.querySelectorAll('#fabric g.switch')].map(g => g.dataset.role)")
     assert sorted(fabric) == ["aggregation", "filter", "filter"]
+    Select(browser.driver.find_element(By.ID, "window")).select_by_value("60")  # the last minute
 
     flow = TcpFlow(session, 3, 4, 41202, 5602, nbytes=200_000_000)  # ~8 s at 200 Mbit/s
     assert session.wait(lambda s: bool(taps_of(s, flow.key)), 15), "no tap"
@@ -359,7 +361,7 @@ def test_the_page_shows_the_lab_elephant_and_a_release_clicked_there_ends_the_mi
     assert (mirror["tapId"], mirror["dpid"], mirror["inPort"], mirror["copyPort"]) == (tap_id, "1", "3",
                                                                                       str(copy_port))
     # The chart: the elephant above the threshold line (SVG y grows downwards), drawn as tapped.
-    chart = browser.wait(lambda: (g := page_chart(browser, flow.key)) and len(g["ys"]) >= 3
+    chart = browser.wait(lambda: (g := page_chart(browser, flow.key)) and len(g["ys"]) >= 4
                          and g["last_y"] < g["threshold_y"] and g, timeout=8, what="the elephant above the line")
     assert chart["threshold_bps"] == THRESHOLD_BPS and chart["tapped"]
     assert len(switch_entries(session, "s1", 41202)) == 1  # the mirror is in the switch

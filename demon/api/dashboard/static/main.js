@@ -359,7 +359,7 @@ function refreshSoon() {
   if (soon) return;
   soon = setTimeout(async () => {
     soon = null;
-    await Promise.all([refreshTaps(), refreshFabric(), refreshStatus()]);
+    await Promise.all([refreshTaps(), refreshFabric(), refreshStatus(), refreshPolicies()]);
   }, 150);
 }
 
