@@ -228,7 +228,7 @@ def create_app(daemon: Daemon, auth: Auth, *, api_info: Mapping[str, Any] | None
             "GET /api/v1/transitions/stream", "POST /api/v1/taps",
             "POST /api/v1/taps/{id}/release", "POST /api/v1/policies/{name}/pause",
             "POST /api/v1/policies/{name}/resume", "GET /metrics",
-            "GET /api/v1/fabric", "GET /api/v1/policies/{name}/flows", "GET / (dashboard)"]}
+            "GET /api/v1/fabric", "GET /api/v1/policies/{name}/flows", "GET / (dashboard)"]})
 
     @app.get("/api/v1/status")
     def status(_: Identity = Depends(reader)) -> FastJSON:
