@@ -76,14 +76,16 @@ import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Mapping
 
+from demon import budget
 from demon.flowmatch import FlowMatchError, flow_key_to_match
-from demon.model import (BASE_OF_PRIORITY, Candidate, Command, ControllerStatus, FlowSighting,
-                         HistoryEntry, Input, InstallMirror, InstallResult, MirrorRemoved,
-                         OperatorRelease, OperatorTap, PausePolicy, Reconcile, Record,
-                         RemoveMirror, RemoveResult, ResumePolicy, State, Tap, ThresholdEvent,
-                         Tick, TopFlows)
+from demon.model import (BASE_OF_PRIORITY, Answer, Candidate, Command, ControllerStatus,
+                         FlowSighting, HistoryEntry, Input, InstallMirror, InstallResult,
+                         MirrorCounters, MirrorRemoved, OperatorRelease, OperatorTap, PausePolicy,
+                         Reconcile, Record, RemoveMirror, RemoveResult, ResumePolicy, State, Tap,
+                         ThresholdEvent, Tick, TopFlows)
 from demon.tapindex import TapIndex, mirror_signature
 from demon.topology import Location
+from demon.schedule import format_window
 from demon.units import format_rate
 
 if TYPE_CHECKING:
@@ -91,6 +93,7 @@ if TYPE_CHECKING:
     from demon.topology import Topology
 
 DEFAULT_IDLE_TIMEOUT = 30
+OFP_MAX_TIMEOUT = 65535
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,10 @@ class _Work:
         self.paused: set[str] = set(state.paused)
         self.controller_up = state.controller_up
         self.next_seq = state.next_seq
+        self.observed = state.observed
         self.commands: list[Command] = []
+        # Why the last admission attempt did not tap (code, reason), for operator answers.
+        self.refusal: tuple[str, str] | None = None
         cached = state.index
         if cached is not None and cached[0] is state.taps and cached[1] is state.watch:
             self.idx = cached[2].clone()
@@ -137,7 +143,7 @@ class _Work:
     def freeze(self) -> State:
         return State(taps=self.taps, holddown=self.holddown, paused=frozenset(self.paused),
                      controller_up=self.controller_up, watch=self.watch, next_seq=self.next_seq,
-                     index=(self.taps, self.watch, self.idx))
+                     observed=self.observed, index=(self.taps, self.watch, self.idx))
 
     def _own(self, name: str) -> dict:
         if name not in self._owned:
@@ -194,6 +200,11 @@ class _Work:
         self.record(tap.tap_id, kind, cause, policy=tap.policy, flow_key=tap.flow_key,
                     state=tap.state, **detail)
 
+    def answer(self, ref: str | None, code: str, outcome: str, message: str,
+               tap_id: str | None = None) -> None:
+        if ref is not None:
+            self.commands.append(Answer(ref, code, outcome, message, tap_id))
+
     def policy(self, name: str) -> "Policy | None":
         return self.ctx.policies.get(name)
 
@@ -208,7 +219,10 @@ class _Work:
 def _install(w: _Work, tap: Tap) -> None:
     policy = w.policy(tap.policy)
     idle = int(policy.idle_timeout) if policy else DEFAULT_IDLE_TIMEOUT
-    hard = max(1, math.ceil(tap.expires_at - w.now + w.ctx.limits.hard_timeout_grace))
+    # 16 bits on the switch: the loader keeps policies within it; an operator's long
+    # hold is cut there by the switch (a recorded "switch removed the mirror").
+    hard = min(OFP_MAX_TIMEOUT,
+               max(1, math.ceil(tap.expires_at - w.now + w.ctx.limits.hard_timeout_grace)))
     tap = w.put(tap, inflight="install", sent=True)
     w.commands.append(InstallMirror(tap=tap, idle_timeout=idle, hard_timeout=hard,
                                     of_priority=BASE_OF_PRIORITY + tap.priority))
@@ -222,14 +236,18 @@ def _remove(w: _Work, tap: Tap) -> None:
 def _end(w: _Work, tap: Tap, state: str, kind: str, cause: str, **detail: Any) -> Tap:
     tap = w.put(tap, state=state, inflight=None, ended_at=w.now,
                 reason=tap.reason if state == "removed" and tap.reason else cause)
+    detail.setdefault("limit", tap.limit or None)
     w.record_tap(tap, kind, cause, **detail)
     return tap
 
 
 def _release(w: _Work, tap: Tap, cause: str, **detail: Any) -> None:
-    """Start removing a pending/active tap; hold the flow down."""
+    """Start removing a pending/active tap; hold the flow down. ``detail["limit"]``
+    names the limit that ended it, if one did (kept on the tap as ``limit``)."""
     policy = w.policy(tap.policy)
     w.hold(tap.policy, tap.flow_key, policy.holddown if policy else 0.0)
+    if detail.get("limit"):
+        tap = w.put(tap, limit=detail["limit"])
     if tap.state == "pending" and not tap.sent and tap.inflight is None:
         _end(w, w.put(tap, reason=cause), "removed", "removed",
              f"{cause} (never installed)", **detail)
@@ -290,6 +308,7 @@ def awaiting_placement(state: State) -> bool:
 
 
 def _wait(w: _Work, cand: Candidate, reason: str) -> None:
+    w.refusal = ("refused", reason)
     if cand.waiting != reason:
         w.record(None, "waiting", reason, policy=cand.policy, flow_key=cand.flow_key,
                  event_id=cand.event_id, trigger=cand.trigger)
@@ -297,14 +316,17 @@ def _wait(w: _Work, cand: Candidate, reason: str) -> None:
 
 
 def _refuse(w: _Work, policy: "Policy", cand: Candidate, reason: str) -> None:
+    w.refusal = ("refused", reason)
     w.drop_cand((cand.policy, cand.flow_key))
     w.hold(cand.policy, cand.flow_key, policy.holddown)
     w.record(None, "refused", reason, policy=cand.policy, flow_key=cand.flow_key,
              event_id=cand.event_id, trigger=cand.trigger)
 
 
-def _fail_unplaced(w: _Work, policy: "Policy", cand: Candidate, reason: str) -> None:
+def _fail_unplaced(w: _Work, policy: "Policy", cand: Candidate, reason: str,
+                   code: str = "refused") -> None:
     """A tap that cannot even be placed: recorded as a failed tap with the reason."""
+    w.refusal = (code, reason)
     w.drop_cand((cand.policy, cand.flow_key))
     tap = _new_tap(w, policy, cand, dpid=0, in_port=0, copy_port=0, match={})
     w.hold(policy.name, cand.flow_key, w.ctx.limits.failure_holddown)
@@ -313,25 +335,29 @@ def _fail_unplaced(w: _Work, policy: "Policy", cand: Candidate, reason: str) -> 
 
 
 def _new_tap(w: _Work, policy: "Policy", cand: Candidate, *, dpid: int, in_port: int,
-             copy_port: int, match: dict[str, Any]) -> Tap:
+             copy_port: int, match: dict[str, Any], until: float | None = None) -> Tap:
     tap_id = f"{policy.name}.{w.next_seq}"
     w.next_seq += 1
+    expires = w.now + policy.max_duration
     tap = Tap(tap_id=tap_id, policy=policy.name, flow_key=cand.flow_key, match=match, dpid=dpid,
               in_port=in_port, copy_port=copy_port, vlan_tag=policy.vlan_tag,
               bidirectional=policy.bidirectional, state="pending", rate_bps=cand.rate_bps,
               priority=policy.priority, created_at=w.now, updated_at=w.now,
-              expires_at=w.now + policy.max_duration, last_trigger_at=w.now,
-              trigger=cand.trigger, agent=cand.agent, data_source=cand.data_source)
+              expires_at=min(expires, until) if until is not None else expires,
+              last_trigger_at=w.now, trigger=cand.trigger, agent=cand.agent,
+              data_source=cand.data_source, max_packets=policy.max_packets,
+              max_bytes=policy.max_bytes)
     w.set_tap(tap)
     return tap
 
 
 def _try_admit(w: _Work, policy: "Policy", cand: Candidate, *, at: Location | None = None,
-               hold: float = 0.0) -> bool:
+               hold: float = 0.0, until: float | None = None) -> bool:
     """Turn the candidate into a pending tap if every rule allows it now.
 
-    ``at``: the ingress an operator named (instead of locating the sighting);
-    ``hold``: an operator's minimum lifetime for the tap.
+    ``at``: the ingress an operator or a schedule named (instead of locating the
+    sighting; port 0: every port of that switch); ``hold``: an operator's minimum
+    lifetime for the tap; ``until``: a schedule's window end, when it is released.
     """
     if cand.last_seen < cand.first_seen + policy.sustain_s:
         return False  # not yet seen at the end of its sustain window
@@ -348,7 +374,7 @@ def _try_admit(w: _Work, policy: "Policy", cand: Candidate, *, at: Location | No
         _fail_unplaced(w, policy, cand, f"unknown location: {where} is not in the port map "
                        f"(waited {waited:.3g}s)")
         return False
-    problem = topo.ingress_problem(loc)
+    problem = topo.ingress_problem(loc) if loc.in_port else topo.filter_switch_problem(loc.dpid)
     if problem and loc.dpid not in topo.switches and not w.controller_up:
         _wait(w, cand, f"switch dpid {loc.dpid} not known yet (controller down)")
         return False
@@ -356,12 +382,12 @@ def _try_admit(w: _Work, policy: "Policy", cand: Candidate, *, at: Location | No
         _fail_unplaced(w, policy, cand, f"cannot place the tap: {problem}")
         return False
     try:
-        match = flow_key_to_match(cand.flow_key, policy.keys, policy.fs,
+        match = flow_key_to_match(cand.flow_key, policy.match_keys, policy.fs,
                                   resolve_ifindex=lambda i: topo.port_of(cand.agent, i))
     except FlowMatchError as exc:
-        _fail_unplaced(w, policy, cand, f"cannot build the match: {exc}")
+        _fail_unplaced(w, policy, cand, f"cannot build the match: {exc}", code="invalid")
         return False
-    if not policy.bidirectional:
+    if policy.pins_in_port and loc.in_port:
         match.setdefault("in_port", loc.in_port)
     other_id = w.idx.by_mirror.get(mirror_signature(loc.dpid, match))
     if other_id is not None:
@@ -384,8 +410,11 @@ def _try_admit(w: _Work, policy: "Policy", cand: Candidate, *, at: Location | No
                                  f"capacity {format_rate(cap)}")
         return False
     reason, idx = "", w.idx
+    limit = getattr(policy, "new_taps_limit", None)
     if idx.per_policy.get(policy.name, 0) >= policy.max_taps:
         reason = f"policy cap reached ({policy.max_taps} taps)"
+    elif limit and idx.created_since(policy.name, w.now - limit[1]) >= limit[0]:
+        reason = f"rate limit: {limit[0]} new taps per {limit[1]:g}s reached"
     elif idx.live >= limits.max_taps:
         reason = f"global cap reached ({limits.max_taps} taps)"
     elif cap is not None and idx.used_bps + cand.rate_bps > cap:
@@ -405,7 +434,9 @@ def _try_admit(w: _Work, policy: "Policy", cand: Candidate, *, at: Location | No
         return False
     w.drop_cand((cand.policy, cand.flow_key))
     tap = _new_tap(w, policy, cand, dpid=loc.dpid, in_port=loc.in_port, copy_port=copy_port,
-                   match=match)
+                   match=match, until=until)
+    if until is not None:  # this window is served: no second tap in it, whatever ends this one
+        w.hold(policy.name, cand.flow_key, until - w.now)
     if hold > 0:
         tap = w.put(tap, hold_until=w.now + hold,
                     expires_at=max(tap.expires_at, w.now + hold))
@@ -431,6 +462,8 @@ def _admit_waiting(w: _Work) -> None:
                 w.record(None, "dropped", f"not seen for {policy.stale_after:g}s while waiting "
                          f"({cand.waiting})", policy=cand.policy, flow_key=cand.flow_key)
             continue
+        if getattr(policy, "window_at", None) is not None:
+            continue  # a schedule's flow: offered again by _schedule on every tick
         order.append((policy, cand))
     order.sort(key=lambda pc: (-pc[0].priority, -pc[1].rate_bps, pc[1].first_seen))
     for policy, cand in order:
@@ -450,10 +483,10 @@ def _offer_room(w: _Work) -> None:
 
 def _on_event(w: _Work, ev: ThresholdEvent) -> None:
     policy = w.policy(ev.policy)
-    if policy is None or policy.kind != "elephant":
+    if policy is None or policy.threshold_spec() is None:
         return
-    trigger = (f"event {ev.event_id}: {ev.threshold_id} {format_rate(policy.to_bps(ev.value))} > "
-               f"{format_rate(policy.to_bps(ev.threshold))} at {ev.agent}/{ev.data_source}")
+    trigger = policy.event_trigger(ev.event_id, ev.value, ev.threshold,
+                                   f"{ev.agent}/{ev.data_source}")
     _sighting(w, policy, FlowSighting(ev.flow_key, ev.value, ev.agent, str(ev.data_source)),
               trigger, ev.event_id)
 
@@ -469,18 +502,14 @@ def _as_sighting(row: Any) -> FlowSighting:
 
 
 def _on_top(w: _Work, top: TopFlows) -> None:
+    """A poll of the policy's ``/activeflows``: the kind says which rows are
+    sightings (``Policy.sightings``: top N, above a threshold, a fan-in's sums…)."""
     policy = w.policy(top.policy)
     if policy is None:
         return
-    rows = sorted((_as_sighting(row) for row in top.flows), key=lambda r: -r.value)
-    rows = [r for r in rows if r.value > policy.min_value][:policy.max_flows]
-    for rank, row in enumerate(rows, 1):
-        if policy.kind == "top_talkers":
-            trigger = (f"top {rank} of {policy.flow_name}: {format_rate(policy.to_bps(row.value))}"
-                       f" at {row.agent}/{row.data_source}")
-        else:
-            trigger = (f"{policy.flow_name} {format_rate(policy.to_bps(row.value))} above the "
-                       f"threshold in activeflows at {row.agent}/{row.data_source}")
+    if w.observed is not None and top.complete:
+        w.observed = {**w.observed, policy.name: w.now}
+    for row, trigger in policy.sightings([_as_sighting(row) for row in top.flows]):
         _sighting(w, policy, row, trigger)
 
 
@@ -495,11 +524,17 @@ def _sweep(w: _Work) -> None:
             if policy is None:
                 _release(w, tap, f"policy {tap.policy} removed from the configuration")
             elif w.now >= tap.expires_at:
-                _release(w, tap, "operator's hold over" if tap.hold_until >= tap.expires_at
-                         else f"max duration reached ({policy.max_duration:g}s)")
-            elif w.now >= max(tap.last_trigger_at + policy.duration, tap.hold_until):
+                if tap.hold_until >= tap.expires_at:
+                    _release(w, tap, "operator's hold over", limit="hold")
+                elif not policy.condition_driven:
+                    _release(w, tap, f"schedule window over ({tap.trigger})", limit="window")
+                else:
+                    _release(w, tap, f"max duration reached ({policy.max_duration:g}s)",
+                             limit="max_duration")
+            elif policy.condition_driven and _cleared(w, tap, policy):
                 _release(w, tap, f"condition cleared: no trigger for {policy.duration:g}s"
-                         + (" (operator's hold over)" if tap.hold_until else ""))
+                         + (" (operator's hold over)" if tap.hold_until else ""),
+                         limit="duration")
             elif (tap.state == "pending" and tap.inflight is None and w.controller_up
                   and tap.next_attempt_at <= w.now):
                 _install(w, tap)
@@ -513,6 +548,19 @@ def _sweep(w: _Work) -> None:
                 _remove(w, tap)
 
 
+def _cleared(w: _Work, tap: Tap, policy: "Policy") -> bool:
+    """The tap's trigger has not fired for ``duration`` (and the operator's hold is
+    over). With ``State.observed`` kept (the runtime), a polled policy must also
+    have been observed after that deadline: silence from an engine that is down,
+    paused or still re-learning its rates is not a cleared condition."""
+    deadline = max(tap.last_trigger_at + policy.duration, tap.hold_until)
+    if w.now < deadline:
+        return False
+    if w.observed is None or float(getattr(policy, "interval", 0) or 0) <= 0:
+        return True
+    return w.observed.get(policy.name, float("-inf")) >= deadline
+
+
 def _purge(w: _Work) -> None:
     for key, until in list(w.holddown.items()):
         if until <= w.now:
@@ -520,13 +568,47 @@ def _purge(w: _Work) -> None:
     retain = w.ctx.limits.retain
     for tap_id, tap in list(w.taps.items()):
         if not tap.live and tap.ended_at is not None and w.now - tap.ended_at >= retain:
+            # a rate-limited policy counts its taps of the last window: keep them that long
+            limit = getattr(w.policy(tap.policy), "new_taps_limit", None)
+            if limit and w.now - tap.created_at < limit[1]:
+                continue
             w.del_tap(tap_id)
 
 
 def _on_tick(w: _Work, _tick: Tick) -> None:
     _sweep(w)
+    _schedule(w)
     _admit_waiting(w)
     _purge(w)
+
+
+def _schedule(w: _Work) -> None:
+    """Scheduled policies: tap their flow when a window opens (or is open: a daemon
+    started late serves the rest of it), once per window."""
+    for policy in w.ctx.policies.values():
+        window_at = getattr(policy, "window_at", None)
+        if window_at is None or not policy.enabled or policy.name in w.paused:
+            continue
+        window = window_at(w.now)
+        if window is None:
+            continue
+        start, end = window
+        key = (policy.name, policy.flow)
+        if w.tap_of(*key) is not None or w.holddown.get(key, 0.0) > w.now:
+            continue
+        cand = w.watch.get(key)
+        if cand is None:
+            rate = getattr(policy, "rate", 0.0)
+            cand = Candidate(policy=policy.name, flow_key=policy.flow, first_seen=w.now,
+                             last_seen=w.now, value=policy.from_bps(rate), rate_bps=rate,
+                             agent="", data_source="",
+                             trigger=f"schedule {policy.schedule.describe()}: window "
+                                     f"{format_window(start, end, policy.timezone)}")
+        else:
+            cand = replace(cand, last_seen=w.now)
+        w.set_cand(cand)
+        dpid, port = policy.location
+        _try_admit(w, policy, cand, at=Location(dpid, port or 0), until=end)
 
 
 def _on_install(w: _Work, res: InstallResult) -> None:
@@ -545,6 +627,9 @@ def _on_install(w: _Work, res: InstallResult) -> None:
         return
     if res.ok:
         tap = w.put(tap, state="active", attempts=0, next_attempt_at=0.0, reason="")
+        if budget.has_budget(tap) and not tap.counters_at:
+            packet_rate, byte_rate = budget.initial_rates(tap)
+            tap = w.put(tap, counters_at=w.now, packet_rate=packet_rate, byte_rate=byte_rate)
         w.record_tap(tap, "active", "controller confirmed the install", cookie=res.cookie)
         return
     if res.unreachable:
@@ -609,6 +694,46 @@ def _on_mirror_removed(w: _Work, ev: MirrorRemoved) -> None:
     _offer_room(w)
 
 
+def _on_counters(w: _Work, read: MirrorCounters) -> None:
+    """The switches' counters: kept on the taps (never going back: a re-installed
+    entry starts from 0), and a tap whose budget they reach is released."""
+    at = w.now if read.read_at is None else read.read_at
+    seen = set()
+    for tap_id, packets, octets in read.counters:
+        tap = w.taps.get(tap_id)
+        if tap is None:
+            continue
+        seen.add(tap_id)
+        packets, octets = max(tap.packets, int(packets)), max(tap.bytes, int(octets))
+        if tap.state != "active" or not budget.has_budget(tap):
+            if (packets, octets) != (tap.packets, tap.bytes):
+                w.put(tap, packets=packets, bytes=octets)
+            continue
+        packet_rate, byte_rate = budget.measured(tap, packets, octets, at)
+        tap = w.put(tap, packets=packets, bytes=octets, counters_at=max(at, tap.counters_at),
+                    packet_rate=packet_rate, byte_rate=byte_rate)
+        _check_budget(w, tap)
+    for tap_id in list(w.idx.budgeted):
+        tap = w.taps[tap_id]
+        if tap_id not in seen and tap.state == "active" and at > tap.counters_at:
+            w.put(tap, counters_at=at)  # not on the switch (yet): read again in due course
+
+
+def _check_budget(w: _Work, tap: Tap) -> None:
+    hit = budget.reached(tap)
+    if hit is not None and tap.state in ("pending", "active"):
+        limit, cause = hit
+        _release(w, tap, cause, limit=limit, packets=tap.packets, bytes=tap.bytes)
+
+
+def counters_due(state: State) -> float | None:
+    """When the runtime must next read the mirrors' counters (``list_mirrors``) and
+    feed them as ``MirrorCounters`` (None: no active tap has a budget)."""
+    index = state.index[2] if state.index is not None and state.index[0] is state.taps \
+        else TapIndex.build(state.taps.values(), ())
+    return budget.reads_due(state.taps[tap_id] for tap_id in index.budgeted)
+
+
 def _on_controller(w: _Work, status: ControllerStatus) -> None:
     if status.up == w.controller_up:
         return
@@ -634,8 +759,15 @@ def _on_release(w: _Work, op: OperatorRelease) -> None:
         state = tap.state if tap else "unknown"
         w.record(op.tap_id, "release_ignored", f"operator {op.who} asked to release a tap that "
                  f"is {state}", operator=op.who)
+        if tap is None:
+            w.answer(op.ref, "unknown_tap", "unknown", f"no live tap {op.tap_id!r}")
+        else:  # asking twice is not an error: it is being (or has been) released
+            w.answer(op.ref, "ok", "already_released",
+                     f"tap {op.tap_id} is already {state}" + (f" ({tap.reason})" if tap.reason
+                                                              else ""), op.tap_id)
         return
     _release(w, tap, f"released by operator {op.who}", operator=op.who)
+    w.answer(op.ref, "ok", "releasing", "release requested", op.tap_id)
 
 
 def _on_operator_tap(w: _Work, op: OperatorTap) -> None:
@@ -646,6 +778,8 @@ def _on_operator_tap(w: _Work, op: OperatorTap) -> None:
     if policy is None:
         w.record(None, "operator_refused", f"{who}: no policy {op.policy!r}", policy=op.policy,
                  flow_key=op.flow_key, operator=op.who)
+        w.answer(op.ref, "unknown_policy", "not_tapped", f"not tapped: no policy named "
+                 f"{op.policy!r}")
         return
     tap = w.tap_of(policy.name, op.flow_key)
     if tap is not None and tap.state in ("pending", "active"):
@@ -654,6 +788,8 @@ def _on_operator_tap(w: _Work, op: OperatorTap) -> None:
         tap = w.put(tap, last_trigger_at=w.now, hold_until=until,
                     expires_at=max(tap.expires_at, until))
         w.record_tap(tap, "extended", f"{who}: held for {op.hold:g}s", operator=op.who)
+        w.answer(op.ref, "ok", "extended", f"extended {tap.tap_id}: {who}: held for "
+                 f"{op.hold:g}s", tap.tap_id)
         if longer and tap.state == "active" and tap.inflight is None:
             # The switch's hard timeout would cut the hold short: install again (same
             # tap id: the controller replaces the entry) with the later one.
@@ -662,9 +798,10 @@ def _on_operator_tap(w: _Work, op: OperatorTap) -> None:
                 _install(w, tap)
         return
     if tap is not None:
-        w.record(None, "operator_refused", f"{who}: tap {tap.tap_id} of this flow is being "
-                 f"removed; ask again once it is gone", policy=policy.name,
+        why = f"tap {tap.tap_id} of this flow is being removed; ask again once it is gone"
+        w.record(None, "operator_refused", f"{who}: {why}", policy=policy.name,
                  flow_key=op.flow_key, operator=op.who)
+        w.answer(op.ref, "conflict", "not_tapped", f"not tapped: {why}", tap.tap_id)
         return
     key = (policy.name, op.flow_key)
     if key in w.holddown:
@@ -675,17 +812,38 @@ def _on_operator_tap(w: _Work, op: OperatorTap) -> None:
                      value=policy.from_bps(op.rate_bps), rate_bps=op.rate_bps, agent=op.agent,
                      data_source=op.data_source, trigger=f"{who}: tap for {op.hold:g}s")
     at = Location(op.dpid, op.in_port) if op.dpid is not None and op.in_port is not None else None
+    if at is None and op.unlocated:
+        # Nobody knows where it enters: the operator hears why, nothing waits.
+        w.record(None, "operator_refused", f"{who}: not tapped: {op.unlocated}",
+                 policy=policy.name, flow_key=op.flow_key, operator=op.who)
+        w.answer(op.ref, "refused", "not_tapped", f"not tapped: {op.unlocated}")
+        return
+    w.refusal = None
     if _try_admit(w, policy, cand, at=at, hold=op.hold):
+        tap = w.tap_of(policy.name, op.flow_key)
+        assert tap is not None
+        w.answer(op.ref, "ok", "tapped", f"tapped {tap.tap_id} at dpid {tap.dpid} port "
+                 f"{tap.in_port}, copy up port {tap.copy_port}", tap.tap_id)
         return
     waiting = w.watch.get(key)
     if waiting is not None:  # no room now: the operator hears why, nothing waits
         w.drop_cand(key)
         w.record(None, "operator_refused", f"{who}: not tapped: {waiting.waiting}",
                  policy=policy.name, flow_key=op.flow_key, operator=op.who)
+    code, reason = w.refusal or ("refused", "the core took no decision")
+    w.answer(op.ref, code, "not_tapped", f"not tapped: {reason}")
 
 
 def _on_pause(w: _Work, op: PausePolicy) -> None:
     known = op.name in w.ctx.policies
+    if op.ref is not None:  # a request: answered, and only a known policy is paused
+        if not known:
+            w.answer(op.ref, "unknown_policy", "unknown", f"no policy named {op.name!r}")
+            return
+        if op.name in w.paused:
+            w.answer(op.ref, "ok", "already_paused", "already paused")
+            return
+        w.answer(op.ref, "ok", "paused", "paused")
     w.paused.add(op.name)
     for key in [k for k in w.watch if k[0] == op.name]:
         w.drop_cand(key)
@@ -694,6 +852,14 @@ def _on_pause(w: _Work, op: PausePolicy) -> None:
 
 
 def _on_resume(w: _Work, op: ResumePolicy) -> None:
+    if op.ref is not None:
+        if op.name not in w.ctx.policies and op.name not in w.paused:
+            w.answer(op.ref, "unknown_policy", "unknown", f"no policy named {op.name!r}")
+            return
+        if op.name not in w.paused:
+            w.answer(op.ref, "ok", "not_paused", "not paused")
+            return
+        w.answer(op.ref, "ok", "resumed", "resumed")
     w.paused.discard(op.name)
     w.record(None, "resumed", f"policy {op.name} resumed by {op.who}", policy=op.name,
              operator=op.who)
@@ -721,6 +887,9 @@ def _on_reconcile(w: _Work, rec: Reconcile) -> None:
                      "removing it", dpid=mirror.get("dpid"))
             continue
         tap = w.put(tap, **counters)
+        if tap.state == "active":
+            _check_budget(w, tap)
+            tap = w.taps[tap_id]
         if tap.state == "pending" and tap.inflight is None:
             tap = w.put(tap, state="active", sent=True, attempts=0, reason="",
                         cookie=mirror.get("cookie", tap.cookie))
@@ -744,7 +913,8 @@ def _on_reconcile(w: _Work, rec: Reconcile) -> None:
 
 _HANDLERS: dict[type, Any] = {
     ThresholdEvent: _on_event, TopFlows: _on_top, Tick: _on_tick, InstallResult: _on_install,
-    RemoveResult: _on_remove, MirrorRemoved: _on_mirror_removed, ControllerStatus: _on_controller,
+    RemoveResult: _on_remove, MirrorRemoved: _on_mirror_removed, MirrorCounters: _on_counters,
+    ControllerStatus: _on_controller,
     OperatorRelease: _on_release, OperatorTap: _on_operator_tap, PausePolicy: _on_pause, ResumePolicy: _on_resume,
     Reconcile: _on_reconcile,
 }

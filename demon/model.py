@@ -78,6 +78,17 @@ class Tap:
     ended_at: float | None = None
     sent: bool = False  # an install was ever sent (so the switch may hold it)
     hold_until: float = 0.0  # an operator asked for it: not released for a cleared condition before
+    # Budget: released once the switch's counters reach either (None: no limit).
+    max_packets: int | None = None
+    max_bytes: float | None = None
+    # The last counter read (``MirrorCounters``) and the rates measured between reads,
+    # which say when the next read is due (``demon.budget``).
+    counters_at: float = 0.0
+    packet_rate: float = 0.0
+    byte_rate: float = 0.0
+    # What ended it: "duration" (condition cleared), "max_duration", "max_packets",
+    # "max_bytes", "window" (a schedule's), "hold" (an operator's); "" otherwise.
+    limit: str = ""
 
     @property
     def live(self) -> bool:
@@ -135,6 +146,15 @@ class State:
     ended. ``holddown``: (policy, flow_key) → time before which that flow is not
     tapped again. ``watch``: (policy, flow_key) → Candidate. ``next_seq``
     numbers tap ids (``<policy>.<seq>``).
+
+    ``observed``: policy → when its flows were last seen through a *complete*
+    poll (``TopFlows.complete``). None (the default) keeps the plain time rule:
+    a tap is released once its trigger has not fired for ``duration``. A dict
+    (the runtime starts with an empty one) adds the evidence rule: that release
+    also waits until a complete poll made after the deadline did not show the
+    flow, so an outage of the daemon or the engine (no polls, or polls of an
+    engine still re-learning its rates) never passes for a cleared condition.
+    Not persisted: after a restart nothing has been observed yet.
     """
 
     taps: Mapping[str, Tap] = field(default_factory=dict)
@@ -143,6 +163,7 @@ class State:
     controller_up: bool = False
     watch: Mapping[tuple[str, str], Candidate] = field(default_factory=dict)
     next_seq: int = 1
+    observed: Mapping[str, float] | None = None
     # The core's derived lookups (demon.tapindex), valid only for these very
     # taps/watch objects; never persisted, rebuilt when missing.
     index: Any = field(default=None, compare=False, repr=False)
@@ -191,6 +212,10 @@ class TopFlows:
 
     policy: str
     flows: tuple[FlowSighting, ...] | list[FlowSighting]
+    #: The engine answered with settled rates (not just after it (re)learnt the
+    #: flow definition or came back from an outage): the poll is *evidence* that a
+    #: flow missing from it has cleared (see ``State.observed``).
+    complete: bool = True
 
 
 @dataclass(frozen=True)
@@ -233,14 +258,29 @@ class MirrorRemoved:
 
 
 @dataclass(frozen=True)
+class MirrorCounters:
+    """The switches' packet/byte counters of mirrors (``list_mirrors``), read at
+    ``read_at`` (epoch seconds; the step's ``now`` when None): ``counters`` holds
+    ``(tap_id, packets, bytes)``. Feeds the per-tap budgets (``max_packets``,
+    ``max_bytes``); the runtime reads them when ``demon.budget.reads_due`` says."""
+
+    counters: tuple[tuple[str, int, int], ...] | list[tuple[str, int, int]]
+    read_at: float | None = None
+
+
+@dataclass(frozen=True)
 class ControllerStatus:
     up: bool
 
 
 @dataclass(frozen=True)
 class OperatorRelease:
+    """Release a tap now. ``ref``: the request this answers (the core then returns
+    an ``Answer`` with the same ``ref``; None: no answer wanted)."""
+
     tap_id: str
     who: str
+    ref: str | None = None
 
 
 @dataclass(frozen=True)
@@ -262,18 +302,23 @@ class OperatorTap:
     dpid: int | None = None
     in_port: int | None = None
     rate_bps: float = 0.0
+    ref: str | None = None
+    #: Why nothing says where the flow enters (the engine's answer), when that is so.
+    unlocated: str = ""
 
 
 @dataclass(frozen=True)
 class PausePolicy:
     name: str
     who: str
+    ref: str | None = None
 
 
 @dataclass(frozen=True)
 class ResumePolicy:
     name: str
     who: str
+    ref: str | None = None
 
 
 @dataclass(frozen=True)
@@ -284,8 +329,8 @@ class Reconcile:
 
 
 Input = Union[ThresholdEvent, TopFlows, Tick, InstallResult, RemoveResult, MirrorRemoved,
-              ControllerStatus, OperatorRelease, OperatorTap, PausePolicy, ResumePolicy,
-              Reconcile]
+              MirrorCounters, ControllerStatus, OperatorRelease, OperatorTap, PausePolicy,
+              ResumePolicy, Reconcile]
 
 
 # ---------------------------------------------------------------------------
@@ -330,7 +375,33 @@ class Record:
     entry: HistoryEntry
 
 
-Command = Union[InstallMirror, RemoveMirror, Record]
+#: ``Answer.code`` values: done (or already so: operator requests are idempotent),
+#: or why not.
+ANSWER_CODES = ("ok", "unknown_tap", "unknown_policy", "conflict", "refused", "invalid")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The core's one answer to an operator's request (the input's ``ref``).
+
+    ``code``: see ``ANSWER_CODES``; ``outcome``: a short word for what happened
+    (``tapped``, ``extended``, ``releasing``, ``already_released``, ``paused``,
+    ``already_paused``, ``resumed``, ``not_paused``, ``not_tapped``, ...);
+    ``message``: one readable line; ``tap_id``: the tap concerned, if any.
+    """
+
+    ref: str
+    code: str
+    outcome: str
+    message: str
+    tap_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.code == "ok"
+
+
+Command = Union[InstallMirror, RemoveMirror, Record, Answer]
 
 
 # ---------------------------------------------------------------------------

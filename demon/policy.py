@@ -7,29 +7,38 @@ named capture destinations), and either returns the whole set or raises one
 ``<file>: policy '<name>': field '<field>': <what is wrong>``.
 ``load_policies(directory)`` is the same, returning only the policies.
 
-Rates are stored in bits/s and durations in seconds (``demon.units``). A policy
-speaks sFlow-RT terms and knows the engine objects it needs: ``flow_spec()``
-for ``PUT /flow/{flow_name}/json`` and ``threshold_spec()`` for
-``PUT /threshold/{flow_name}/json`` (None for top talkers).
+Loading is total: whatever a file holds (duplicate keys, YAML nested a thousand
+levels, a filter nested as deep, numbers that overflow), the answer is the set
+or a ``PolicyError``, never another exception, so a bad file can neither crash a
+reload nor print a traceback on ``--check``.
+
+Rates are stored in bits/s and durations in seconds (``demon.units``). The
+models and their kinds live in ``demon.policy_base`` and ``demon.policy_kinds``
+(re-exported here).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Any, Mapping
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
-                      ValidationInfo, field_validator)
+from pydantic import BaseModel, ValidationError
 
-from demon.flowmatch import FlowMatchError, check_keys, split_keys
-from demon.sflowterms import TermError, check_filter, check_key_name
-from demon.units import UnitError, format_rate, parse_duration, parse_percent, parse_rate
+from demon.policy_base import (FLOW_PREFIX, OFP_MAX_TIMEOUT, Destination, FieldProblem,
+                               GlobalLimits, Policy)
+from demon.policy_kinds import (KINDS, ElephantPolicy, FanInPolicy, ScheduledPolicy,
+                                TopTalkersPolicy, WatchListPolicy)
+from demon.units import format_rate
+
+__all__ = ["PolicyError", "PolicySet", "Policy", "GlobalLimits", "Destination", "KINDS",
+           "ElephantPolicy", "TopTalkersPolicy", "WatchListPolicy", "FanInPolicy",
+           "ScheduledPolicy", "FLOW_PREFIX", "GLOBAL_FILE", "load_policy_set", "load_policies",
+           "parse_policy", "engine_policies"]
 
 GLOBAL_FILE = "_global.yaml"
-FLOW_PREFIX = "demon_"
+MAX_FILE_BYTES = 1 << 20
 
 
 class PolicyError(ValueError):
@@ -40,249 +49,17 @@ class PolicyError(ValueError):
         super().__init__("\n".join(self.errors))
 
 
-def _rate(value: Any) -> float:
-    return parse_rate(value)
-
-
-def _duration(value: Any) -> float:
-    return parse_duration(value)
-
-
-Rate = Annotated[float, BeforeValidator(_rate)]
-Duration = Annotated[float, BeforeValidator(_duration)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Destination(_Strict):
-    """Where copies go: the aggregation switch's capture port, tagged with ``vlan``
-    (so the capture host can tell taps apart), or untagged."""
-
-    vlan: int | None = Field(default=None, ge=1, le=4094)
-    description: str = ""
-
-
-class GlobalLimits(_Strict):
-    """``_global.yaml``: limits over all policies and the core's retry timing."""
-
-    max_taps: int = Field(default=32, ge=1, le=10000)
-    capture_capacity: Rate | None = None
-    destinations: dict[str, Destination] = Field(default_factory=dict)
-    max_attempts: int = Field(default=3, ge=1, le=100)
-    retry_backoff: Duration = 1.0
-    retry_backoff_max: Duration = 60.0
-    failure_holddown: Duration = 10.0
-    placement_wait: Duration = 30.0
-    hard_timeout_grace: Duration = 10.0
-    retain: Duration = 600.0
-    history_retain: Duration = 30 * 86400.0
-    max_waiting: int = Field(default=1000, ge=0)
-
-
-class Policy(_Strict):
-    """Fields common to both kinds (see policies/README.md for each one)."""
-
-    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
-    kind: Literal["elephant", "top_talkers"]
-    description: str = ""
-    enabled: bool = True
-    keys: list[str]
-    value: Literal["bytes", "bps"] = "bytes"
-    filter: str | None = None
-    t: Duration = 2.0
-    fs: str = Field(default=",", min_length=1)
-    interval: Duration = 2.0
-    duration: Duration = 60.0
-    max_duration: Duration = Field(default=300.0, validate_default=True)
-    bidirectional: bool = False
-    capture: Destination | str = Field(default_factory=Destination)
-    max_taps: int = Field(default=4, ge=1, le=10000)
-    holddown: Duration = 30.0
-    priority: int = Field(default=100, ge=0, le=1000)
-    idle_timeout: Duration = 30.0
-
-    @field_validator("keys", mode="before")
-    @classmethod
-    def _split_keys(cls, value: Any) -> Any:
-        return split_keys(value) if isinstance(value, str) else value
-
-    @field_validator("keys")
-    @classmethod
-    def _check_keys(cls, keys: list[str]) -> list[str]:
-        for key in keys:
-            try:
-                check_key_name(key)
-            except TermError as exc:
-                raise ValueError(str(exc)) from None
-        try:
-            check_keys(keys)
-        except FlowMatchError as exc:
-            raise ValueError(str(exc)) from None
-        return keys
-
-    @field_validator("filter")
-    @classmethod
-    def _check_filter(cls, text: str | None) -> str | None:
-        if text is not None:
-            try:
-                check_filter(text)
-            except TermError as exc:
-                raise ValueError(f"does not parse: {exc}") from None
-        return text
-
-    @field_validator("t")
-    @classmethod
-    def _check_t(cls, t: float) -> float:
-        if not 0.2 <= t <= 600:
-            raise ValueError(f"{t:g}s outside sFlow-RT's 0.2s..600s smoothing range")
-        return t
-
-    @field_validator("interval", "duration")
-    @classmethod
-    def _positive(cls, value: float, info: ValidationInfo) -> float:
-        if value <= 0:
-            raise ValueError("must be greater than 0s")
-        return value
-
-    @field_validator("max_duration")
-    @classmethod
-    def _max_duration(cls, value: float, info: ValidationInfo) -> float:
-        duration = info.data.get("duration")
-        if duration is not None and value < duration:
-            raise ValueError(f"{value:g}s is shorter than duration ({duration:g}s)")
-        return value
-
-    @field_validator("bidirectional")
-    @classmethod
-    def _bidirectional(cls, value: bool, info: ValidationInfo) -> bool:
-        if value and "inputifindex" in (info.data.get("keys") or []):
-            raise ValueError("a bidirectional tap cannot match inputifindex (the reverse "
-                             "direction enters by another port)")
-        return value
-
-    @field_validator("idle_timeout")
-    @classmethod
-    def _idle(cls, value: float) -> float:
-        if value != int(value) or value > 65535:
-            raise ValueError("must be whole seconds, 0..65535 (0 = none)")
-        return value
-
-    # -- what the engine and the core need -------------------------------------------
-
-    @property
-    def flow_name(self) -> str:
-        return f"{FLOW_PREFIX}{self.name}"
-
-    @property
-    def vlan_tag(self) -> int | None:
-        return self.capture.vlan if isinstance(self.capture, Destination) else None
-
-    @property
-    def stale_after(self) -> float:
-        """A candidate not seen again for this long is forgotten."""
-        return max(3 * self.interval, 2 * self.t, 2.0)
-
-    @property
-    def sustain_s(self) -> float:
-        return 0.0
-
-    @property
-    def max_flows(self) -> int:
-        return 100
-
-    @property
-    def min_value(self) -> float:
-        """``minValue`` for ``/activeflows`` polls, in the flow's units."""
-        return 0.0
-
-    def to_bps(self, value: float) -> float:
-        """A flow value (the flow definition's units) → bits/s."""
-        return value * 8 if self.value == "bytes" else value
-
-    def from_bps(self, bps: float) -> float:
-        return bps / 8 if self.value == "bytes" else bps
-
-    def flow_spec(self) -> dict[str, Any]:
-        spec: dict[str, Any] = {"keys": ",".join(self.keys), "value": self.value,
-                                "t": self.t, "fs": self.fs}
-        if self.filter:
-            spec["filter"] = self.filter
-        return spec
-
-    def threshold_spec(self) -> dict[str, Any] | None:
-        return None
-
-
-class ElephantPolicy(Policy):
-    """Tap each flow whose rate crosses ``threshold`` (optionally ``sustain`` s long)."""
-
-    kind: Literal["elephant"] = "elephant"
-    link_speed: Rate | None = None
-    threshold: float
-    sustain: Duration = 0.0
-
-    @field_validator("threshold", mode="before")
-    @classmethod
-    def _threshold(cls, value: Any, info: ValidationInfo) -> float:
-        try:
-            fraction = parse_percent(value) if isinstance(value, str) else None
-            if fraction is None:
-                bps = parse_rate(value)
-            else:
-                speed = info.data.get("link_speed")
-                if not speed:
-                    raise ValueError(f"{value!r} is a fraction of link speed: set link_speed too")
-                bps = fraction * speed
-        except UnitError as exc:
-            raise ValueError(str(exc)) from None
-        if bps <= 0:
-            raise ValueError("must be above 0")
-        return bps
-
-    @property
-    def sustain_s(self) -> float:
-        return self.sustain
-
-    @property
-    def min_value(self) -> float:
-        return self.from_bps(self.threshold)
-
-    def threshold_spec(self) -> dict[str, Any]:
-        # timeout: re-arm hysteresis per flow key; tap lifetime is the core's business.
-        return {"metric": self.flow_name, "value": self.from_bps(self.threshold),
-                "byFlow": True, "timeout": max(1, math.ceil(self.t))}
-
-
-class TopTalkersPolicy(Policy):
-    """Every ``interval``, tap the ``top`` largest flows above ``min_rate``."""
-
-    kind: Literal["top_talkers"] = "top_talkers"
-    top: int = Field(default=5, ge=1, le=100)
-    min_rate: Rate = 0.0
-
-    @property
-    def max_flows(self) -> int:
-        return self.top
-
-    @property
-    def min_value(self) -> float:
-        return self.from_bps(self.min_rate)
-
-    def flow_spec(self) -> dict[str, Any]:
-        spec = super().flow_spec()
-        spec["n"] = max(5, min(20, self.top))
-        return spec
-
-
-KINDS: dict[str, type[Policy]] = {"elephant": ElephantPolicy, "top_talkers": TopTalkersPolicy}
-
-
 @dataclass(frozen=True)
 class PolicySet:
     policies: dict[str, Policy]
     limits: GlobalLimits
+
+
+def engine_policies(policies: Mapping[str, Any]) -> dict[str, Any]:
+    """The enabled policies that get engine definitions and polls (not the
+    scheduled ones: the engine plays no part in them)."""
+    return {name: pol for name, pol in policies.items()
+            if getattr(pol, "enabled", True) and getattr(pol, "uses_engine", True)}
 
 
 # -- loading -----------------------------------------------------------------------
@@ -292,22 +69,37 @@ def _field_name(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc)
 
 
+_FIRST = ("name", "kind", "description", "enabled", "keys", "target", "source", "flow", "at",
+          "cron", "start", "timezone", "value", "filter", "t", "fs", "interval")
+
+
+def _reading_order(model: type[BaseModel]) -> list[str]:
+    """A model's fields as the docs list them: what to watch, then the kind's own."""
+    fields = list(model.model_fields)
+    return [f for f in _FIRST if f in fields] + [f for f in fields if f not in _FIRST]
+
+
 def _message(err: Mapping[str, Any], model: type[BaseModel]) -> str:
     kind = err.get("type")
     if kind == "extra_forbidden":
-        allowed = ", ".join(model.model_fields)
-        return f"unknown field (allowed: {allowed})"
+        return f"unknown field (allowed: {', '.join(_reading_order(model))})"
     if kind == "missing":
         return "required"
-    msg = str(err.get("msg", ""))
+    msg = " ".join(str(err.get("msg", "")).split())
     return msg.removeprefix("Value error, ")
 
 
 def _validation_errors(prefix: str, exc: ValidationError, model: type[BaseModel]) -> list[str]:
     out = []
     errors = exc.errors()
-    for err in errors:
+    order = {name: n for n, name in enumerate(_reading_order(model))}
+    for err in sorted(errors, key=lambda e: order.get(str((e.get("loc") or ("",))[0]),
+                                                      len(order))):
         loc = tuple(err.get("loc", ()))
+        problem = (err.get("ctx") or {}).get("error")
+        if not loc and isinstance(problem, FieldProblem):
+            out.append(f"{prefix}field '{problem.field}': {problem}")
+            continue
         # a union (Destination | str) reports each alternative: given a mapping, the
         # "not a string" alternative is noise
         if loc[:1] == ("capture",):
@@ -320,13 +112,51 @@ def _validation_errors(prefix: str, exc: ValidationError, model: type[BaseModel]
     return out
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        super().__init__(f"line {line}: duplicate key {key!r} (first at line {first}; YAML "
+                         "would silently keep the last one)")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    first = seen.get(key)
+                except TypeError:
+                    continue  # an unhashable key: the base class reports it
+                if first is not None:
+                    raise _DuplicateKey(key, key_node.start_mark.line + 1, first)
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: Path, shown: str) -> tuple[Any, list[str]]:
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")), []
-    except yaml.YAMLError as exc:
-        return None, [f"{shown}: not valid YAML: {' '.join(str(exc).split())}"]
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            return None, [f"{shown}: {size} bytes: a policy file holds at most "
+                          f"{MAX_FILE_BYTES} bytes"]
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         return None, [f"{shown}: cannot read: {exc}"]
+    try:
+        return yaml.load(text, Loader=_StrictLoader), []  # noqa: S506 - a safe loader
+    except _DuplicateKey as exc:
+        return None, [f"{shown}: {exc}"]
+    except yaml.YAMLError as exc:
+        return None, [f"{shown}: not valid YAML: {' '.join(str(exc).split())}"]
+    except RecursionError:
+        return None, [f"{shown}: not valid YAML: nested too deeply"]
+    except Exception as exc:  # noqa: BLE001 - whatever the parser hits is one line
+        return None, [f"{shown}: cannot be read as YAML: {type(exc).__name__}: {exc}"]
 
 
 def parse_policy(raw: Any, shown: str, default_name: str | None = None,
@@ -349,6 +179,10 @@ def parse_policy(raw: Any, shown: str, default_name: str | None = None,
         return model.model_validate(data), []
     except ValidationError as exc:
         return None, _validation_errors(prefix, exc, model)
+    except RecursionError:
+        return None, [f"{prefix}nested too deeply"]
+    except Exception as exc:  # noqa: BLE001 - a bad file must stay one line, never a crash
+        return None, [f"{prefix}cannot be checked: {type(exc).__name__}: {exc}"]
 
 
 def _load_limits(directory: Path) -> tuple[GlobalLimits, list[str]]:
@@ -368,6 +202,8 @@ def _load_limits(directory: Path) -> tuple[GlobalLimits, list[str]]:
     except ValidationError as exc:
         errors = _validation_errors(f"{shown}: global: ", exc, GlobalLimits)
         return _salvage_limits(dict(raw), exc), errors
+    except Exception as exc:  # noqa: BLE001 - one line, whatever it is
+        return GlobalLimits(), [f"{shown}: global: cannot be checked: {type(exc).__name__}"]
 
 
 def _salvage_limits(raw: dict[str, Any], exc: ValidationError) -> GlobalLimits:
@@ -393,14 +229,33 @@ def _policy_files(directory: Path) -> list[Path]:
 
 
 def load_policy_set(directory: str | Path) -> PolicySet:
-    """Load and cross-check every policy file and ``_global.yaml`` in ``directory``."""
+    """Load and cross-check every policy file and ``_global.yaml`` in ``directory``.
+
+    Raises ``PolicyError`` (one line per problem) and nothing else.
+    """
     directory = Path(directory)
-    if not directory.is_dir():
-        raise PolicyError([f"{directory}: not a directory"])
+    try:
+        return _load(directory)
+    except PolicyError:
+        raise
+    except RecursionError:
+        raise PolicyError([f"{directory}: nested too deeply to be checked"]) from None
+    except Exception as exc:  # noqa: BLE001 - the caller gets lines, never a traceback
+        raise PolicyError([f"{directory}: cannot be loaded: {type(exc).__name__}: "
+                           f"{' '.join(str(exc).split())}"]) from None
+
+
+def _load(directory: Path) -> PolicySet:
+    try:
+        if not directory.is_dir():
+            raise PolicyError([f"{directory}: not a directory"])
+        files = _policy_files(directory)
+    except OSError as exc:
+        raise PolicyError([f"{directory}: cannot list: {exc}"]) from None
     limits, errors = _load_limits(directory)
     policies: dict[str, Policy] = {}
     origin: dict[str, str] = {}
-    for path in _policy_files(directory):
+    for path in files:
         shown = str(path)
         if path.name == GLOBAL_FILE:
             continue
@@ -436,17 +291,37 @@ def load_policy_set(directory: str | Path) -> PolicySet:
                                   f"{policy.capture!r} (known: {known})")
                     continue
                 policy = policy.model_copy(update={"capture": dest})
-            cap = limits.capture_capacity
-            if cap is not None and isinstance(policy, ElephantPolicy) and policy.threshold > cap:
-                errors.append(f"{prefix}field 'threshold': {format_rate(policy.threshold)} "
-                              f"exceeds capture_capacity {format_rate(cap)}: no flow it "
-                              "fires on could ever be tapped")
+            problems = _against_limits(policy, limits)
+            if problems:
+                errors += [prefix + line for line in problems]
                 continue
             origin[policy.name] = shown
             policies[policy.name] = policy
+    if not errors and not policies and not limits.allow_empty:
+        errors.append(f"{directory}: holds no policy: running it would delete every engine "
+                      f"definition of ours; if that is what you want, set allow_empty: true "
+                      f"in {GLOBAL_FILE}")
     if errors:
         raise PolicyError(errors)
     return PolicySet(policies=policies, limits=limits)
+
+
+def _against_limits(policy: Policy, limits: GlobalLimits) -> list[str]:
+    """What a policy cannot do under the set's global limits (field-prefixed lines)."""
+    out = []
+    hard = policy.max_duration + limits.hard_timeout_grace
+    if hard > OFP_MAX_TIMEOUT:
+        out.append(f"field 'max_duration': {policy.max_duration:g}s + hard_timeout_grace "
+                   f"{limits.hard_timeout_grace:g}s exceeds {OFP_MAX_TIMEOUT}s, the longest "
+                   f"hard_timeout a switch takes (16 bits): at most "
+                   f"{OFP_MAX_TIMEOUT - limits.hard_timeout_grace:g}s")
+    cap = limits.capture_capacity
+    floor = getattr(policy, "threshold", None) or getattr(policy, "rate", None)
+    if cap is not None and isinstance(floor, float) and floor > cap:
+        field = "threshold" if getattr(policy, "threshold", None) else "rate"
+        out.append(f"field '{field}': {format_rate(floor)} exceeds capture_capacity "
+                   f"{format_rate(cap)}: no flow it fires on could ever be tapped")
+    return out
 
 
 def load_policies(directory: str | Path) -> dict[str, Policy]:

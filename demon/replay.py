@@ -1,9 +1,13 @@
-"""Backtest: run the policies over a recorded engine session, no network.
+"""Backtest: run the policies over a recording, no network.
 
 ``demon-watch --policies DIR --replay FILE [--fabric FABRIC.json] [--json]``
-reads a recording (``docs/recordings.md``: JSON lines, or a directory of
-numbered files) and feeds what the daemon would have seen to the same decision
-core, with the clock taken from the recording (``t``):
+reads either a capture of raw sFlow datagrams (pcap/pcapng: the engine recomputes
+everything, so changed policies can be backtested; ``demon.replay_sflow``) or a
+recording of an engine's answers (``docs/recordings.md``: JSON lines, or a
+directory of numbered files). The latter holds the answers to the flow
+definitions of the day it was made: its flow names must be the policies' (an
+error names both sets otherwise). It feeds what the daemon would have seen to the
+same decision core, with the clock taken from the recording (``t``):
 
 * ``/events/json`` answers → threshold events (each event id once, as the
   daemon's event stream delivers them);
@@ -23,7 +27,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterable, Mapping
+from typing import IO, Any, Callable, Iterable, Mapping
 
 from demon import core
 from demon.core import Context
@@ -31,7 +35,7 @@ from demon.model import (Command, ControllerStatus, HistoryEntry, InstallMirror,
                          Reconcile, Record, RemoveMirror, RemoveResult, State, Tap, Tick)
 from demon.runtime import engine_policies, load_config, threshold_event, thresholds_of, top_flows
 from demon.topology import Topology
-from sflow.client import ActiveFlow, SFlowRTError, parse_event, parse_port_map_entry
+from sflow.client import ActiveFlow, Event, SFlowRTError, parse_event, parse_port_map_entry
 
 TICK = 1.0
 
@@ -51,6 +55,8 @@ class ReplayResult:
     extensions: dict[str, int] = field(default_factory=dict)
     events: int = 0
     polls: int = 0
+    datagrams: int | None = None  # raw sFlow backtests: datagrams fed to the engine
+    malformed: int = 0
 
 
 def load_fabric(path: str | Path) -> list[dict[str, Any]]:
@@ -75,7 +81,7 @@ def load_fabric(path: str | Path) -> list[dict[str, Any]]:
 def default_fabric_path(recording: Path) -> Path:
     """Where a recording's fabric is looked for when ``--fabric`` is not given."""
     if recording.is_dir():
-        return recording / "fabric.json"
+        return recording / "fabric.json"  # beside the numbered files, or a recording's segments
     return recording.with_name(recording.name.split(".")[0] + ".fabric.json")
 
 
@@ -115,12 +121,43 @@ class Backtest:
             elif isinstance(cmd, RemoveMirror):
                 self._step(RemoveResult(tap_id=cmd.tap_id, ok=True), now)
 
+    def tick(self, now: float) -> None:
+        """An extra sweep now (the daemon's re-read of the port map is followed by one)."""
+        self._step(Tick(), now)
+
     def advance(self, now: float) -> None:
         """Run the once-a-second sweep up to ``now``."""
         while self.next_tick <= now:
             self._step(Tick(), self.next_tick)
             self.next_tick += TICK
         self.result.end = max(self.result.end, now)
+
+    def on_events(self, events: Iterable[Event], now: float) -> None:
+        """Threshold events (any order), each id once, as the daemon's stream delivers them."""
+        for event in sorted(events, key=lambda e: e.event_id):
+            if event.event_id <= self.cursor:
+                continue
+            self.cursor = event.event_id
+            self.result.events += 1
+            inp = threshold_event(event, self.by_threshold)
+            if inp is not None:
+                self._step(inp, now)
+
+    def on_poll(self, policy: str, rows: Iterable[Any], now: float) -> None:
+        """A policy's ``/activeflows`` answer (JSON rows)."""
+        self.result.polls += 1
+        flows = [ActiveFlow(key=str(r.get("key", "")), value=float(r["value"]),
+                            agent=str(r.get("agent", "")),
+                            data_source=str(r.get("dataSource", "")), keys=[]) for r in rows]
+        self._step(top_flows(policy, flows), now)
+
+    def on_port_map(self, entries: Iterable[Any]) -> None:
+        port_map = list(entries)
+        if port_map != self.port_map:
+            self.port_map = port_map
+            self.ctx = Context(policies=self.ctx.policies,
+                               topology=Topology(self.port_map, self.switches),
+                               limits=self.ctx.limits)
 
     def feed(self, exchange: Any) -> None:
         """One recorded exchange (an ``sflow.recorder.Exchange``)."""
@@ -131,31 +168,14 @@ class Backtest:
         where = f"recorded {path} at t={now}"
         try:
             if path == "/events/json":
-                events = sorted((parse_event(obj) for obj in _array(body, where)),
-                                key=lambda e: e.event_id)
-                for event in events:
-                    if event.event_id <= self.cursor:
-                        continue
-                    self.cursor = event.event_id
-                    self.result.events += 1
-                    inp = threshold_event(event, self.by_threshold)
-                    if inp is not None:
-                        self._step(inp, now)
+                self.on_events([parse_event(obj) for obj in _array(body, where)], now)
             elif path.startswith("/activeflows/"):
                 parts = path.strip("/").split("/")
                 policy = self.by_flow.get(parts[2]) if len(parts) == 4 else None
                 if policy is not None:
-                    self.result.polls += 1
-                    flows = [ActiveFlow(key=str(r.get("key", "")), value=float(r["value"]),
-                                        agent=str(r.get("agent", "")),
-                                        data_source=str(r.get("dataSource", "")), keys=[])
-                             for r in _array(body, where)]
-                    self._step(top_flows(policy, flows), now)
+                    self.on_poll(policy, _array(body, where), now)
             elif path == "/demon/portmap/json":
-                self.port_map = [parse_port_map_entry(obj) for obj in _array(body, where)]
-                self.ctx = Context(policies=self.ctx.policies,
-                                   topology=Topology(self.port_map, self.switches),
-                                   limits=self.ctx.limits)
+                self.on_port_map([parse_port_map_entry(obj) for obj in _array(body, where)])
         except (SFlowRTError, KeyError, TypeError, ValueError) as exc:
             raise ReplayError(f"{where}: {exc}") from None
 
@@ -166,34 +186,103 @@ def _array(body: Any, where: str) -> list[Any]:
     return body
 
 
-def backtest(policies_dir: str | Path, recording: str | Path,
-             fabric: str | Path | None = None) -> ReplayResult:
-    """Replay ``recording`` through the policies of ``policies_dir``."""
-    from demon.policy import PolicyError
-    from sflow.recorder import load_recording
+class Recording:
+    """A recording read once, to be backtested by one policy set or several."""
 
-    recording = Path(recording)
+    def __init__(self, path: str | Path, fabric: str | Path | None = None) -> None:
+        from demon.replay_sflow import datagrams, is_capture
+        from sflow.recorder import load_recording
+
+        self.path = path = Path(path)
+        if not path.exists():
+            raise ReplayError(f"no recording at {path}")
+        fabric_path = Path(fabric) if fabric else default_fabric_path(path)
+        if not fabric and not fabric_path.exists():
+            raise ReplayError(f"a replay needs the switches' roles: pass --fabric FILE (docs/"
+                              f"fabric.md; `python -m topo.fabricgen` prints the lab's) or put "
+                              f"it at {fabric_path}")
+        self.switches = load_fabric(fabric_path)
+        self.raw = is_capture(path)
+        self.items: list[Any] = []
+        self.exchanges: list[Any] = []
+        if self.raw:
+            self.items = datagrams(path)
+            if not self.items:
+                raise ReplayError(f"capture {path} holds no UDP datagram")
+            return
+        try:
+            self.exchanges = load_recording(path)
+        except (OSError, ValueError) as exc:
+            raise ReplayError(f"cannot read the recording {path}: {exc}") from None
+        if not self.exchanges:
+            raise ReplayError(f"recording {path} holds no exchanges")
+        self.exchanges.sort(key=lambda e: e.t)  # stable: same-time exchanges keep their order
+
+    def names(self) -> tuple[set[str], set[str]]:
+        """Flow names polled (``/activeflows``) and thresholds that fired (events)."""
+        flows, thresholds = set(), set()
+        for ex in self.exchanges:
+            parts = ex.path.strip("/").split("/")
+            if ex.path.startswith("/activeflows/") and len(parts) == 4:
+                flows.add(parts[2])
+            elif ex.path.startswith(("/flow/", "/threshold/")) and len(parts) == 3:
+                (flows if parts[0] == "flow" else thresholds).add(parts[1])
+            elif ex.path == "/events/json" and isinstance(ex.body, list):
+                thresholds.update(str(e.get("thresholdID")) for e in ex.body
+                                  if isinstance(e, dict) and e.get("thresholdID"))
+            if ex.path == "/events/json" and isinstance(ex.query, dict) and \
+                    isinstance(ex.query.get("thresholdID"), str):
+                thresholds.add(ex.query["thresholdID"])
+        return flows, thresholds
+
+    def check_names(self, policies: Mapping[str, Any]) -> None:
+        """A JSON recording answers the flow definitions it was made with: every
+        policy that needs the engine must find its flow name in it."""
+        from demon.policy import engine_policies
+
+        wanted = {p.flow_name for p in engine_policies(policies).values()}
+        flows, thresholds = self.names()
+        missing = sorted(wanted - flows - thresholds)
+        if missing:
+            has = ", ".join(sorted(flows | thresholds)) or "none"
+            raise ReplayError(
+                f"recording {self.path} holds the engine's answers for {has}; the policies "
+                f"want {', '.join(sorted(wanted))} (missing: {', '.join(missing)}): it was made "
+                f"for other flow definitions, so it cannot show what these policies would "
+                f"have done; backtest them on raw sFlow instead (--replay FILE.pcap)")
+
+    def run(self, policies: Mapping[str, Any], limits: Any,
+            progress: Callable[..., Iterable[Any]] | None = None) -> ReplayResult:
+        """``progress`` wraps the loop (``sflow.cliopts.progress``: a bar on a terminal)."""
+        if self.raw:
+            from demon.replay_sflow import backtest_capture
+            return backtest_capture(policies, limits, self.switches, self.items, str(self.path),
+                                    progress=progress)
+        self.check_names(policies)
+        run = Backtest(policies, limits, self.switches, self.exchanges[0].t)
+        loop = progress(self.exchanges, total=len(self.exchanges), desc="backtest",
+                        unit="exchange") if progress else self.exchanges
+        for exchange in loop:
+            run.feed(exchange)
+        return run.result
+
+
+def load_policies_for_replay(policies_dir: str | Path) -> tuple[Mapping[str, Any], Any]:
+    from demon.policy import PolicyError
+
     try:
-        policies, limits = load_config(policies_dir)
+        return load_config(policies_dir)
     except PolicyError as exc:
         raise ReplayError(f"bad policy set in {policies_dir}:\n{exc}") from None
-    fabric_path = Path(fabric) if fabric else default_fabric_path(recording)
-    if not fabric and not fabric_path.exists():
-        raise ReplayError(f"a replay needs the switches' roles: pass --fabric FILE (docs/"
-                          f"fabric.md; `python -m topo.fabricgen` prints the lab's) or put "
-                          f"it at {fabric_path}")
-    switches = load_fabric(fabric_path)
-    try:
-        exchanges = load_recording(recording)
-    except (OSError, ValueError) as exc:
-        raise ReplayError(f"cannot read the recording {recording}: {exc}") from None
-    if not exchanges:
-        raise ReplayError(f"recording {recording} holds no exchanges")
-    exchanges.sort(key=lambda e: e.t)  # stable: same-time exchanges keep their order
-    run = Backtest(policies, limits, switches, exchanges[0].t)
-    for exchange in exchanges:
-        run.feed(exchange)
-    return run.result
+
+
+def backtest(policies_dir: str | Path, recording: str | Path,
+             fabric: str | Path | None = None,
+             progress: Callable[..., Iterable[Any]] | None = None) -> ReplayResult:
+    """Replay ``recording`` (raw sFlow or an engine's answers) through the policies of
+    ``policies_dir``."""
+    policies, limits = load_policies_for_replay(policies_dir)
+    return Recording(recording, fabric).run(policies, limits, progress)
 
 
 # -- output ------------------------------------------------------------------------
@@ -209,7 +298,9 @@ def tap_summary(result: ReplayResult, tap: Tap) -> dict[str, Any]:
 
 
 def write_text(result: ReplayResult, out: IO[str]) -> None:
-    print(f"replayed {result.end - result.start:.1f}s: {result.events} event(s), "
+    raw = "" if result.datagrams is None else \
+        f" of raw sFlow ({result.datagrams} datagrams, {result.malformed} not decoded)"
+    print(f"replayed {result.end - result.start:.1f}s{raw}: {result.events} event(s), "
           f"{result.polls} top-N poll(s)", file=out)
     for entry in result.timeline:
         detail = dict(entry.detail)
@@ -236,7 +327,8 @@ def write_json(result: ReplayResult, out: IO[str]) -> None:
 
 
 def replay_main(policies_dir: str | Path, recording: str | Path, *, as_json: bool = False,
-                fabric: str | Path | None = None, out: IO[str]) -> int:
-    result = backtest(policies_dir, recording, fabric)
+                fabric: str | Path | None = None, out: IO[str],
+                progress: Callable[..., Iterable[Any]] | None = None) -> int:
+    result = backtest(policies_dir, recording, fabric, progress)
     (write_json if as_json else write_text)(result, out)
     return 0

@@ -35,6 +35,10 @@ KEY_FUNCTIONS: dict[str, tuple[int, ...]] = {
 }
 
 _SUFFIX = re.compile(r"\.\d+$")
+#: Bounds on a filter (a policy file is operator input: a filter nested a thousand
+#: levels deep must be one error line, not a RecursionError).
+MAX_FILTER_LENGTH = 4096
+MAX_FILTER_DEPTH = 32
 _OPS = ("!=", "!~", "=", "~")
 
 
@@ -85,8 +89,28 @@ def _split_top(text: str) -> list[str]:
     return parts
 
 
+def _depth(text: str) -> int:
+    depth = deepest = 0
+    for ch in text:
+        if ch == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch == ")":
+            depth -= 1
+    return deepest
+
+
 def check_filter(text: str) -> None:
     """Raise TermError when ``text`` is not a plausible sFlow-RT filter expression."""
+    if len(text) > MAX_FILTER_LENGTH:
+        raise TermError(f"{len(text)} characters long (at most {MAX_FILTER_LENGTH})")
+    deepest = _depth(text)
+    if deepest > MAX_FILTER_DEPTH:
+        raise TermError(f"parentheses nest {deepest} deep (at most {MAX_FILTER_DEPTH})")
+    _check_terms(text)
+
+
+def _check_terms(text: str) -> None:
     if not text.strip():
         raise TermError("empty filter")
     for part in _split_top(text):
@@ -94,7 +118,7 @@ def check_filter(text: str) -> None:
         if not term:
             raise TermError(f"empty term in {text!r} (a dangling '&' or '|')")
         if term.startswith("(") and term.endswith(")"):
-            check_filter(term[1:-1])
+            _check_terms(term[1:-1])
             continue
         positions = [(term.find(op), op) for op in _OPS if term.find(op) > 0]
         if not positions:

@@ -23,9 +23,13 @@ def mirror_signature(dpid: int, match: Mapping[str, Any]) -> MirrorSig:
     return (dpid, tuple(sorted((k, v) for k, v in match.items() if k != "in_port")))
 
 
+def has_budget(tap: Tap) -> bool:
+    return bool(tap.max_packets or tap.max_bytes)
+
+
 class TapIndex:
     __slots__ = ("by_flow", "by_mirror", "per_policy", "uplinks", "live", "used_bps",
-                 "waiting", "_owned")
+                 "waiting", "budgeted", "created", "_owned")
 
     def __init__(self) -> None:
         self.by_flow: dict[tuple[str, str], str] = {}       # (policy, flow key) → live tap id
@@ -35,15 +39,20 @@ class TapIndex:
         self.live = 0
         self.used_bps = 0.0
         self.waiting = 0                                     # candidates waiting for room
+        self.budgeted: dict[str, None] = {}                  # live taps with a packet/byte budget
+        self.created: dict[str, tuple[float, ...]] = {}      # policy → created_at of its taps held
         self._owned: set[str] = set()
 
     @classmethod
     def build(cls, taps: Iterable[Tap], candidates: Iterable[Candidate]) -> "TapIndex":
         index = cls()
-        index._owned = {"by_flow", "by_mirror", "per_policy", "uplinks"}
+        index._owned = {"by_flow", "by_mirror", "per_policy", "uplinks", "budgeted", "created"}
+        created: dict[str, list[float]] = {}
         for tap in taps:
+            created.setdefault(tap.policy, []).append(tap.created_at)
             if tap.live:
                 index._add(tap)
+        index.created = {policy: tuple(sorted(times)) for policy, times in created.items()}
         index.waiting = sum(1 for c in candidates if c.waiting)
         return index
 
@@ -51,7 +60,7 @@ class TapIndex:
         """A copy sharing every table until it writes to one."""
         other = TapIndex.__new__(TapIndex)
         for name in ("by_flow", "by_mirror", "per_policy", "uplinks", "live", "used_bps",
-                     "waiting"):
+                     "waiting", "budgeted", "created"):
             setattr(other, name, getattr(self, name))
         other._owned = set()
         return other
@@ -72,6 +81,8 @@ class TapIndex:
         up[(tap.dpid, tap.copy_port)] = (rate + tap.rate_bps, count + 1)
         self.live += 1
         self.used_bps += tap.rate_bps
+        if has_budget(tap):
+            self._table("budgeted")[tap.tap_id] = None
 
     def _discard(self, tap: Tap) -> None:
         key = (tap.policy, tap.flow_key)
@@ -92,8 +103,18 @@ class TapIndex:
             up[(tap.dpid, tap.copy_port)] = (rate - tap.rate_bps, count - 1)
         self.live -= 1
         self.used_bps = self.used_bps - tap.rate_bps if self.live else 0.0
+        if tap.tap_id in self.budgeted:
+            del self._table("budgeted")[tap.tap_id]
 
     def tap_changed(self, old: Tap | None, new: Tap | None) -> None:
+        if old is None and new is not None:
+            times = self.created.get(new.policy, ())
+            self._table("created")[new.policy] = times + (new.created_at,)
+        elif new is None and old is not None:
+            times = list(self.created.get(old.policy, ()))
+            if old.created_at in times:
+                times.remove(old.created_at)
+            self._table("created")[old.policy] = tuple(times)
         was = old is not None and old.live
         now = new is not None and new.live
         if was and now and old is not None and new is not None and (
@@ -112,6 +133,10 @@ class TapIndex:
             self._discard(old)
         if now and new is not None:
             self._add(new)
+
+    def created_since(self, policy: str, since: float) -> int:
+        """Taps of ``policy`` created after ``since`` (of those the state holds)."""
+        return sum(1 for at in self.created.get(policy, ()) if at > since)
 
     def candidate_changed(self, old: Candidate | None, new: Candidate | None) -> None:
         self.waiting += (1 if new is not None and new.waiting else 0) - \

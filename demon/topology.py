@@ -117,6 +117,16 @@ class Topology:
             return f"port {loc.in_port} of switch {sw.name or loc.dpid} is not a host port"
         return None
 
+    def filter_switch_problem(self, dpid: int) -> str | None:
+        """Why switch ``dpid`` cannot take a tap matching on any of its ports (a
+        tap placed by switch only, ``in_port`` left out), or None."""
+        sw = self.switches.get(dpid)
+        if sw is None:
+            return f"switch dpid {dpid} is not connected to the controller"
+        if sw.role != "filter":
+            return f"switch {sw.name or dpid} has role {sw.role!r}, not 'filter' (a mirror copy)"
+        return None
+
     def is_copy(self, loc: Location) -> bool:
         """True where sFlow sees our own mirror copies: uplinks and non-filter switches."""
         sw = self.switches.get(loc.dpid)

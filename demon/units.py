@@ -6,7 +6,8 @@ upper-case ``B`` bytes: ``100Mbps``, ``100 Mbit/s``, ``100Mb/s`` are bits;
 (k, M, G, T) are powers of 1000, binary ones (Ki, Mi, Gi, Ti) powers of 1024.
 A plain number (``125000`` or ``"125000"``) is **bytes per second**, the unit
 sFlow-RT uses for a ``value: bytes`` flow. Durations: ``500ms``, ``5s``,
-``2m``, ``1h``, ``1d``, or a plain number of seconds.
+``2m``, ``1h``, ``1d``, or a plain number of seconds. Sizes (``max_bytes``):
+``1500``, ``10MB``, ``1.5GiB`` (bytes; decimal or binary prefixes).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ _RATE_RE = re.compile(
 _DURATION_RE = re.compile(
     r"^\s*(?P<num>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(?P<unit>ms|s|m|min|h|d)?\s*$")
 _DURATION_UNIT = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE_RE = re.compile(
+    r"^\s*(?P<num>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*"
+    r"(?P<prefix>Ki|Mi|Gi|Ti|[kKMGT])?(?P<unit>B|bytes)?\s*$")
 _PERCENT_RE = re.compile(r"^\s*(?P<num>(?:\d+(?:\.\d*)?|\.\d+))\s*%\s*$")
 
 
@@ -72,6 +76,20 @@ def parse_duration(text: str | int | float) -> float:
     if not m:
         raise UnitError(f"{text!r} is not a duration (write e.g. 500ms, 5s, 2m, 1h)")
     return _finite(float(m["num"]), text) * _DURATION_UNIT[m["unit"]]
+
+
+def parse_size(text: str | int | float) -> float:
+    """``"10MB"`` → 1e7, ``"1KiB"`` → 1024.0; plain numbers are bytes."""
+    if isinstance(text, bool):
+        raise UnitError(f"{text!r} is not a size")
+    if isinstance(text, (int, float)):
+        return _finite(float(text), text)
+    if not isinstance(text, str):
+        raise UnitError(f"{text!r} is not a size")
+    m = _SIZE_RE.match(text)
+    if not m or (m["prefix"] and not m["unit"]):
+        raise UnitError(f"{text!r} is not a size (write e.g. 1500, 10MB, 1.5GiB)")
+    return _finite(float(m["num"]) * _PREFIX[m["prefix"] or ""], text)
 
 
 def parse_percent(text: str) -> float | None:

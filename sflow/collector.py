@@ -16,6 +16,7 @@ the socket from ``/proc/net/udp``.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import select
 import socket
@@ -72,8 +73,12 @@ class Collector:
 
     def __init__(self, engine: Engine, host: str = "127.0.0.1", port: int = 6343,
                  rcvbuf: int = RCVBUF_WANTED, clock: Callable[[], float] = time.time,
-                 fast_path: bool = True) -> None:
+                 fast_path: bool = True, recorder: Any = None) -> None:
         self.engine = engine
+        #: ``sflow.rolling.RollingRecorder`` (or anything with ``record_batch``): every
+        #: datagram read is kept for backtests, outside the engine lock
+        self.recorder = recorder
+        self.record_errors = 0
         #: kept for callers; how datagrams are read is the engine's choice (``compiled=``)
         self.fast_path = fast_path
         self.clock = clock
@@ -122,6 +127,9 @@ class Collector:
         last_tick = 0.0
         kernel = engine.ingester.kernel
         recv_batch = kernel.recv_batch if kernel is not None else None
+        # recvmmsg lands each datagram in its own 64 KiB slot of an anonymous mapping:
+        # pages are only touched where datagrams land
+        slots = mmap.mmap(-1, BATCH * 65536) if recv_batch is not None else None
         recv = sock.recvfrom
         fd = sock.fileno()
         while not self._stop.is_set():
@@ -129,7 +137,7 @@ class Collector:
             if poller.poll(250):
                 try:
                     if recv_batch is not None:  # recvmmsg: one system call per batch
-                        batch = recv_batch(fd, BATCH)
+                        batch = recv_batch(fd, slots, BATCH)
                     else:
                         while len(batch) < BATCH:
                             payload, addr = recv(65535)
@@ -142,6 +150,8 @@ class Collector:
                     raise
             self.received += len(batch)
             now = self.clock()
+            if self.recorder is not None and batch:
+                self._record(batch, now)
             with lock:
                 before = engine.last_event_id
                 if batch:
@@ -153,6 +163,16 @@ class Collector:
                     last_tick = now
                 if engine.last_event_id != before:
                     lock.notify_all()
+
+
+    def _record(self, batch: list[tuple[bytes, str]], now: float) -> None:
+        try:
+            self.recorder.record_batch(batch, now)
+        except OSError as exc:  # a full disk must not stop collection
+            self.record_errors += 1
+            if self.record_errors == 1 or self.record_errors % 1000 == 0:
+                log.warning("recording sFlow datagrams failed (%d batches so far): %s",
+                            self.record_errors, exc)
 
 
 # --- replay -----------------------------------------------------------------------------

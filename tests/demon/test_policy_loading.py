@@ -123,7 +123,8 @@ def test_top_talkers_fields():
 
 @pytest.mark.parametrize("fields, where, fragment", [
     ({"threshold": None}, "threshold", "required"),
-    ({"kind": None}, "kind", "required (one of: elephant, top_talkers)"),
+    ({"kind": None}, "kind", "required (one of: elephant, top_talkers, watch_list, fan_in, "
+                             "scheduled)"),
     ({"keys": None}, "keys", "required"),
     ({"name": "no spaces"}, "name", "should match pattern"),
     ({"keys": "ipsource,frobnicate"}, "keys", "'frobnicate' is not an sFlow-RT flow key"),
@@ -135,10 +136,10 @@ def test_top_talkers_fields():
     ({"filter": "bogus:ipsource:x=1"}, "filter", "unknown key function"),
     ({"filter": "ipsourc=1"}, "filter", "did you mean ipsource"),
     ({"filter": "a=1)"}, "filter", "unbalanced ')'"),
-    ({"t": "700s"}, "t", "0.2s..600s"),
+    ({"t": "700s"}, "t", "outside 200ms..10m"),
     ({"fs": ""}, "fs", "at least 1 character"),
     ({"interval": "-1s"}, "interval", "negative"),
-    ({"duration": 0}, "duration", "greater than 0s"),
+    ({"duration": 0}, "duration", "outside 1s..65535s"),
     ({"duration": "10m"}, "max_duration", "shorter than duration"),
     ({"capture": "nowhere"}, None, None),  # resolved by the set loader (see fixtures)
     ({"capture": {"vlan": 0}}, "capture.vlan", "greater than or equal to 1"),
@@ -173,7 +174,8 @@ def test_models_are_frozen():
 
 def test_global_limits_defaults_and_units(tmp_path):
     assert GlobalLimits().capture_capacity is None and GlobalLimits().max_taps == 32
-    (tmp_path / "_global.yaml").write_text("capture_capacity: 1.5Gbit/s\nretry_backoff: 500ms\n")
+    (tmp_path / "_global.yaml").write_text("capture_capacity: 1.5Gbit/s\nretry_backoff: 500ms\n"
+                                           "allow_empty: true\n")
     loaded = load_policy_set(tmp_path)
     assert loaded.policies == {}
     assert loaded.limits.capture_capacity == 1.5e9 and loaded.limits.retry_backoff == 0.5
