@@ -98,6 +98,11 @@ class ControllerSettings:
     rpc_port: int
     token_file: Path
     fabric_file: Path
+    metrics_port: int | None = None  # Prometheus metrics on 127.0.0.1 (None: the component's default)
+
+    @property
+    def metrics_url(self) -> str | None:
+        return None if self.metrics_port is None else f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     @property
     def rpc_address(self) -> str:
@@ -114,16 +119,23 @@ def start_controller(settings: ControllerSettings, log: Path, timeout: float = 3
         argv = [PY, "-m", "demon.controller.launcher", "--of-host", "127.0.0.1",
                 "--of-port", str(settings.of_port), "--rpc", settings.rpc_address,
                 "--token-file", str(settings.token_file), "--fabric", str(settings.fabric_file)]
+        if settings.metrics_port is not None:
+            argv += ["--metrics-listen", f"127.0.0.1:{settings.metrics_port}"]
         env = None
     elif settings.kind == "pox":
-        pox_home = os.environ.get("POX_HOME")
+        from demon.controller.poxhome import pox_home as find_pox
+
+        pox_home = find_pox()  # $POX_HOME, else the copy scripts/setup unpacked beside the venv
         if not pox_home or not (Path(pox_home) / "pox.py").exists():
-            raise ComponentError("--controller pox: set POX_HOME to a POX checkout (never pip install pox)")
+            raise ComponentError("--controller pox: no POX checkout (run scripts/setup or set POX_HOME; "
+                                 "never pip install pox)")
         if not (REPO / "demon" / "controller" / "pox_tap.py").exists():
             raise ComponentError("--controller pox: demon/controller/pox_tap.py is not in this checkout yet")
         argv = [PY, str(Path(pox_home) / "pox.py"), "openflow.of_01", "--address=127.0.0.1",
                 f"--port={settings.of_port}", "demon.controller.pox_tap", f"--rpc={settings.rpc_address}",
                 f"--token-file={settings.token_file}", f"--fabric={settings.fabric_file}"]
+        if settings.metrics_port is not None:
+            argv.append(f"--metrics-listen=127.0.0.1:{settings.metrics_port}")
         env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     else:
         raise ComponentError(f"controller: must be os-ken or pox, not {settings.kind!r}")

@@ -2,7 +2,7 @@
 """``demon-lab``: the whole loop on one machine, in one command.
 
 Starts Open vSwitch if needed, the controller component (os-ken; ``--controller
-pox`` with ``POX_HOME``), the seed network, the capture agent on h11,
+pox``, from the POX checkout), the seed network, the capture agent on h11,
 ``demon-watch`` with its embedded sFlow engine, and sFlow on every bridge; runs
 a traffic scenario (default: one TCP elephant h1->h2 among mice on both filter
 switches), prints progress as it goes, and ends with the timeline of each tap
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sflow import cliopts
+from topo.net import mininet_missing
 from topo.scenarios import SCENARIOS, FlowRun, Scenario, run_scenario, scenario
 from topo.session import LAB_POLICIES, LabSession, SessionOptions, TimelineEntry
 
@@ -154,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "traffic; ends with a timeline.")
     p.add_argument("--out", type=Path, default=Path("lab-out"), help="output directory (default ./lab-out)")
     p.add_argument("--controller", choices=("os-ken", "pox"), default="os-ken",
-                   help="controller component (pox needs POX_HOME)")
+                   help="controller component (pox: the checkout scripts/setup unpacks, or POX_HOME)")
     p.add_argument("--policies", type=Path, default=LAB_POLICIES,
                    help="policy directory (default policies/lab: policies/ with second-scale timers)")
     p.add_argument("--sflow-rt", metavar="URL", help="use a real sFlow-RT (its collector must be on this host)")
@@ -186,11 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     args = cliopts.parse_args(build_parser(), argv)
+    missing = mininet_missing("demon-lab")
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
     if os.geteuid() != 0:
         print("demon-lab: needs root (Open vSwitch and Mininet)", file=sys.stderr)
         return 2
-    if args.controller == "pox" and not os.environ.get("POX_HOME"):
-        print("demon-lab: --controller pox: set POX_HOME to a POX checkout", file=sys.stderr)
+    from demon.controller.poxhome import pox_home
+
+    if args.controller == "pox" and pox_home() is None:
+        print("demon-lab: --controller pox: no POX checkout (run scripts/setup or set POX_HOME)", file=sys.stderr)
         return 2
     if not args.policies.is_dir():
         print(f"demon-lab: --policies {args.policies}: not a directory", file=sys.stderr)
@@ -215,8 +222,8 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
             return 3
         if session.api_url:
             print(f"demon-lab: daemon API at {session.api_url}/api/v1/ (token file "
-                  f"{session.paths['api_token']}); metrics at {session.api_url}/metrics",
-                  file=out, flush=True)
+                  f"{session.paths['api_token']})", file=out, flush=True)
+            _print_urls(session, out, "demon-lab: ")
         runs = run_scenario(session, sc, args.settle)
         if args.keep:
             # Say what happened first: the lab then stays up until the operator leaves.
@@ -269,6 +276,19 @@ def _take_lab_lock(out: TextIO) -> Any:
     return handle
 
 
+def _print_urls(session: LabSession, out: TextIO, indent: str) -> None:
+    """The dashboard and every part's Prometheus metrics (docs/dashboard.md)."""
+    print(f"{indent}dashboard:   {session.api_url}/  (paste the token from {session.paths['api_token']} "
+          "to release, pause, resume)", file=out)
+    urls = session.metrics_urls()
+    for part, label in (("daemon", "daemon + embedded engine"), ("engine", "engine HTTP"),
+                        ("controller", "controller"), ("capture", "capture agent, in h11's network namespace "
+                                                                   "(Mininet CLI: h11 curl -s URL)")):
+        if part in urls:
+            print(f"{indent}metrics:     {urls[part]}  {label}", file=out)
+    out.flush()
+
+
 def _interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -288,9 +308,10 @@ def _keep(session: LabSession, out: TextIO) -> None:
         token = session.paths["api_token"]
         if session.options.split_hosts:  # from the operator's machine, over the management network
             where, token = "ip netns exec dmn-ops ", session.paths["ops_token"]
-        print(f"  daemon API:  {session.api_url}/api/v1/status (metrics: {session.api_url}/metrics)\n"
+        print(f"  daemon API:  {session.api_url}/api/v1/status\n"
               f"  operate:     {where}demon-tap --url {session.api_url} --token-file {token} list",
               file=out, flush=True)
+        _print_urls(session, out, "  ")
     try:
         if sys.stdin.isatty():
             from mininet.cli import CLI

@@ -227,7 +227,8 @@ def create_app(daemon: Daemon, auth: Auth, *, api_info: Mapping[str, Any] | None
             "GET /api/v1/policies", "GET /api/v1/transitions",
             "GET /api/v1/transitions/stream", "POST /api/v1/taps",
             "POST /api/v1/taps/{id}/release", "POST /api/v1/policies/{name}/pause",
-            "POST /api/v1/policies/{name}/resume", "GET /metrics"]})
+            "POST /api/v1/policies/{name}/resume", "GET /metrics",
+            "GET /api/v1/fabric", "GET /api/v1/policies/{name}/flows", "GET / (dashboard)"]})
 
     @app.get("/api/v1/status")
     def status(_: Identity = Depends(reader)) -> FastJSON:
@@ -388,6 +389,10 @@ def create_app(daemon: Daemon, auth: Auth, *, api_info: Mapping[str, Any] | None
         body, content_type = render()
         return Response(body, media_type=content_type)
 
+    # The dashboard (demon/api/dashboard/): the page at /, its two reads.
+    from demon.api.dashboard.routes import add_dashboard
+
+    add_dashboard(app, daemon, auth, snapshot, ApiError)
     return app
 
 

@@ -117,6 +117,9 @@ class EngineSide:
         self.polls_failed = 0
         self.polls_unsettled = 0
         self.redefinitions = 0
+        #: ``(policy name, policy, flows, at, settled)`` after each good ``/activeflows``
+        #: poll (the dashboard's rate history: no extra request to the engine).
+        self.poll_listeners: list[Callable[[str, Any, list[ActiveFlow], float, bool], None]] = []
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -286,6 +289,11 @@ class EngineSide:
         if not complete:
             self.polls_unsettled += 1
         self._put(top_flows(name, flows, complete))
+        for listener in list(self.poll_listeners):
+            try:
+                listener(name, pol, flows, time.time(), complete)
+            except Exception:  # noqa: BLE001 - a reader's hook never stops the polls
+                log.exception("poll listener failed")
 
     def refresh_topology(self) -> None:
         """Every second while the map is empty or a flow waits for its port to
