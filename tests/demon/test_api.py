@@ -501,3 +501,22 @@ def test_the_api_listener_is_a_tcp_socket_so_answers_are_not_held_by_nagle(api: 
 
     sock = api.server.http._sock
     assert sock is not None and sock.proto == socket.IPPROTO_TCP
+
+
+def test_demon_tap_asks_a_daemon_that_answers_at_the_default_address(
+        api: Api, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither --url nor --state: a running daemon is asked, its state file left alone."""
+    import io
+
+    from demon import tapctl
+
+    tap_id = api.tapped()
+    monkeypatch.setattr(tapctl, "DEFAULT_URL", api.server.url)
+    monkeypatch.setenv("DEMON_STATE", str(tmp_path / "elsewhere.sqlite"))  # not this one
+    out, err = io.StringIO(), io.StringIO()
+    assert tapctl.main(["--json", "list"], stdout=out, stderr=err) == 0, err.getvalue()
+    assert [t["tap_id"] for t in json.loads(out.getvalue())] == [tap_id]
+    monkeypatch.setattr(tapctl, "DEFAULT_URL", "http://127.0.0.1:9")  # nobody there
+    out, err = io.StringIO(), io.StringIO()
+    assert tapctl.main(["list"], stdout=out, stderr=err) == tapctl.EXIT_STATE
+    assert "elsewhere.sqlite does not exist" in err.getvalue()
