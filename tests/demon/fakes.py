@@ -79,6 +79,7 @@ class FakeController:
         # (of ``clock``) from its install; ``counter_reads`` counts list_mirrors calls.
         self.pps = 0.0
         self.packet_size = 1500
+        self.refresh = 0.0  # > 0: counters as of the last refresh, like OVS (every ~0.5 s)
         self.counter_reads = 0
         self.lock = threading.Lock()
         self.server: RpcServer | None = None
@@ -133,7 +134,10 @@ class FakeController:
     def _count(self, mirror: dict[str, Any], now: float) -> dict[str, Any]:
         """The mirror with its counters as of ``now`` (frozen once it is removed)."""
         if self.pps and "removed_at" not in mirror:
-            packets = int(max(0.0, now - mirror["installed_at"]) * self.pps)
+            elapsed = max(0.0, now - mirror["installed_at"])
+            if self.refresh > 0:
+                elapsed = self.refresh * int(elapsed / self.refresh)
+            packets = int(elapsed * self.pps)
             mirror["packets"], mirror["bytes"] = packets, packets * self.packet_size
         return mirror
 
