@@ -22,7 +22,12 @@ they reach its budget. Two things stand between the counter and the truth:
   (every ``2 x READ_FLOOR`` once it is overdue), which dates each change to a few
   milliseconds.
 
-A tap ends when the (estimated) count reaches its budget. Reads are never closer
+A tap ends when the (estimated) count reaches its budget. What the switch credits
+the new entry with before it is live is not counted: Open vSwitch revalidates its
+datapath as soon as its table changes (a few ms after the install) and credits the
+new entry with what the datapath forwarded since its previous refresh (up to
+500 ms of the flow, measured: 2,807 packets of a 100 Mbit/s flow, none of them
+copied); the first change within ``SETTLE`` of the install is taken as that base. Reads are never closer
 than ``READ_FLOOR`` nor further apart than ``READ_MAX``; until the counters first
 move they are ``2 x READ_FLOOR`` apart (``READ_MIN`` for live counters). At a steady rate the overshoot is about
 ``rate x (read-to-removal latency + READ_FLOOR)`` plus the rate's error over one
@@ -44,6 +49,7 @@ from demon.model import Tap
 READ_MIN = 0.05   # closer than twice this to the crossing: read at the crossing itself
 READ_FLOOR = 0.01  # never two reads closer than this
 READ_MAX = 2.0
+SETTLE = 0.1       # a first change this soon after the install is the switch's credit
 _MIN_PACKET = 64
 
 
@@ -81,12 +87,23 @@ def changed(tap: Tap, packets: int, octets: int, at: float,
     return when, max(0.0, (packets - tap.packets) / dt), max(0.0, (octets - tap.bytes) / dt)
 
 
+def settles(tap: Tap, when: float, refresh: float) -> bool:
+    """Whether a change of the counters at ``when`` is the switch crediting the new
+    entry with traffic from before it was live: the first change, within ``SETTLE``
+    of the install, of counters that refresh (Open vSwitch revalidates at once when
+    its table changes, a few ms after the install, and credits the new entry with
+    what its datapath forwarded since its last refresh, up to ``refresh`` earlier)."""
+    return refresh > 0 and not tap.rate_measured and not tap.base_packets and \
+        not tap.base_bytes and when - tap.counted_at <= min(SETTLE, refresh / 5)
+
+
 def _limits(tap: Tap) -> Iterable[tuple[str, float, int, float]]:
-    """(limit name, limit, count, rate) of each budget the tap has."""
+    """(limit name, limit, count above the base, rate) of each budget the tap has."""
     if tap.max_packets:
-        yield "max_packets", float(tap.max_packets), tap.packets, tap.packet_rate
+        yield "max_packets", float(tap.max_packets), tap.packets - tap.base_packets, \
+            tap.packet_rate
     if tap.max_bytes:
-        yield "max_bytes", float(tap.max_bytes), tap.bytes, tap.byte_rate
+        yield "max_bytes", float(tap.max_bytes), tap.bytes - tap.base_bytes, tap.byte_rate
 
 
 def _now(tap: Tap, count: int, rate: float, at: float, refresh: float) -> float:
@@ -139,11 +156,14 @@ def reached(tap: Tap, at: float, refresh: float) -> tuple[str, str] | None:
             continue
         noun = "packet" if name == "max_packets" else "byte"
         other = f"{tap.bytes} bytes" if name == "max_packets" else f"{tap.packets} packets"
+        base = tap.base_packets if name == "max_packets" else tap.base_bytes
+        before = f"; {base} more credited before the mirror was live" if base else ""
         if value == count:
-            return name, f"{noun} budget reached: {count} of {limit:.0f} {noun}s ({other})"
+            return name, (f"{noun} budget reached: {count} of {limit:.0f} {noun}s ({other}"
+                          f"{before})")
         return name, (f"{noun} budget reached: about {value:.0f} of {limit:.0f} {noun}s (the "
                       f"switch counted {count} {at - tap.counted_at:.2f}s ago, at {rate:.0f} "
-                      f"{noun}s/s)")
+                      f"{noun}s/s{before})")
     return None
 
 

@@ -684,9 +684,13 @@ def _on_counters(w: _Work, read: MirrorCounters) -> None:
             if (packets, octets) != (tap.packets, tap.bytes):
                 w.put(tap, packets=packets, bytes=octets)
             continue
-        change = budget.changed(tap, packets, octets, at, w.ctx.limits.counter_refresh)
+        refresh = w.ctx.limits.counter_refresh
+        change = budget.changed(tap, packets, octets, at, refresh)
         if change is None:  # not moved: as stale as it was (or the flow paused)
             tap = w.put(tap, counters_at=max(at, tap.counters_at))
+        elif budget.settles(tap, change[0], refresh):  # credit from before it was live
+            tap = w.put(tap, packets=packets, bytes=octets, counters_at=max(at, tap.counters_at),
+                        counted_at=change[0], base_packets=packets, base_bytes=octets)
         else:
             when, packet_rate, byte_rate = change
             tap = w.put(tap, packets=packets, bytes=octets, counters_at=max(at, tap.counters_at),

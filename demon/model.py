@@ -90,6 +90,11 @@ class Tap:
     packet_rate: float = 0.0
     byte_rate: float = 0.0
     rate_measured: bool = False  # False: the rates are the sFlow guess (plan reads only)
+    # What the switch credited the mirror with before it was live (OVS revalidates at
+    # once when its table changes and credits the new entry with what its datapath
+    # forwarded since its last refresh); budgets count above it.
+    base_packets: int = 0
+    base_bytes: int = 0
     # What ended it: "duration" (condition cleared), "max_duration", "max_packets",
     # "max_bytes", "window" (a schedule's), "hold" (an operator's); "" otherwise.
     limit: str = ""
