@@ -105,3 +105,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("integration") and "lab_lock" not in getattr(item, "fixturenames", []):
             item.fixturenames.append("lab_lock")  # type: ignore[attr-defined]
+
+
+@pytest.fixture(autouse=True)
+def _private_default_state(tmp_path_factory: pytest.TempPathFactory,
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may touch the machine's default state file (/var/lib/... as root):
+    a command run without --state gets a state file of its own test."""
+    if "DEMON_STATE" not in os.environ:
+        monkeypatch.setenv("DEMON_STATE", str(tmp_path_factory.mktemp("state") / "state.sqlite"))

@@ -71,15 +71,24 @@ def traffic_result(host: Any, *args: str, timeout: float = 120) -> dict[str, Any
 
 def start_capture_agent(host: Any, out_dir: Path, taps: Path | None, *, grace: float = 2.0,
                         rotate_bytes: int = 100_000_000, rotate_seconds: float = 0,
+                        daemon: str | None = None, token_file: Path | None = None,
+                        metrics_listen: str = "127.0.0.1:0", extra: list[str] | None = None,
                         ready_timeout: float = 10, log: Path | None = None) -> HostProc:
-    """``demon-capture`` on the host's default interface; returns once it captures."""
+    """``demon-capture`` on the host's default interface; returns once it captures.
+
+    Taps come from ``taps`` (a tap table file) or, with ``daemon``, from the daemon
+    API's transition stream (``token_file`` for its token). ``metrics_listen``
+    defaults to an ephemeral port: several labs' agents never collide; the
+    address it took is in ``agent.json`` (``metrics``)."""
     out_dir = Path(out_dir)
     status = out_dir / "agent.json"
     status.unlink(missing_ok=True)
     argv = [PY, "-m", "demon.capture.agent", "-i", str(host.defaultIntf()), "-o", str(out_dir),
             "--grace", str(grace), "--rotate-bytes", str(rotate_bytes),
-            "--rotate-seconds", str(rotate_seconds)]
-    if taps is not None:
+            "--rotate-seconds", str(rotate_seconds), "--metrics-listen", metrics_listen, *(extra or [])]
+    if daemon is not None:
+        argv += ["--daemon", daemon] + (["--token-file", str(token_file)] if token_file else [])
+    elif taps is not None:
         argv += ["--taps", str(taps)]
     hp = spawn(host, argv, name=f"demon-capture on {host.name}", stderr_to=log)
     deadline = time.monotonic() + ready_timeout

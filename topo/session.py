@@ -250,10 +250,14 @@ class LabSession:
         return [t for t in self.taps.values() if t.get("state") in ("pending", "active", "expiring")]
 
     def capture_files(self, tap_id: str) -> list[Path]:
-        return sorted((self.paths["captures"] / tap_id).glob(f"{tap_id}-*.pcap"))
+        return sorted(p for p in (self.paths["captures"] / tap_id).glob(f"{tap_id}-*")
+                      if p.suffix in (".pcap", ".pcapng"))
 
     def manifests(self, tap_id: str) -> list[dict[str, Any]]:
-        return [json.loads(p.read_text()) for p in sorted((self.paths["captures"] / tap_id).glob("*.json"))]
+        """The tap's file manifests, then its summary (``tap.json``) last."""
+        d = self.paths["captures"] / tap_id
+        return [json.loads(p.read_text()) for p in sorted(d.glob(f"{tap_id}-*.json")) + [d / "tap.json"]
+                if p.exists()]
 
     def wait(self, predicate: Callable[["LabSession"], bool], timeout: float, every: float = 0.2) -> bool:
         """Poll until ``predicate(self)`` holds; False on timeout."""

@@ -1,407 +1,283 @@
 # PYTHON_ARGCOMPLETE_OK
-"""``demon-capture``: the capture host's agent. One pcap per tap, plus a manifest.
+"""``demon-capture``: the capture host's agent. One capture file series per tap,
+with manifests.
 
-It runs on the capture host (in the lab: inside h11's namespace), reads every
-frame *arriving* on its interface from an AF_PACKET socket (standard library:
-no tcpdump pipe to babysit, kernel receive timestamps, the VLAN tag the kernel
-strips put back), drops IPv6 link-local chatter, and files each frame under the
-tap it belongs to (see :mod:`demon.capture.taptable`: a JSON tap table, or
-the daemon's state file read-only with ``--store``). Frames of no known tap
-wait ``--grace`` seconds (the tap table may be written just after the mirror
-went live) and then go to ``unmatched/``: that file proves "no packet of any
-other flow".
+It runs on the capture host (in the lab: inside h11's namespace). Frames
+arriving on the capture interface reach it through memory-mapped kernel
+rings, already told apart by tap by a BPF program compiled from the tap table
+(:mod:`demon.capture.ring`, :mod:`demon.capture.bpf`); frames of taps not
+known yet wait ``--grace`` seconds for the tap table, then go to
+``unmatched/``.
+
+Where taps come from (one tap table, :mod:`demon.capture.taptable`):
+``--daemon URL`` (the daemon API's transition stream, resumed from the last
+transition applied), ``--taps FILE`` (a JSON table, re-read when it changes)
+or ``--store FILE`` (a local daemon's state file, read-only).
 
 Output layout (``--out DIR``)::
 
-    DIR/<tap_id>/<tap_id>-0001.pcap   + <tap_id>-0001.json (manifest)
-    DIR/unmatched/unmatched-0001.pcap + unmatched-0001.json
-    DIR/agent.json                    status: counters, kernel drops, per-tap totals
+    DIR/<tap_id>/<tap_id>-0001.pcapng + <tap_id>-0001.json (manifest per file)
+    DIR/<tap_id>/tap.json              the tap's record: figures, switch counter, difference
+    DIR/unmatched/unmatched-0001.pcapng
+    DIR/agent.json                     status: counters, kernel drops, per-tap totals
+    DIR/daemon-cursor.json             with --daemon: the last transition applied
 
-Files rotate by size (``--rotate-bytes``) and age (``--rotate-seconds``).
-``--read FILE.pcap`` files an existing capture the same way (offline).
+``--read FILE`` (pcap or pcapng) files an existing capture the same way, offline.
+
+Exit status: 0 done; 2 bad input (options, files, taps), one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
-import json
 import logging
 import os
-import select
+import re
 import signal
-import socket
-import struct
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterator, NoReturn
 
-from demon.capture.packet import FlowKey, Fields, is_ipv6_noise, parse_frame
-from demon.capture.pcapwriter import RotatingPcap, Segment, read_pcap
-from demon.capture.taptable import StoreTapTable, Tap, TapTable
+from demon.capture.budget import DiskBudget
+from demon.capture.files import FORMATS
+from demon.capture.filer import CaptureAgent
+from demon.capture.packetsocket import PacketSocket  # noqa: F401  (demon-traffic sniff uses it)
+from demon.capture.taptable import STOP_SLACK, StoreTapTable, TapTable, TapTableError
 from sflow import cliopts
 from sflow.logsetup import setup_logging
+from sflow.pcap import LINKTYPE_ETHERNET, PcapError, iter_packets
 
 log = logging.getLogger("demon.capture")
 
-UNMATCHED = "unmatched"
-ETH_P_ALL = 0x0003
-SOL_PACKET = 263
-PACKET_AUXDATA = 8
-PACKET_STATISTICS = 6
-PACKET_OUTGOING = 4
-SO_TIMESTAMPNS = 35
-SO_RCVBUFFORCE = 33
-TP_STATUS_VLAN_VALID = 0x10
-TP_STATUS_VLAN_TPID_VALID = 0x40
-_AUXDATA = struct.Struct("IIIHHHH")
-_TIMESPEC = struct.Struct("qq")
-MAX_PENDING = 200_000
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+DEFAULT_METRICS = "127.0.0.1:8736"
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]i?)?[bB]?\s*$")
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
 
 
-def _manifest_fields(tap: Tap | None) -> dict[str, Any]:
-    if tap is None:
-        return {"tap_id": UNMATCHED}
-    info = tap.info
-    return {
-        "tap_id": tap.tap_id,
-        "policy": info.get("policy"),
-        "flow_key": info.get("flow_key"),
-        "trigger": info.get("trigger"),
-        "switch": info.get("dpid"),
-        "port": info.get("in_port"),
-        "copy_port": info.get("copy_port"),
-        "vlan_tag": tap.vlan_tag,
-        "match": info.get("match"),
-        "bidirectional": bool(info.get("bidirectional")),
-        "start": info.get("start", info.get("installed_at")),
-        "stop": info.get("stop"),
-    }
+class UsageError(Exception):
+    """A bad option or input file: one line, exit status 2."""
 
 
-@dataclass
-class Sink:
-    """Where one tap's frames go: a rotating pcap and its manifests."""
-
-    name: str
-    pcap: RotatingPcap
-    tap: Tap | None
-    packets: int = 0
-    bytes: int = 0
-    first_packet_at: float | None = None
-    last_packet_at: float | None = None
-    flows: collections.Counter[str] = field(default_factory=collections.Counter)
-    dirty: bool = False
-
-    def manifest(self, seg: Segment) -> dict[str, Any]:
-        doc = _manifest_fields(self.tap)
-        doc.update({
-            "pcap": seg.path.name,
-            "segment": seg.index,
-            "opened_at": seg.opened_at,
-            "closed_at": seg.closed_at,
-            "complete": seg.closed_at is not None,
-            "packets": seg.packets,
-            "bytes": seg.bytes,
-            "first_packet_at": seg.first_ts,
-            "last_packet_at": seg.last_ts,
-            "tap_packets": self.packets,
-            "tap_bytes": self.bytes,
-        })
-        if self.tap is None:
-            doc["flows"] = dict(self.flows.most_common(100))
-        return doc
-
-    def write_manifest(self, seg: Segment) -> None:
-        path = seg.path.with_suffix(".json")
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.manifest(seg), indent=1, default=str) + "\n")
-        os.replace(tmp, path)
+def parse_size(text: str) -> int:
+    """``100M`` → 100,000,000 bytes; ``1Gi`` → 2**30; a plain number is bytes."""
+    m = _SIZE.match(str(text))
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected a size such as 100M or 2G, got {text!r}")
+    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
 
 
-class CaptureAgent:
-    """Files frames under their taps. Socket-free: :meth:`handle` takes frames,
-    :meth:`tick` does the periodic work, so tests drive it with recorded frames."""
-
-    def __init__(self, out_dir: Path, table: TapTable, *, rotate_bytes: int = 100_000_000,
-                 rotate_seconds: float = 0, grace: float = 3.0, keep_noise: bool = False,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.table = table
-        self.rotate_bytes = rotate_bytes
-        self.rotate_seconds = rotate_seconds
-        self.grace = grace
-        self.keep_noise = keep_noise
-        self.clock = clock
-        self.sinks: dict[str, Sink] = {}
-        self.pending: collections.deque[tuple[float, bytes, int, int, Fields]] = collections.deque()
-        self.counters = collections.Counter[str]()
-        self.started_at = clock()
-        self._last_stat = 0.0
-        self.table.reload_if_changed()
-
-    # -- filing -----------------------------------------------------------------
-    def _sink(self, tap: Tap | None) -> Sink:
-        name = tap.tap_id if tap is not None else UNMATCHED
-        sink = self.sinks.get(name)
-        if sink is None:
-            pcap = RotatingPcap(self.out_dir / name, name, self.rotate_bytes, self.rotate_seconds,
-                                clock=self.clock)
-            sink = Sink(name, pcap, tap)
-            pcap.on_segment = sink.write_manifest
-            self.sinks[name] = sink
-        elif tap is not None:
-            sink.tap = tap  # the table may have learnt the tap's stop time since
-        return sink
-
-    def _file(self, sink: Sink, frame: bytes, ts_ns: int, orig_len: int, fields: Fields) -> None:
-        first = sink.packets == 0
-        sink.pcap.write(frame, ts_ns, orig_len)
-        sink.packets += 1
-        sink.bytes += orig_len
-        ts = ts_ns / 1e9
-        if sink.first_packet_at is None:
-            sink.first_packet_at = ts
-        sink.last_packet_at = ts
-        if sink.tap is None:
-            sink.flows[str(FlowKey.of(fields))] += 1
-        sink.dirty = True
-        if first:
-            # The first packet of a tap is news (the lab's timeline waits for it).
-            sink.pcap.flush()
-            self._write_open_manifest(sink)
-
-    def handle(self, frame: bytes, ts_ns: int, orig_len: int | None = None) -> None:
-        orig = orig_len if orig_len is not None else len(frame)
-        self.counters["frames"] += 1
-        fields = parse_frame(frame)
-        if not self.keep_noise and is_ipv6_noise(fields):
-            self.counters["ipv6_noise"] += 1
-            return
-        tap = self.table.lookup(fields)
-        if tap is None and self._stat_due() and self.table.reload_if_changed():
-            self._flush_pending()  # frames that waited for this table go first
-            tap = self.table.lookup(fields)
-        if tap is not None:
-            self.counters["matched"] += 1
-            self._file(self._sink(tap), frame, ts_ns, orig, fields)
-            return
-        self.pending.append((self.clock(), frame, ts_ns, orig, fields))
-        if len(self.pending) > MAX_PENDING:
-            self._flush_pending(force_count=len(self.pending) - MAX_PENDING)
-
-    def _stat_due(self) -> bool:
-        now = self.clock()
-        if now - self._last_stat >= 0.05:
-            self._last_stat = now
-            return True
-        return False
-
-    def _flush_pending(self, force_all: bool = False, force_count: int = 0) -> None:
-        """Re-file waiting frames whose tap is now known; unmatched after the grace."""
-        now = self.clock()
-        kept: collections.deque[tuple[float, bytes, int, int, Fields]] = collections.deque()
-        for i, item in enumerate(self.pending):
-            arrived, frame, ts_ns, orig, fields = item
-            tap = self.table.lookup(fields)
-            if tap is not None:
-                self.counters["matched"] += 1
-                self.counters["matched_late"] += 1
-                self._file(self._sink(tap), frame, ts_ns, orig, fields)
-            elif force_all or i < force_count or now - arrived >= self.grace:
-                self.counters["unmatched"] += 1
-                self._file(self._sink(None), frame, ts_ns, orig, fields)
-            else:
-                kept.append(item)
-        self.pending = kept
-
-    # -- periodic work ------------------------------------------------------------
-    def tick(self) -> None:
-        changed = self.table.reload_if_changed()
-        if self.pending and (changed or self.clock() - self.pending[0][0] >= self.grace):
-            self._flush_pending()
-        for sink in self.sinks.values():
-            sink.pcap.tick()
-            if sink.dirty:
-                sink.pcap.flush()
-                self._write_open_manifest(sink)
-                sink.dirty = False
-
-    def _write_open_manifest(self, sink: Sink) -> None:
-        seg = sink.pcap.snapshot()
-        if seg is not None:
-            sink.write_manifest(seg)
-
-    def close(self) -> None:
-        self.table.reload_if_changed()
-        self._flush_pending(force_all=True)
-        for sink in self.sinks.values():
-            sink.pcap.close()
-
-    def status(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        doc: dict[str, Any] = {
-            "started_at": self.started_at,
-            "updated_at": self.clock(),
-            "counters": dict(self.counters),
-            "pending": len(self.pending),
-            "tap_table_error": self.table.last_error,
-            "taps": {
-                name: {"packets": s.packets, "bytes": s.bytes, "first_packet_at": s.first_packet_at,
-                       "last_packet_at": s.last_packet_at,
-                       "files": [str(seg.path) for seg in s.pcap.segments]
-                       + ([str(s.pcap.current.path)] if s.pcap.current else [])}
-                for name, s in self.sinks.items()
-            },
-        }
-        if extra:
-            doc.update(extra)
-        return doc
-
-    def write_status(self, extra: dict[str, Any] | None = None) -> None:
-        path = self.out_dir / "agent.json"
-        tmp = path.with_name("agent.json.tmp")
-        tmp.write_text(json.dumps(self.status(extra), indent=1, default=str) + "\n")
-        os.replace(tmp, path)
-
-
-# -- the live socket --------------------------------------------------------------
-class PacketSocket:
-    """Inbound frames of one interface, with kernel timestamps and VLAN tags restored."""
-
-    def __init__(self, interface: str, rcvbuf: int = 32 * 1024 * 1024) -> None:
-        self.interface = interface
-        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
-        except OSError:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
-        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        self.sock.bind((interface, 0))
-        self.sock.setblocking(False)
-        self.kernel_packets = 0
-        self.kernel_drops = 0
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def recv(self) -> tuple[bytes, int, int] | None:
-        """One inbound frame ``(frame, ts_ns, orig_len)``, or None when the queue is empty."""
-        while True:
-            try:
-                data, anc, _flags, addr = self.sock.recvmsg(65535, 256)
-            except BlockingIOError:
-                return None
-            if addr[2] == PACKET_OUTGOING:
-                continue
-            ts_ns = 0
-            orig = len(data)
-            for level, kind, payload in anc:
-                if level == SOL_PACKET and kind == PACKET_AUXDATA and len(payload) >= _AUXDATA.size:
-                    status, tp_len, _snap, _mac, _net, tci, tpid = _AUXDATA.unpack_from(payload)
-                    orig = tp_len
-                    if status & TP_STATUS_VLAN_VALID or tci:
-                        if not status & TP_STATUS_VLAN_TPID_VALID:
-                            tpid = 0x8100
-                        data = data[:12] + struct.pack("!HH", tpid, tci) + data[12:]
-                        orig += 4
-                elif level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
-                    sec, nsec = _TIMESPEC.unpack_from(payload)
-                    ts_ns = sec * 1_000_000_000 + nsec
-            return data, ts_ns or time.time_ns(), orig
-
-    def update_stats(self) -> None:
-        raw = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
-        packets, drops = struct.unpack("II", raw)  # the kernel resets them on each read
-        self.kernel_packets += packets
-        self.kernel_drops += drops
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def run_live(agent: CaptureAgent, psock: PacketSocket, should_stop: Callable[[], bool],
-             tick_every: float = 0.2) -> None:
-    extra = lambda: {"interface": psock.interface, "kernel_packets": psock.kernel_packets,  # noqa: E731
-                     "kernel_drops": psock.kernel_drops}
-    psock.update_stats()
-    agent.write_status(extra())
-    next_tick = time.monotonic() + tick_every
-    next_status = time.monotonic() + 1.0
-    while not should_stop():
-        timeout = max(0.0, next_tick - time.monotonic())
-        ready, _, _ = select.select([psock], [], [], timeout)
-        if ready:
-            for _ in range(10000):
-                item = psock.recv()
-                if item is None:
-                    break
-                agent.handle(*item)
-        now = time.monotonic()
-        if now >= next_tick:
-            agent.tick()
-            next_tick = now + tick_every
-        if now >= next_status:
-            psock.update_stats()
-            agent.write_status(extra())
-            next_status = now + 1.0
-    # Drain what already arrived, so a stop right after the traffic loses nothing.
-    while (item := psock.recv()) is not None:
-        agent.handle(*item)
-    psock.update_stats()
-    agent.close()
-    agent.write_status({**extra(), "stopped_at": time.time()})
-
-
-def run_offline(agent: CaptureAgent, frames: Iterable[tuple[float, bytes, int]]) -> None:
-    for ts, frame, orig in frames:
-        agent.handle(frame, int(round(ts * 1e9)), orig)
-    agent.close()
-    agent.write_status({"stopped_at": time.time()})
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
+        self.exit(EXIT_USAGE, f"{self.prog}: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="demon-capture", description="capture host agent: one pcap per tap")
+    p = Parser(prog="demon-capture", description="capture host agent: one capture file series per tap")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("-i", "--interface", help="interface to capture on (inbound frames only)")
-    src.add_argument("--read", type=Path, metavar="PCAP", help="file an existing pcap instead (offline)")
+    src.add_argument("-i", "--interface", help="capture port to capture on (inbound frames only)")
+    src.add_argument("--read", type=Path, metavar="FILE", help="file an existing pcap or pcapng instead (offline)")
     p.add_argument("-o", "--out", type=Path, required=True, help="output directory")
     taps = p.add_mutually_exclusive_group()
+    taps.add_argument("--daemon", metavar="URL", help="learn taps from the daemon API's transition stream")
     taps.add_argument("--taps", type=Path, help="tap table JSON (re-read when it changes)")
-    taps.add_argument("--store", type=Path, help="or: the daemon's state file (demon-watch --state), read-only")
-    p.add_argument("--rotate-bytes", type=int, default=100_000_000, help="new file above this size (0 = never)")
-    p.add_argument("--rotate-seconds", type=float, default=0, help="new file after this age (0 = never)")
+    taps.add_argument("--store", type=Path, help="a local daemon's state file (demon-watch --state), read-only")
+    p.add_argument("--token-file", type=Path, help="with --daemon: the API token (name:secret or a bare secret)")
+    p.add_argument("--format", choices=FORMATS, default="pcapng",
+                   help="pcapng (default; the tap's metadata in the section header) or classic pcap")
+    p.add_argument("--snaplen", type=int, default=262144, help="bytes kept of each frame (default 262144)")
+    p.add_argument("--rotate-bytes", type=int, default=100_000_000,
+                   help="a new file above this many bytes (default 100000000; 0 = never)")
+    p.add_argument("--rotate-seconds", type=float, default=0, help="a new file after this age (0 = never)")
+    p.add_argument("--budget", type=parse_size, default=0,
+                   help="disk budget for all captures (oldest ended captures removed first; 0 = none)")
+    p.add_argument("--tap-budget", type=parse_size, default=0, help="disk budget per tap (0 = none)")
     p.add_argument("--grace", type=float, default=3.0,
-                   help="seconds an unknown frame waits for its tap before going to unmatched/")
+                   help="seconds a frame of no known tap waits for its tap before going to unmatched/")
+    p.add_argument("--stop-slack", type=float, default=STOP_SLACK,
+                   help=f"seconds after a tap's stop its late copies are still its own (default {STOP_SLACK})")
     p.add_argument("--keep-noise", action="store_true", help="keep IPv6 link-local chatter")
+    p.add_argument("--ring-mb", type=int, default=32, help="kernel ring per tap, MiB (default 32)")
+    p.add_argument("--catchall-mb", type=int, default=16, help="kernel ring for frames of no known tap, MiB")
+    p.add_argument("--block-timeout-ms", type=int, default=20,
+                   help="the kernel hands over a ring block at the latest after this (default 20)")
+    p.add_argument("--max-rings", type=int, default=64, help="rings at most (taps beyond: the Python path)")
+    p.add_argument("--metrics-listen", default=DEFAULT_METRICS, metavar="HOST:PORT",
+                   help=f"Prometheus metrics (default {DEFAULT_METRICS}; '' = off)")
     p.add_argument("-v", "--verbose", action="store_true", help="same as --log-level debug")
     return cliopts.add_common(p, exits={0: "stopped by SIGTERM/SIGINT, or --read filed the whole capture",
-                                        1: "the interface cannot be opened", 2: "usage or configuration error"})
+                                        2: "bad input: options, --read file, tap table, token file, "
+                                           "interface, output directory (one line on stderr)"})
+
+
+def check_args(args: argparse.Namespace) -> None:
+    for name in ("rotate_bytes", "rotate_seconds", "grace", "budget", "tap_budget", "stop_slack"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')}: must be >= 0")
+    if not 1 <= args.snaplen <= 262144:
+        raise UsageError(f"--snaplen: must be 1..262144, got {args.snaplen}")
+    for name in ("ring_mb", "catchall_mb", "block_timeout_ms"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')}: must be >= 1")
+    if args.max_rings < 1:
+        raise UsageError("--max-rings: must be >= 1")
+    if args.token_file and not args.daemon:
+        raise UsageError("--token-file: only with --daemon")
+    if args.tap_budget and args.rotate_bytes and args.rotate_bytes > args.tap_budget:
+        raise UsageError(f"--rotate-bytes {args.rotate_bytes} exceeds --tap-budget {args.tap_budget}: "
+                         "a tap could never keep one whole file")
+    if args.budget and args.rotate_bytes and args.rotate_bytes > args.budget:
+        raise UsageError(f"--rotate-bytes {args.rotate_bytes} exceeds --budget {args.budget}")
+    out: Path = args.out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {out}: {exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: not writable")
+
+
+def make_table(args: argparse.Namespace) -> TapTable:
+    if args.store:
+        if not args.store.is_file():
+            raise UsageError(f"--store {args.store}: no such file")
+        table: TapTable = StoreTapTable(args.store, args.stop_slack)
+        table.reload_if_changed()
+        if table.last_error and not table.taps:
+            raise UsageError(f"--store {table.last_error}")
+        return table
+    table = TapTable(args.taps, args.stop_slack)
+    try:
+        table.check()
+    except TapTableError as exc:
+        raise UsageError(f"--taps {exc}") from None
+    return table
+
+
+def offline_packets(path: Path) -> Iterator[tuple[int, bytes, int]]:
+    """``(ts_ns, frame, orig_len)`` of an Ethernet capture; bad files raise UsageError."""
+    if not path.exists():
+        raise UsageError(f"--read {path}: no such file")
+    try:
+        for pkt in iter_packets(path):
+            if pkt.linktype != LINKTYPE_ETHERNET:
+                raise UsageError(f"--read {path}: link type {pkt.linktype} is not Ethernet")
+            yield pkt.ts_ns, pkt.frame, pkt.orig_len
+    except PcapError as exc:
+        raise UsageError(f"--read {exc}") from None
+    except IsADirectoryError:
+        raise UsageError(f"--read {path}: is a directory") from None
+    except OSError as exc:
+        raise UsageError(f"--read {path}: {exc.strerror or exc}") from None
+
+
+def run_offline(agent: CaptureAgent, path: Path) -> None:
+    packets = offline_packets(path)
+    try:
+        first = next(packets)  # a file that is no capture fails before anything is written
+    except StopIteration:
+        first = None
+    try:
+        if first is not None:
+            agent.handle(first[1], first[0], first[2])
+            for ts_ns, frame, orig in packets:
+                agent.handle(frame, ts_ns, orig)
+    finally:
+        agent.close()
+        agent.write_status({"stopped_at": time.time(), "read": str(path)})
+
+
+def start_metrics(listen: str, agent: CaptureAgent, extra: Any) -> Any:
+    if not listen:
+        return None
+    from demon.capture.metrics import registry_for, serve
+    from sflow.webserve import ListenError, parse_listen
+
+    try:
+        host, port = parse_listen(listen, 8736)
+    except ListenError as exc:
+        raise UsageError(f"--metrics-listen {exc}") from None
+    try:
+        server = serve(registry_for(agent, extra), host, port)
+    except OSError as exc:
+        raise UsageError(f"--metrics-listen {listen}: {exc.strerror or exc}") from None
+    log.info("metrics on %s/metrics", server.url)
+    return server
 
 
 def main(argv: list[str] | None = None) -> int:
     args = cliopts.parse_args(build_parser(), argv)
     if args.verbose:
         setup_logging("debug", args.log_format)
-    for name in ("rotate_bytes", "rotate_seconds", "grace"):
-        if getattr(args, name) < 0:
-            print(f"demon-capture: --{name.replace('_', '-')}: must be >= 0", file=sys.stderr)
-            return 2
-    table = StoreTapTable(args.store) if args.store else TapTable(args.taps)
-    agent = CaptureAgent(args.out, table, rotate_bytes=args.rotate_bytes,
-                         rotate_seconds=args.rotate_seconds, grace=args.grace,
-                         keep_noise=args.keep_noise)
-    if args.read:
-        run_offline(agent, read_pcap(args.read))
-        return 0
     try:
-        psock = PacketSocket(args.interface)
+        return _main(args)
+    except UsageError as exc:
+        print(f"demon-capture: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _main(args: argparse.Namespace) -> int:
+    check_args(args)
+    follower = None
+    if args.daemon:
+        from demon.capture.stream import StreamConfigError, TransitionFollower, check_url, read_token
+
+        try:
+            check_url(args.daemon)
+            token = read_token(args.token_file) if args.token_file else None
+        except StreamConfigError as exc:
+            raise UsageError(str(exc)) from None
+        table: TapTable = TapTable(None, args.stop_slack)
+    else:
+        table = make_table(args)
+    budget = DiskBudget(total=args.budget, per_tap=args.tap_budget)
+    agent = CaptureAgent(args.out, table, rotate_bytes=args.rotate_bytes, rotate_seconds=args.rotate_seconds,
+                         grace=args.grace, keep_noise=args.keep_noise, fmt=args.format, snaplen=args.snaplen,
+                         budget=budget, interface=args.interface or "")
+    if args.read:
+        if args.daemon:
+            raise UsageError("--read: taps come from --taps or --store offline, not --daemon")
+        run_offline(agent, args.read)
+        return EXIT_OK
+
+    from demon.capture.live import LiveCapture
+    from demon.capture.ring import RingError
+
+    try:
+        live = LiveCapture(agent, args.interface, ring_mb=args.ring_mb, catchall_mb=args.catchall_mb,
+                           block_timeout_ms=args.block_timeout_ms, max_rings=args.max_rings)
+    except RingError as exc:
+        raise UsageError(f"--interface {args.interface}: {exc.strerror or exc}") from None
+    except PermissionError:
+        raise UsageError(f"--interface {args.interface}: capturing needs root (or CAP_NET_RAW)") from None
     except OSError as exc:
-        print(f"demon-capture: --interface {args.interface}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        raise UsageError(f"--interface {args.interface}: {exc.strerror or exc}") from None
+    before = None
+    status: dict[str, Any] = {}
+
+    def extra() -> dict[str, Any]:
+        return {**live.status(), **(follower.status() if follower is not None else {}), **status}
+
+    agent.status_extra = extra
+    if args.daemon:
+        follower = TransitionFollower(args.daemon, args.out, token=token, wake=live.wake).start()
+
+        def before() -> None:
+            follower.apply(agent.table, agent.note_transition)
+
+    try:
+        metrics = start_metrics(args.metrics_listen, agent, extra)
+    except UsageError:
+        live.close()
+        if follower is not None:
+            follower.stop()
+        raise
+    if metrics is not None:
+        status["metrics"] = metrics.url
     stop = {"flag": False}
 
     def on_signal(_signum: int, _frame: Any) -> None:
@@ -409,13 +285,17 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info("capturing on %s into %s", args.interface, args.out)
+    log.info("capturing on %s into %s (%s)", args.interface, args.out, args.format)
     cliopts.notify_ready(f"capturing on {args.interface} into {args.out}")
     try:
-        run_live(agent, psock, lambda: stop["flag"])
+        live.run(lambda: stop["flag"], before)
     finally:
-        psock.close()
-    return 0
+        live.close()
+        if follower is not None:
+            follower.stop()
+        if metrics is not None:
+            metrics.stop()
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -13,6 +13,17 @@ A bare list is accepted too, so the RPC ``list_mirrors`` result can be written
 as is. A copy is told apart by its VLAN tag when the tap has one, else by the
 tap's match (also reversed when ``bidirectional``). Unknown members are kept
 and copied into the manifests.
+
+The table is the one meeting point of every way the agent learns taps: the
+file (``--taps``), the daemon's state file (``--store``, read-only) and the
+daemon's transition stream (``--daemon``, :mod:`demon.capture.stream`, through
+:meth:`TapTable.upsert`). ``version`` counts changes, so the receive loop knows
+when to recompile the kernel's demultiplexer.
+
+A frame belongs to the newest matching tap that had not ended when the frame
+was received (``stop`` + ``stop_slack``): the first copies of a re-tap never go
+into the previous, ended tap's files, even before the re-tap is known (they
+wait for it, see ``--grace``).
 """
 
 from __future__ import annotations
@@ -33,6 +44,10 @@ class TapTableError(ValueError):
     """A bad tap table (the message names the entry and field)."""
 
 
+ENDED_STATES = ("removed", "failed")
+STOP_SLACK = 0.25  # s after a tap's recorded stop during which a copy is still its own
+
+
 @dataclass
 class Tap:
     tap_id: str
@@ -44,6 +59,27 @@ class Tap:
         if self.vlan_tag is not None:
             return fields.get("vlan_vid") == self.vlan_tag
         return any(p(fields) for p in self.predicates)
+
+    @property
+    def start(self) -> float:
+        value = self.info.get("start")
+        return float(value) if isinstance(value, (int, float)) else 0.0
+
+    @property
+    def stop(self) -> float | None:
+        value = self.info.get("stop")
+        return float(value) if isinstance(value, (int, float)) else None
+
+    @property
+    def ended(self) -> bool:
+        return self.stop is not None or self.info.get("state") in ENDED_STATES
+
+    def covers(self, ts: float | None, slack: float = STOP_SLACK) -> bool:
+        """Could a copy received at ``ts`` be this tap's? (No longer, once it ended.)"""
+        stop = self.stop
+        if stop is None:
+            return not (self.info.get("state") in ENDED_STATES and ts is None)
+        return ts is not None and ts <= stop + slack
 
 
 def parse_taps(doc: Any, source: str = "tap table", errors: list[str] | None = None) -> list[Tap]:
@@ -94,18 +130,71 @@ def _parse_tap(entry: Any, where: str, seen: set[str]) -> Tap:
 
 
 class TapTable:
-    """The taps of a JSON file, reloaded when its mtime or size changes.
+    """The taps of a JSON file, reloaded when its mtime or size changes (or, with
+    no file, the taps given to :meth:`upsert`).
 
     An unreadable file is reported and the previous table stays in use; a bad
     entry is reported and skipped, the others load.
     """
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None = None, stop_slack: float = STOP_SLACK) -> None:
         self.path = Path(path) if path else None
+        self.stop_slack = stop_slack
         self.taps: list[Tap] = []
         self.by_id: dict[str, Tap] = {}
         self.last_error: str | None = None
+        self.version = 0
         self._stamp: tuple[int, int] | None = None
+
+    def check(self) -> None:
+        """Raise :class:`TapTableError` (one line) when the file cannot be used at all:
+        missing, unreadable, not JSON, not a table. For the command line, at start."""
+        if self.path is None:
+            return
+        try:
+            doc = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            raise TapTableError(f"{self.path}: no such file") from None
+        except OSError as exc:
+            raise TapTableError(f"{self.path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise TapTableError(f"{self.path}: not a JSON tap table (not text)") from None
+        except ValueError as exc:
+            raise TapTableError(f"{self.path}: not a JSON tap table ({exc})") from None
+        parse_taps(doc, str(self.path))  # strict: the first bad entry is the error
+
+    def replace(self, taps: list[Tap]) -> None:
+        # Oldest first (stable for equal starts): lookup walks it from the end.
+        self.taps = sorted(taps, key=lambda t: t.start)
+        self.by_id = {t.tap_id: t for t in self.taps}
+        self.version += 1
+
+    def upsert(self, entry: dict[str, Any]) -> Tap | None:
+        """Add or update one tap (from the daemon's transition stream). A bad or never
+        placed entry is reported in ``last_error`` and leaves the table as it was."""
+        if not placed(entry):
+            old = self.by_id.get(entry.get("tap_id"))  # type: ignore[arg-type]
+            if old is not None:  # a placed tap that lost its placement: keep the old match
+                entry = {**entry, "match": old.info.get("match"), "vlan_tag": old.vlan_tag}
+            else:
+                return None
+        try:
+            tap = _parse_tap(entry, f"tap {entry.get('tap_id')!r}", set())
+        except TapTableError as exc:
+            self.last_error = str(exc)
+            return None
+        old = self.by_id.get(tap.tap_id)
+        if old is not None and old.info == tap.info:
+            return old
+        self.replace([t for t in self.taps if t.tap_id != tap.tap_id] + [tap])
+        return tap
+
+    def forget(self, before: float) -> list[str]:
+        """Drop taps that ended before ``before`` (a long-running agent's table stays small)."""
+        gone = [t.tap_id for t in self.taps if t.stop is not None and t.stop < before]
+        if gone:
+            self.replace([t for t in self.taps if t.tap_id not in gone])
+        return gone
 
     def reload_if_changed(self) -> bool:
         """True if a new table was loaded."""
@@ -126,14 +215,15 @@ class TapTable:
             self.last_error = str(exc)
             return False
         self.last_error = "; ".join(errors) or None
-        self.taps = taps
-        self.by_id = {t.tap_id: t for t in taps}
+        self.replace(taps)
         return True
 
-    def lookup(self, fields: Fields) -> Tap | None:
-        # Newest tap first: a re-tap of the same flow gets the packets, not the old one.
+    def lookup(self, fields: Fields, ts: float | None = None) -> Tap | None:
+        """The tap a frame received at ``ts`` belongs to: the newest matching one that
+        had not ended by then. None when no tap matches, or only ended ones (the
+        frame may be the first copy of a re-tap the table does not know yet)."""
         for tap in reversed(self.taps):
-            if tap.matches(fields):
+            if tap.matches(fields) and tap.covers(ts, self.stop_slack):
                 return tap
         return None
 
@@ -152,7 +242,8 @@ def tap_table_entry(tap: dict[str, Any]) -> dict[str, Any]:
             "bidirectional": tap.get("bidirectional", False), "policy": tap.get("policy"),
             "flow_key": tap.get("flow_key"), "trigger": tap.get("trigger"), "dpid": tap.get("dpid"),
             "in_port": tap.get("in_port"), "copy_port": tap.get("copy_port"),
-            "start": tap.get("created_at"), "stop": tap.get("ended_at"), "state": tap.get("state")}
+            "start": tap.get("created_at"), "stop": tap.get("ended_at"), "state": tap.get("state"),
+            "packets": tap.get("packets"), "bytes": tap.get("bytes")}
 
 
 def placed(tap: dict[str, Any]) -> bool:
@@ -164,8 +255,8 @@ class StoreTapTable(TapTable):
     """The taps of the daemon's state file (``demon-watch --state``), read-only,
     re-read when the file or its write-ahead log changes."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(None)
+    def __init__(self, path: Path, stop_slack: float = STOP_SLACK) -> None:
+        super().__init__(None, stop_slack)
         self.store_path = Path(path)
         self._store: Any = None
         self._store_stamp: tuple[int, ...] | None = None
@@ -202,6 +293,5 @@ class StoreTapTable(TapTable):
         errors: list[str] = []
         taps = parse_taps([e for e in entries if placed(e)], str(self.store_path), errors)
         self.last_error = "; ".join(errors) or None
-        self.taps = taps
-        self.by_id = {t.tap_id: t for t in taps}
+        self.replace(taps)
         return True

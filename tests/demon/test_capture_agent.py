@@ -10,10 +10,13 @@ from pathlib import Path
 import dpkt
 import pytest
 
-from demon.capture.agent import CaptureAgent, main as capture_main
+from demon.capture.agent import main as capture_main
+from demon.capture.files import RotatingFile
+from demon.capture.filer import CaptureAgent
 from demon.capture.packet import parse_frame
-from demon.capture.pcapwriter import PcapWriter, RotatingPcap, read_pcap
 from demon.capture.taptable import TapTable, TapTableError, parse_taps, write_tap_table
+from sflow.pcap import PcapWriter
+from tests.capture_files import capture_files, read_capture
 
 ELEPHANT = {"ipv4_src": "10.0.0.1", "ipv4_dst": "10.0.0.2", "tcp_src": 51792, "tcp_dst": 5201}
 
@@ -70,11 +73,19 @@ def tap(tap_id: str, match: dict | None = None, **extra: object) -> dict:
 
 
 def manifests(directory: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))]
+    """The per-file manifests (not the tap's summary)."""
+    return [json.loads(p.read_text()) for p in sorted(directory.glob(f"{directory.name}-*.json"))]
 
 
 def pcap_frames(directory: Path) -> list[bytes]:
-    return [frame for p in sorted(directory.glob("*.pcap")) for _ts, frame, _len in read_pcap(p)]
+    return [frame for p in capture_files(directory) for _ts, frame, _len in read_capture(p)]
+
+
+def write_pcap(path: Path, frames: list[tuple[int, bytes]]) -> None:
+    with open(path, "wb") as fh:
+        w = PcapWriter(fh, nanoseconds=True)
+        for ts_ns, frame in frames:
+            w.write_ns(ts_ns, frame)
 
 
 def test_parse_frame_reads_vlan_ipv4_tcp_and_ipv6_udp() -> None:
@@ -173,52 +184,64 @@ def test_rotation_by_size_and_by_age_writes_a_manifest_per_file(tmp_path: Path) 
     table = tmp_path / "taps.json"
     write_tap_table(table, [tap("t1", ELEPHANT)])
     frame = tcp_frame("10.0.0.1", "10.0.0.2", 51792, 5201, b"z" * 900)
-    agent = CaptureAgent(tmp_path / "out", TapTable(table), rotate_bytes=3000, clock=clock)
+    agent = CaptureAgent(tmp_path / "out", TapTable(table), rotate_bytes=3000, clock=clock, fmt="pcap")
     for i in range(7):
         agent.handle(frame, i)
     agent.close()
-    files = sorted((tmp_path / "out" / "t1").glob("*.pcap"))
+    files = capture_files(tmp_path / "out" / "t1")
     assert [p.name for p in files] == ["t1-0001.pcap", "t1-0002.pcap", "t1-0003.pcap"]
     assert [m["packets"] for m in manifests(tmp_path / "out" / "t1")] == [3, 3, 1]
     assert all(p.stat().st_size <= 3000 for p in files)
 
     seen: list[int] = []
-    rp = RotatingPcap(tmp_path / "age", "a", max_seconds=10, clock=clock,
-                      on_segment=lambda seg: seen.append(seg.packets))
-    rp.write(frame, 1)
+    rp = RotatingFile(tmp_path / "age", "a", max_seconds=10, clock=clock, on_segment=lambda seg: seen.append(seg.packets))
+
+    def write(ts: int) -> None:
+        f = rp.ensure_open(100)
+        f.write([frame], len(frame), 1, len(frame), ts, ts)
+
+    write(1)
     clock.now += 11
     rp.tick()  # idle but old: closed without waiting for the next frame
-    rp.write(frame, 2)
-    rp.write(frame, 3)
+    write(2)
+    write(3)
     rp.close()
     assert seen == [1, 2]
 
 
-def test_pcap_files_read_back_exactly_with_dpkt(tmp_path: Path) -> None:
-    frames = [tcp_frame("10.0.0.1", "10.0.0.2", 1, i) for i in range(1, 4)]
-    w = PcapWriter(tmp_path / "x.pcap")
+def test_pcapng_files_read_back_exactly_with_dpkt_and_carry_the_tap_in_their_header(tmp_path: Path) -> None:
+    from sflow.pcap import pcapng_options
+
+    table = tmp_path / "taps.json"
+    write_tap_table(table, [tap("t1", ELEPHANT, trigger="elephant_tcp event 7")])
+    agent = CaptureAgent(tmp_path / "out", TapTable(table))
+    frames = [tcp_frame("10.0.0.1", "10.0.0.2", 51792, 5201, bytes([i]) * (i + 1)) for i in range(4)]
     for i, f in enumerate(frames):
-        w.write(f, 1_700_000_000_123_456_789 + i)
-    w.close()
-    with open(tmp_path / "x.pcap", "rb") as fh:
-        reader = dpkt.pcap.Reader(fh)
-        got = [(ts, bytes(buf)) for ts, buf in reader]
+        agent.handle(f, 1_700_000_000_123_456_789 + i)
+    agent.close()
+    (path,) = capture_files(tmp_path / "out" / "t1")
+    assert path.name == "t1-0001.pcapng"
+    with open(path, "rb") as fh:
+        got = [(ts, bytes(buf)) for ts, buf in dpkt.pcapng.Reader(fh)]
     assert [buf for _ts, buf in got] == frames
     assert abs(float(got[0][0]) - 1_700_000_000.123456789) < 1e-6
+    assert read_capture(path)[1][0] == 1_700_000_000.12345679
+    (section,) = pcapng_options(path)
+    meta = json.loads(section["comment"].split(" ", 2)[2])
+    assert (meta["tap_id"], meta["policy"], meta["trigger"], meta["switch"]) == ("t1", "elephant", "elephant_tcp event 7", 1)
+    assert section["userappl"] == "demon-capture"
 
 
 @pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
 def test_offline_cli_output_opens_in_tshark(tmp_path: Path) -> None:
     src = tmp_path / "in.pcap"
-    w = PcapWriter(src)
-    for i in range(4):
-        w.write(tcp_frame("10.0.0.1", "10.0.0.2", 51792, 5201), i * 1000)
-    w.write(tcp_frame("10.0.0.3", "10.0.0.4", 1, 2), 5000)
-    w.close()
+    write_pcap(src, [(i * 1000, tcp_frame("10.0.0.1", "10.0.0.2", 51792, 5201)) for i in range(4)]
+               + [(5000, tcp_frame("10.0.0.3", "10.0.0.4", 1, 2))])
     table = tmp_path / "taps.json"
     write_tap_table(table, [tap("t1", ELEPHANT)])
-    assert capture_main(["--read", str(src), "--out", str(tmp_path / "out"), "--taps", str(table)]) == 0
-    out = subprocess.run(["tshark", "-r", str(tmp_path / "out" / "t1" / "t1-0001.pcap"),
+    assert capture_main(["--read", str(src), "--out", str(tmp_path / "out"), "--taps", str(table),
+                         "--metrics-listen", ""]) == 0
+    out = subprocess.run(["tshark", "-r", str(tmp_path / "out" / "t1" / "t1-0001.pcapng"),
                           "-T", "fields", "-e", "ip.src", "-e", "tcp.dstport"],
                          capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.split("\n")[:4] == ["10.0.0.1\t5201"] * 4

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import pytest
 
 from demon.capture.packet import FlowKey, parse_frame
-from demon.capture.pcapwriter import read_pcap
+from tests.capture_files import capture_files, read_capture
 from tests.conftest import held_lab_lock
 from topo.hostproc import HostProc, traffic
 from topo.seed import host_ip
@@ -107,7 +107,7 @@ class ReceiverCapture:
         self.proc.terminate()
         err = self.proc.communicate(timeout=20)[1].decode()
         assert re.search(r"^0 packets dropped by kernel", err, re.M), err  # otherwise this reference is incomplete
-        return [frame_id(f, n) for _t, f, n in read_pcap(self.path)]
+        return [frame_id(f, n) for _t, f, n in read_capture(self.path)]
 
 
 def run_flows(session: LabSession, flows: list[TcpFlow], timeout: float = 60) -> None:
@@ -145,12 +145,12 @@ def switch_packets(session: LabSession, tap_id: str) -> int:
 
 
 def pcap_fields(session: LabSession, tap_id: str) -> list[dict[str, Any]]:
-    return [parse_frame(f) for p in session.capture_files(tap_id) for _t, f, _l in read_pcap(p)]
+    return [parse_frame(f) for p in session.capture_files(tap_id) for _t, f, _l in read_capture(p)]
 
 
 def unmatched_ip_flows(session: LabSession) -> set[str]:
     d = session.paths["captures"] / "unmatched"
-    return {str(FlowKey.of(f)) for p in sorted(d.glob("*.pcap")) for _t, fr, _l in read_pcap(p)
+    return {str(FlowKey.of(f)) for p in capture_files(d) for _t, fr, _l in read_capture(p)
             if "ip_proto" in (f := parse_frame(fr))}
 
 
@@ -176,7 +176,7 @@ def test_an_elephant_is_tapped_once_captured_whole_and_released(session: LabSess
     frames = pcap_fields(session, tap["tap_id"])
     assert frames and all(flow.matches(f) for f in frames)  # the elephant's packets, no other flow's
     # Every packet the receiver got once the mirror was live has its copy at h11, none twice.
-    copies = [frame_id(f, n) for p in session.capture_files(tap["tap_id"]) for _t, f, n in read_pcap(p)]
+    copies = [frame_id(f, n) for p in session.capture_files(tap["tap_id"]) for _t, f, n in read_capture(p)]
     delivered = receiver.frame_ids()
     assert len(set(copies)) == len(copies)
     position = {fid: i for i, fid in enumerate(delivered)}

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from demon.capture.packet import parse_frame
-from demon.capture.pcapwriter import read_pcap
+from tests.capture_files import capture_files, read_capture
 from demon.capture.taptable import write_tap_table
 from topo.hostproc import start_capture_agent, traffic, traffic_result
 from topo.seed import build_seed, seed_links
@@ -176,18 +176,18 @@ def test_capture_agent_files_mirrored_copies_per_tap(tmp_path: Path) -> None:
         time.sleep(0.3)
         assert agent.stop() == 0
     assert received == [300, 200, 150]  # production traffic untouched
-    by_match = [f for p in sorted((out / "by-match").glob("*.pcap")) for f in read_pcap(p)]
-    by_vlan = [f for p in sorted((out / "by-vlan").glob("*.pcap")) for f in read_pcap(p)]
+    by_match = [f for p in capture_files(out / "by-match") for f in read_capture(p)]
+    by_vlan = [f for p in capture_files(out / "by-vlan") for f in read_capture(p)]
     assert len(by_match) == counters["0x1"] == 300
     assert len(by_vlan) == counters["0x2"] == 200
     assert {parse_frame(f)["udp_dst"] for _t, f, _l in by_match} == {5001}
     assert {(parse_frame(f)["vlan_vid"], parse_frame(f)["udp_dst"]) for _t, f, _l in by_vlan} == {(42, 5002)}
-    unmatched = list((out / "unmatched").glob("*.pcap"))
+    unmatched = capture_files(out / "unmatched")
     assert not unmatched or not any(parse_frame(f).get("udp_dst") == 5003
-                                    for p in unmatched for _t, f, _l in read_pcap(p))
+                                    for p in unmatched for _t, f, _l in read_capture(p))
     manifest = json.loads((out / "by-match" / "by-match-0001.json").read_text())
     assert (manifest["packets"], manifest["switch"], manifest["copy_port"], manifest["complete"]) == (300, 1, 6, True)
-    tshark = subprocess.run(["tshark", "-r", str(out / "by-vlan" / "by-vlan-0001.pcap"), "-T", "fields",
+    tshark = subprocess.run(["tshark", "-r", str(capture_files(out / "by-vlan")[0]), "-T", "fields",
                              "-e", "vlan.id", "-e", "udp.dstport"], capture_output=True, text=True, timeout=60)
     assert tshark.returncode == 0 and set(tshark.stdout.split("\n")[:-1]) == {"42\t5002"}
 
@@ -214,7 +214,7 @@ def test_ipv6_flows_are_mirrored_and_filed_by_their_tap(tmp_path: Path) -> None:
         counted = int(of("dump-flows", "s1", "cookie=0x6/-1").split("n_packets=")[1].split(",")[0])
         time.sleep(0.3)
         assert agent.stop() == 0
-    frames = [parse_frame(f) for p in sorted((out / "v6").glob("*.pcap")) for _t, f, _l in read_pcap(p)]
+    frames = [parse_frame(f) for p in capture_files(out / "v6") for _t, f, _l in read_capture(p)]
     assert len(frames) == counted == 100
     assert {(str(f["ipv6_src"]), f["udp_dst"]) for f in frames} == {("fc00::1", 5001)}
     status = json.loads((out / "agent.json").read_text())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from demon.capture.pcapwriter import read_pcap
+from tests.capture_files import capture_files, read_capture
 from demon.capture.packet import FlowKey, parse_frame
 from demon.controller.fabric import STATIC_COOKIE
 from demon.controller.ovsofctl import dump_flows
@@ -54,8 +54,8 @@ def test_static_mode_tables_and_what_reaches_the_capture_host(tmp_path: Path) ->
         sniffed = {line["flow"] for line in (sniffer.proc.wait(15), sniffer.json_lines())[1]}
     assert {"1:10.0.0.1:None>10.0.0.2:None", "1:10.0.0.7:None>10.0.0.6:None"} <= sniffed
     assert not any("10.0.0.3" in flow for flow in sniffed)
-    frames = [parse_frame(f) for p in sorted((tmp_path / "captures" / "unmatched").glob("*.pcap"))
-              for _t, f, _l in read_pcap(p)]
+    frames = [parse_frame(f) for p in capture_files(tmp_path / "captures" / "unmatched")
+              for _t, f, _l in read_capture(p)]
     icmp = {(FlowKey.of(f).src, FlowKey.of(f).dst) for f in frames if f.get("ip_proto") == 1}
     assert icmp == {("10.0.0.1", "10.0.0.2"), ("10.0.0.2", "10.0.0.1"),
                     ("10.0.0.6", "10.0.0.7"), ("10.0.0.7", "10.0.0.6")}
