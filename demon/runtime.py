@@ -38,6 +38,7 @@ from demon.model import (Command, ControllerStatus, FlowSighting, HistoryEntry, 
                          InstallResult, MirrorRemoved, OperatorRelease, OperatorTap,
                          PausePolicy, Reconcile, Record, RemoveMirror, RemoveResult,
                          ResumePolicy, State, ThresholdEvent, Tick, TopFlows)
+from demon.counter_reader import CounterReader
 from demon.rpc.client import ControllerUnreachable, RpcClient, RpcTimeout
 from demon.rpc.protocol import RpcError
 from demon.store import OperatorRequest, Store
@@ -241,6 +242,8 @@ class Runtime:
         self._threads: list[threading.Thread] = []
         self._scheduler: BackgroundScheduler | None = None
         self._subscription: Any = None
+        self._counters: CounterReader | None = None
+        self._counter_rpc: Any = None
         self._stream: EventStream | None = None
 
     # -- public, thread-safe ---------------------------------------------------------
@@ -344,6 +347,13 @@ class Runtime:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+        if not self.options.dry_run:
+            # budgets: the switch counters, read on their own connection when the core says
+            reader_rpc = RpcClient(self.controller.address, token=self.controller.token,
+                                   timeout=self.controller.timeout)
+            self._counter_rpc = reader_rpc
+            self._counters = CounterReader(reader_rpc.list_mirrors, self.inputs.put,
+                                           clock=self.clock, speed=self.options.speed).start()
         self._subscription = self.controller.subscribe(self._on_controller_event,
                                                        on_connection=self._on_connection)
         speed = self.options.speed
@@ -635,6 +645,8 @@ class Runtime:
                         now=self.clock())
         if cursor is not None:
             self.last_event_id = cursor
+        if self._counters is not None:
+            self._counters.due(core.counters_due(self.state, self.ctx))
         awaiting = core.awaiting_placement(self.state)
         if awaiting and not self._awaiting_placement:
             # A flow just started waiting for its port (agents announce ports with
@@ -801,6 +813,9 @@ class Runtime:
         if self._subscription is not None:
             self._subscription.close()
         self._rpc_queue.put(None)
+        if self._counters is not None:
+            self._counters.stop()
+            self._counter_rpc.close()
         for thread in self._threads:
             if thread.name == "demon-rpc":
                 thread.join(timeout=self.options.exit_timeout)
