@@ -19,7 +19,7 @@ they reach its budget. Two things stand between the counter and the truth:
   (``_global.yaml``, 500 ms by default): ``count + rate x min(now - changed,
   counter_refresh)``. Reads are placed at the predicted crossing when it comes
   before the next refresh, else just before and just after the expected refresh
-  (every ``2 x READ_FLOOR`` once it is overdue), which dates each change to a few
+  (every ``READ_FLOOR`` once it is overdue), which dates each change to a few
   milliseconds.
 
 A tap ends when the (estimated) count reaches its budget. What the switch credits
@@ -29,7 +29,7 @@ new entry with what the datapath forwarded since its previous refresh (up to
 500 ms of the flow, measured: 2,807 packets of a 100 Mbit/s flow, none of them
 copied); the first change within ``SETTLE`` of the install is taken as that base. Reads are never closer
 than ``READ_FLOOR`` nor further apart than ``READ_MAX``; until the counters first
-move they are ``2 x READ_FLOOR`` apart (``READ_MIN`` for live counters). At a steady rate the overshoot is about
+move they are ``READ_FLOOR`` apart (``READ_MIN`` for live counters). At a steady rate the overshoot is about
 ``rate x (read-to-removal latency + READ_FLOOR)`` plus the rate's error over one
 refresh; it stays under 10 % while that is under 10 % of the budget (a
 10,000-packet budget at a 200 Mbit/s elephant's ~17,000 packets/s leaves about
@@ -97,23 +97,66 @@ def settles(tap: Tap, when: float, refresh: float) -> bool:
         not tap.base_bytes and when - tap.counted_at <= min(SETTLE, refresh / 5)
 
 
-def _limits(tap: Tap) -> Iterable[tuple[str, float, int, float]]:
-    """(limit name, limit, count above the base, rate) of each budget the tap has."""
+class _Meter:
+    """One budgeted counter of a tap: what the switch last showed, the change before
+    it, and how to read them as of a time."""
+
+    __slots__ = ("name", "limit", "count", "rate", "at", "prior", "prior_at", "peak", "live")
+
+    def __init__(self, tap: Tap, name: str) -> None:
+        packets = name == "max_packets"
+        base = tap.base_packets if packets else tap.base_bytes
+        self.name = name
+        self.limit = float(tap.max_packets if packets else tap.max_bytes or 0)
+        self.count = (tap.packets if packets else tap.bytes) - base
+        self.rate = tap.packet_rate if packets else tap.byte_rate
+        self.at = tap.counted_at
+        self.prior = (tap.prior_packets if packets else tap.prior_bytes) - base
+        self.prior_at = tap.prior_at
+        prior_rate = tap.prior_packet_rate if packets else tap.prior_byte_rate
+        self.live = tap.rate_measured
+        # the faster of the last two intervals: a refresh that showed too little makes
+        # the last one look slow (the one before says what the flow does)
+        self.peak = max(self.rate, prior_rate)
+
+    def value(self, at: float, refresh: float) -> float:
+        """The count as of ``at``: from the last change, or from the one before when
+        that says more; extrapolated only at measured rates, only so far."""
+        if not self.live:
+            return float(self.count)
+        if refresh <= 0:
+            return estimate(self.count, self.rate, self.at, at, refresh)
+        last = estimate(self.count, self.peak, self.at, at, refresh)
+        if self.prior_at <= 0:
+            return last
+        return max(last, estimate(self.prior, self.peak, self.prior_at, at, 2 * refresh))
+
+    def crossing(self, refresh: float) -> float | None:
+        """When ``value`` reaches the limit, if it does within its extrapolation."""
+        if not self.live or self.rate <= 0:
+            return None
+        if refresh <= 0:
+            return self.at + (self.limit - self.count) / self.rate
+        times = [self.at + (self.limit - self.count) / self.peak]
+        if self.prior_at > 0:
+            times.append(self.prior_at + (self.limit - self.prior) / self.peak)
+        spans = [refresh, 2 * refresh]
+        reach = [t for t, start, span in zip(times, (self.at, self.prior_at), spans)
+                 if t <= start + span]
+        return min(reach) if reach else min(times)
+
+
+def _meters(tap: Tap) -> Iterable[_Meter]:
     if tap.max_packets:
-        yield "max_packets", float(tap.max_packets), tap.packets - tap.base_packets, \
-            tap.packet_rate
+        yield _Meter(tap, "max_packets")
     if tap.max_bytes:
-        yield "max_bytes", float(tap.max_bytes), tap.bytes - tap.base_bytes, tap.byte_rate
+        yield _Meter(tap, "max_bytes")
 
 
-def _now(tap: Tap, count: int, rate: float, at: float, refresh: float) -> float:
-    """What a counter stands for at ``at``: extrapolated only at a measured rate."""
-    return estimate(count, rate if tap.rate_measured else 0.0, tap.counted_at, at, refresh)
-
-
-def estimate(count: int, rate: float, changed: float, at: float, refresh: float) -> float:
-    """A counter last seen changing to ``count`` at ``changed``, as of ``at``."""
-    return count + rate * min(max(0.0, at - changed), refresh)
+def estimate(count: float, rate: float, changed: float, at: float, span: float) -> float:
+    """A counter last seen changing to ``count`` at ``changed``, as of ``at``,
+    extrapolated at ``rate`` for at most ``span`` seconds."""
+    return count + rate * min(max(0.0, at - changed), span)
 
 
 def next_read(tap: Tap, refresh: float) -> float | None:
@@ -124,14 +167,14 @@ def next_read(tap: Tap, refresh: float) -> float | None:
     if not tap.rate_measured:
         # until the counters first move: no rate to plan with; close reads date the
         # first change (and so the rate) well
-        return last + (2 * READ_FLOOR if refresh > 0 else READ_MIN)
+        return last + (READ_FLOOR if refresh > 0 else READ_MIN)
     wait = READ_MAX
-    for _, limit, count, rate in _limits(tap):
-        if _now(tap, count, rate, last, refresh) >= limit:
+    for meter in _meters(tap):
+        if meter.value(last, refresh) >= meter.limit:
             return last
-        if rate <= 0:
+        crossing = meter.crossing(refresh)
+        if crossing is None:
             continue
-        crossing = tap.counted_at + (limit - count) / rate  # when the estimate gets there
         if refresh <= 0:  # live counters: halve the distance, then hit the crossing
             gap = crossing - last
             wait = min(wait, gap / 2 if gap > 2 * READ_MIN else gap)
@@ -139,31 +182,31 @@ def next_read(tap: Tap, refresh: float) -> float | None:
         horizon = tap.counted_at + refresh  # the switch's next refresh, expected
         if crossing <= horizon:
             wait = min(wait, crossing - last)
-        elif last < horizon - 2 * READ_FLOOR:
-            wait = min(wait, horizon - 2 * READ_FLOOR - last)  # just before the refresh...
+        elif last < horizon - READ_FLOOR:
+            wait = min(wait, horizon - READ_FLOOR - last)  # just before the refresh...
         elif last < horizon:
             wait = min(wait, horizon + READ_FLOOR - last)  # ... and just after it
         else:
-            wait = min(wait, 2 * READ_FLOOR)  # overdue: watch for it closely
+            wait = min(wait, READ_FLOOR)  # overdue: watch for it closely
     return last + max(READ_FLOOR, wait)
 
 
 def reached(tap: Tap, at: float, refresh: float) -> tuple[str, str] | None:
     """(limit, cause) when the tap's counters, as of ``at``, have reached its budget."""
-    for name, limit, count, rate in _limits(tap):
-        value = _now(tap, count, rate, at, refresh)
-        if value < limit:
+    for meter in _meters(tap):
+        value = meter.value(at, refresh)
+        if value < meter.limit:
             continue
-        noun = "packet" if name == "max_packets" else "byte"
-        other = f"{tap.bytes} bytes" if name == "max_packets" else f"{tap.packets} packets"
-        base = tap.base_packets if name == "max_packets" else tap.base_bytes
+        noun = "packet" if meter.name == "max_packets" else "byte"
+        other = f"{tap.bytes} bytes" if meter.name == "max_packets" else f"{tap.packets} packets"
+        base = tap.base_packets if meter.name == "max_packets" else tap.base_bytes
         before = f"; {base} more credited before the mirror was live" if base else ""
-        if value == count:
-            return name, (f"{noun} budget reached: {count} of {limit:.0f} {noun}s ({other}"
-                          f"{before})")
-        return name, (f"{noun} budget reached: about {value:.0f} of {limit:.0f} {noun}s (the "
-                      f"switch counted {count} {at - tap.counted_at:.2f}s ago, at {rate:.0f} "
-                      f"{noun}s/s{before})")
+        if value == meter.count:
+            return meter.name, (f"{noun} budget reached: {meter.count} of {meter.limit:.0f} "
+                                f"{noun}s ({other}{before})")
+        return meter.name, (f"{noun} budget reached: about {value:.0f} of {meter.limit:.0f} "
+                            f"{noun}s (the switch counted {meter.count} {at - meter.at:.2f}s "
+                            f"ago, at {meter.peak:.0f} {noun}s/s{before})")
     return None
 
 

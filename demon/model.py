@@ -95,6 +95,14 @@ class Tap:
     # forwarded since its last refresh); budgets count above it.
     base_packets: int = 0
     base_bytes: int = 0
+    # The change of the counters before the last one, and the rates that led to it:
+    # a refresh that shows less than it should (Open vSwitch sometimes pushes part of
+    # its statistics) is caught up by extrapolating from the one before.
+    prior_packets: int = 0
+    prior_bytes: int = 0
+    prior_at: float = 0.0
+    prior_packet_rate: float = 0.0
+    prior_byte_rate: float = 0.0
     # What ended it: "duration" (condition cleared), "max_duration", "max_packets",
     # "max_bytes", "window" (a schedule's), "hold" (an operator's); "" otherwise.
     limit: str = ""

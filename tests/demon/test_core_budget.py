@@ -170,3 +170,36 @@ def test_budget_fields_validate():
         _, errors = parse_policy({**base, field: value}, "b.yaml")
         assert len(errors) == 1 and errors[0].startswith(f"b.yaml: policy 'p': field '{field}'")
         assert fragment in errors[0], errors
+
+
+def test_a_refresh_that_shows_too_little_is_caught_up_from_the_one_before():
+    """Seen in the lab (OVS 3.1, 100 Mbit/s): base 3,958 at the install, then 8,354 at
+    +0.50 s, 10,026 at +0.99 s (a partial push: the count of +0.69 s) and 14,469 at
+    +1.24 s. Reading from the last change only, the tap ended at +1.24 s (~10,900
+    packets mirrored); the change before says the budget was reached ~0.1 s earlier."""
+    pps = 8_800.0
+    h = Harness([policy(max_packets=10_000, max_duration="2h", duration="2h")], auto=False)
+    h.event(FLOW, mbps=100)
+    from demon.model import InstallMirror, InstallResult
+    install = next(c for c in h.commands if isinstance(c, InstallMirror))
+    h.feed(InstallResult(install.tap.tap_id, ok=True))
+    t0 = h.now
+
+    def shown(t: float) -> int:  # what the switch reports at t after the install
+        if t < 0.005:
+            return 0
+        if t < 0.501:
+            return 3_958
+        if t < 0.987:
+            return 3_958 + int(0.501 * pps)
+        if t < 1.235:
+            return 3_958 + int(0.690 * pps)  # partial
+        return 3_958 + int(1.235 * pps)
+
+    while h.only_tap().state == "active":
+        due = counters_due(h.state, h.ctx)
+        count = shown(due - t0)
+        h.at(due + 0.003 - T0).feed(MirrorCounters([("big.1", count, count * 1500)], read_at=due))
+    ended = h.now - t0
+    assert 1.10 < ended < 1.20, ended  # 10,000 / 8,800 = 1.14 s
+    assert (ended + 0.02) * pps < 11_000
