@@ -70,15 +70,18 @@ def changed(tap: Tap, packets: int, octets: int, at: float,
     rates since the previous change (or the install), or None when they did not
     move (a stale counter says nothing). Live counters (``refresh`` 0) changed at
     the read. Refreshed ones changed between the previous read and this one: at
-    the expected refresh (the last change + ``refresh``) if it lies in between,
-    else the middle of the two reads (the first change, or a refresh off beat)."""
+    the expected refresh (the last change + ``refresh``) if it is near, kept
+    between the two reads, else the middle of the two reads (the first change, or
+    a refresh off beat)."""
     if (packets, octets) == (tap.packets, tap.bytes):
         return None
     prev = max(tap.counters_at, tap.counted_at)
     if refresh <= 0 or not tap.counters_at:
         when = at
-    elif tap.rate_measured and prev <= tap.counted_at + refresh <= at:
-        when = tap.counted_at + refresh
+    elif tap.rate_measured and prev - READ_MIN <= tap.counted_at + refresh <= at + READ_MIN:
+        # the refresh came on beat (give or take the reads' own timing): date it there,
+        # within the two reads around it
+        when = min(max(tap.counted_at + refresh, prev), at)
     else:
         when = (prev + at) / 2
     dt = when - tap.counted_at
