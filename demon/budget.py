@@ -65,29 +65,31 @@ def initial_rates(tap: Tap) -> tuple[float, float]:
 
 
 def changed(tap: Tap, packets: int, octets: int, at: float,
-            refresh: float) -> tuple[float, float, float] | None:
-    """The counters moved: (when they most likely changed, packets/s, bytes/s), the
-    rates since the previous change (or the install), or None when they did not
+            refresh: float) -> tuple[float, tuple[float, float] | None] | None:
+    """The counters moved: (when they most likely changed, (packets/s, bytes/s) since
+    the previous change or the install, or None when there is no interval to
+    measure over), or None when they did not
     move (a stale counter says nothing). Live counters (``refresh`` 0) changed at
     the read. Refreshed ones changed between the previous read and this one: at
-    the expected refresh (the last change + ``refresh``) if it is near, kept
-    between the two reads, else the middle of the two reads (the first change, or
-    a refresh off beat)."""
+    the expected refresh (the last change + ``refresh``) if it lies in between (or
+    at this read if it is due just after it), else the middle of the two reads
+    (the first change, or a refresh off beat)."""
     if (packets, octets) == (tap.packets, tap.bytes):
         return None
     prev = max(tap.counters_at, tap.counted_at)
     if refresh <= 0 or not tap.counters_at:
         when = at
-    elif tap.rate_measured and prev - READ_MIN <= tap.counted_at + refresh <= at + READ_MIN:
-        # the refresh came on beat (give or take the reads' own timing): date it there,
-        # within the two reads around it
-        when = min(max(tap.counted_at + refresh, prev), at)
+    elif tap.rate_measured and prev <= tap.counted_at + refresh <= at + READ_MIN:
+        # on beat (the reads' own timing may put it a little after this one): there,
+        # or at this read; when in doubt a change is dated late (a lower rate: a tap
+        # ends a little late rather than early)
+        when = min(tap.counted_at + refresh, at)
     else:
         when = (prev + at) / 2
     dt = when - tap.counted_at
     if tap.counted_at <= 0 or dt <= 0:
-        return when, tap.packet_rate, tap.byte_rate
-    return when, max(0.0, (packets - tap.packets) / dt), max(0.0, (octets - tap.bytes) / dt)
+        return when, None  # no interval to measure over (a read crossing the install)
+    return when, (max(0.0, (packets - tap.packets) / dt), max(0.0, (octets - tap.bytes) / dt))
 
 
 def settles(tap: Tap, when: float, refresh: float) -> bool:

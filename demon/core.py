@@ -692,14 +692,19 @@ def _on_counters(w: _Work, read: MirrorCounters) -> None:
             tap = w.put(tap, packets=packets, bytes=octets, counters_at=max(at, tap.counters_at),
                         counted_at=change[0], base_packets=packets, base_bytes=octets)
         else:
-            when, packet_rate, byte_rate = change
-            prior = {} if not tap.rate_measured else {
-                "prior_packets": tap.packets, "prior_bytes": tap.bytes,
-                "prior_at": tap.counted_at, "prior_packet_rate": tap.packet_rate,
-                "prior_byte_rate": tap.byte_rate}
-            tap = w.put(tap, packets=packets, bytes=octets, counters_at=max(at, tap.counters_at),
-                        counted_at=when, packet_rate=packet_rate, byte_rate=byte_rate,
-                        rate_measured=True, **prior)
+            when, rates = change
+            if rates is None:  # nothing to measure a rate over: only the counts move
+                tap = w.put(tap, packets=packets, bytes=octets,
+                            counters_at=max(at, tap.counters_at), counted_at=when)
+            else:
+                prior = {} if not tap.rate_measured else {
+                    "prior_packets": tap.packets, "prior_bytes": tap.bytes,
+                    "prior_at": tap.counted_at, "prior_packet_rate": tap.packet_rate,
+                    "prior_byte_rate": tap.byte_rate}
+                tap = w.put(tap, packets=packets, bytes=octets,
+                            counters_at=max(at, tap.counters_at), counted_at=when,
+                            packet_rate=rates[0], byte_rate=rates[1], rate_measured=True,
+                            **prior)
         _check_budget(w, tap, at)
     for tap_id in list(w.idx.budgeted):
         tap = w.taps[tap_id]
