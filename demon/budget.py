@@ -50,6 +50,7 @@ READ_MIN = 0.05   # closer than twice this to the crossing: read at the crossing
 READ_FLOOR = 0.01  # never two reads closer than this
 READ_MAX = 2.0
 SETTLE = 0.1       # a first change this soon after the install is the switch's credit
+PARTIAL = 0.75     # a refresh interval this much slower than the one before: a partial push
 _MIN_PACKET = 64
 
 
@@ -106,7 +107,7 @@ class _Meter:
     """One budgeted counter of a tap: what the switch last showed, the change before
     it, and how to read them as of a time."""
 
-    __slots__ = ("name", "limit", "count", "rate", "at", "prior", "prior_at", "peak", "live")
+    __slots__ = ("name", "limit", "count", "rate", "at", "prior", "prior_at", "live")
 
     def __init__(self, tap: Tap, name: str) -> None:
         packets = name == "max_packets"
@@ -116,39 +117,34 @@ class _Meter:
         self.count = (tap.packets if packets else tap.bytes) - base
         self.rate = tap.packet_rate if packets else tap.byte_rate
         self.at = tap.counted_at
-        self.prior = (tap.prior_packets if packets else tap.prior_bytes) - base
-        self.prior_at = tap.prior_at
-        prior_rate = tap.prior_packet_rate if packets else tap.prior_byte_rate
         self.live = tap.rate_measured
-        # the faster of the last two intervals: a refresh that showed too little makes
-        # the last one look slow (the one before says what the flow does)
-        self.peak = max(self.rate, prior_rate)
+        self.prior, self.prior_at = 0.0, 0.0
+        prior_rate = tap.prior_packet_rate if packets else tap.prior_byte_rate
+        if tap.prior_at > 0 and self.rate < PARTIAL * prior_rate:
+            # the last refresh showed much less than the one before said the flow does:
+            # a partial push (Open vSwitch does that); go on from the one before
+            self.prior = (tap.prior_packets if packets else tap.prior_bytes) - base
+            self.prior_at, self.rate = tap.prior_at, prior_rate
 
     def value(self, at: float, refresh: float) -> float:
-        """The count as of ``at``: from the last change, or from the one before when
-        that says more; extrapolated only at measured rates, only so far."""
+        """The count as of ``at``: extrapolated from the last change at the measured
+        rate (only once measured; at most ``refresh``), or after a partial push from
+        the change before it (at most ``2 x refresh``), whichever says more."""
         if not self.live:
             return float(self.count)
-        if refresh <= 0:
-            return estimate(self.count, self.rate, self.at, at, refresh)
-        last = estimate(self.count, self.peak, self.at, at, refresh)
+        last = estimate(self.count, self.rate, self.at, at, refresh)
         if self.prior_at <= 0:
             return last
-        return max(last, estimate(self.prior, self.peak, self.prior_at, at, 2 * refresh))
+        return max(last, estimate(self.prior, self.rate, self.prior_at, at, 2 * refresh))
 
     def crossing(self, refresh: float) -> float | None:
         """When ``value`` reaches the limit, if it does within its extrapolation."""
         if not self.live or self.rate <= 0:
             return None
-        if refresh <= 0:
-            return self.at + (self.limit - self.count) / self.rate
-        times = [self.at + (self.limit - self.count) / self.peak]
+        times = [self.at + (self.limit - self.count) / self.rate]
         if self.prior_at > 0:
-            times.append(self.prior_at + (self.limit - self.prior) / self.peak)
-        spans = [refresh, 2 * refresh]
-        reach = [t for t, start, span in zip(times, (self.at, self.prior_at), spans)
-                 if t <= start + span]
-        return min(reach) if reach else min(times)
+            times.append(self.prior_at + (self.limit - self.prior) / self.rate)
+        return min(times)
 
 
 def _meters(tap: Tap) -> Iterable[_Meter]:
@@ -211,7 +207,7 @@ def reached(tap: Tap, at: float, refresh: float) -> tuple[str, str] | None:
                                 f"{noun}s ({other}{before})")
         return meter.name, (f"{noun} budget reached: about {value:.0f} of {meter.limit:.0f} "
                             f"{noun}s (the switch counted {meter.count} {at - meter.at:.2f}s "
-                            f"ago, at {meter.peak:.0f} {noun}s/s{before})")
+                            f"ago, at {meter.rate:.0f} {noun}s/s{before})")
     return None
 
 

