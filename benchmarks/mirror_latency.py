@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/mirror_latency.py [--installs 20] [--bytes 30000000]
 
-For each component (os-ken; POX too when POX_HOME is set) prints, measured in one run:
+For each component (os-ken; POX too when its checkout is there: scripts/setup puts it
+beside the venv, POX_HOME overrides) prints, measured in one run:
 
 * latency: ``install_mirror`` RPC call → first mirrored packet captured on h11, while
   h1 sends a steady UDP stream (one packet every 0.25 ms) to h2: median, p95, max
@@ -34,6 +35,7 @@ from typing import Any, Iterator
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from demon.controller.poxhome import pox_home  # noqa: E402
 from demon.controller.spec import cookie_for_tap  # noqa: E402
 from demon.rpc.client import RpcClient  # noqa: E402
 
@@ -94,12 +96,13 @@ def component(kind: str, workdir: Path, fabric: Path) -> Iterator[tuple[RpcClien
     token_file = workdir / f"{kind}.token"
     rpc = f"tcp:127.0.0.1:{rpc_port}"
     if kind == "pox":
-        cmd = [sys.executable, str(Path(os.environ["POX_HOME"]) / "pox.py"), "openflow.of_01",
+        cmd = [sys.executable, str(Path(str(pox_home())) / "pox.py"), "openflow.of_01",
                "--address=127.0.0.1", f"--port={of_port}", "demon.controller.pox_tap", f"--rpc={rpc}",
-               f"--token-file={token_file}", f"--fabric={fabric}"]
+               f"--token-file={token_file}", f"--fabric={fabric}", "--metrics-listen="]
     else:
         cmd = [str(Path(sys.executable).parent / "demon-controller"), "--of-port", str(of_port), "--rpc", rpc,
-               "--token-file", str(token_file), "--fabric", str(fabric), "--log-level", "WARNING"]
+               "--token-file", str(token_file), "--fabric", str(fabric), "--log-level", "warning",
+               "--metrics-listen", ""]
     log = open(workdir / f"{kind}.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(REPO)))
     try:
@@ -261,8 +264,8 @@ def main() -> int:
         print("mirror_latency: needs root (Open vSwitch + Mininet)", file=sys.stderr)
         return 2
     kinds = ["os-ken", "pox"] if args.component == "all" else [args.component]
-    if "pox" in kinds and not os.environ.get("POX_HOME"):
-        print("[pox] skipped: POX_HOME is not set")
+    if "pox" in kinds and pox_home() is None:
+        print("[pox] skipped: no POX checkout (run scripts/setup or set POX_HOME)")
         kinds.remove("pox")
     with lab_lock(), tempfile.TemporaryDirectory(prefix="mirror-latency-") as tmp:
         for kind in kinds:

@@ -78,10 +78,10 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from demon import budget
 from demon.flowmatch import FlowMatchError, flow_key_to_match
-from demon.model import (BASE_OF_PRIORITY, Candidate, Command, ControllerStatus, FlowSighting,
-                         HistoryEntry, Input, InstallMirror, InstallResult, MirrorCounters,
-                         MirrorRemoved, OperatorRelease, OperatorTap, PausePolicy, Reconcile,
-                         Record, RemoveMirror, RemoveResult, ResumePolicy, State, Tap,
+from demon.model import (BASE_OF_PRIORITY, Answer, Candidate, Command, ControllerStatus,
+                         FlowSighting, HistoryEntry, Input, InstallMirror, InstallResult,
+                         MirrorCounters, MirrorRemoved, OperatorRelease, OperatorTap, PausePolicy,
+                         Reconcile, Record, RemoveMirror, RemoveResult, ResumePolicy, State, Tap,
                          ThresholdEvent, Tick, TopFlows)
 from demon.tapindex import TapIndex, mirror_signature
 from demon.topology import Location
@@ -129,7 +129,10 @@ class _Work:
         self.paused: set[str] = set(state.paused)
         self.controller_up = state.controller_up
         self.next_seq = state.next_seq
+        self.observed = state.observed
         self.commands: list[Command] = []
+        # Why the last admission attempt did not tap (code, reason), for operator answers.
+        self.refusal: tuple[str, str] | None = None
         cached = state.index
         if cached is not None and cached[0] is state.taps and cached[1] is state.watch:
             self.idx = cached[2].clone()
@@ -140,7 +143,7 @@ class _Work:
     def freeze(self) -> State:
         return State(taps=self.taps, holddown=self.holddown, paused=frozenset(self.paused),
                      controller_up=self.controller_up, watch=self.watch, next_seq=self.next_seq,
-                     index=(self.taps, self.watch, self.idx))
+                     observed=self.observed, index=(self.taps, self.watch, self.idx))
 
     def _own(self, name: str) -> dict:
         if name not in self._owned:
@@ -196,6 +199,11 @@ class _Work:
     def record_tap(self, tap: Tap, kind: str, cause: str, **detail: Any) -> None:
         self.record(tap.tap_id, kind, cause, policy=tap.policy, flow_key=tap.flow_key,
                     state=tap.state, **detail)
+
+    def answer(self, ref: str | None, code: str, outcome: str, message: str,
+               tap_id: str | None = None) -> None:
+        if ref is not None:
+            self.commands.append(Answer(ref, code, outcome, message, tap_id))
 
     def policy(self, name: str) -> "Policy | None":
         return self.ctx.policies.get(name)
@@ -300,6 +308,7 @@ def awaiting_placement(state: State) -> bool:
 
 
 def _wait(w: _Work, cand: Candidate, reason: str) -> None:
+    w.refusal = ("refused", reason)
     if cand.waiting != reason:
         w.record(None, "waiting", reason, policy=cand.policy, flow_key=cand.flow_key,
                  event_id=cand.event_id, trigger=cand.trigger)
@@ -307,14 +316,17 @@ def _wait(w: _Work, cand: Candidate, reason: str) -> None:
 
 
 def _refuse(w: _Work, policy: "Policy", cand: Candidate, reason: str) -> None:
+    w.refusal = ("refused", reason)
     w.drop_cand((cand.policy, cand.flow_key))
     w.hold(cand.policy, cand.flow_key, policy.holddown)
     w.record(None, "refused", reason, policy=cand.policy, flow_key=cand.flow_key,
              event_id=cand.event_id, trigger=cand.trigger)
 
 
-def _fail_unplaced(w: _Work, policy: "Policy", cand: Candidate, reason: str) -> None:
+def _fail_unplaced(w: _Work, policy: "Policy", cand: Candidate, reason: str,
+                   code: str = "refused") -> None:
     """A tap that cannot even be placed: recorded as a failed tap with the reason."""
+    w.refusal = (code, reason)
     w.drop_cand((cand.policy, cand.flow_key))
     tap = _new_tap(w, policy, cand, dpid=0, in_port=0, copy_port=0, match={})
     w.hold(policy.name, cand.flow_key, w.ctx.limits.failure_holddown)
@@ -373,7 +385,7 @@ def _try_admit(w: _Work, policy: "Policy", cand: Candidate, *, at: Location | No
         match = flow_key_to_match(cand.flow_key, policy.match_keys, policy.fs,
                                   resolve_ifindex=lambda i: topo.port_of(cand.agent, i))
     except FlowMatchError as exc:
-        _fail_unplaced(w, policy, cand, f"cannot build the match: {exc}")
+        _fail_unplaced(w, policy, cand, f"cannot build the match: {exc}", code="invalid")
         return False
     if policy.pins_in_port and loc.in_port:
         match.setdefault("in_port", loc.in_port)
@@ -495,6 +507,8 @@ def _on_top(w: _Work, top: TopFlows) -> None:
     policy = w.policy(top.policy)
     if policy is None:
         return
+    if w.observed is not None and top.complete:
+        w.observed = {**w.observed, policy.name: w.now}
     for row, trigger in policy.sightings([_as_sighting(row) for row in top.flows]):
         _sighting(w, policy, row, trigger)
 
@@ -517,8 +531,7 @@ def _sweep(w: _Work) -> None:
                 else:
                     _release(w, tap, f"max duration reached ({policy.max_duration:g}s)",
                              limit="max_duration")
-            elif policy.condition_driven and \
-                    w.now >= max(tap.last_trigger_at + policy.duration, tap.hold_until):
+            elif policy.condition_driven and _cleared(w, tap, policy):
                 _release(w, tap, f"condition cleared: no trigger for {policy.duration:g}s"
                          + (" (operator's hold over)" if tap.hold_until else ""),
                          limit="duration")
@@ -533,6 +546,19 @@ def _sweep(w: _Work) -> None:
                 _end(w, tap, "removed", "removed", f"{tap.reason} (never installed)")
             elif w.controller_up and tap.next_attempt_at <= w.now:
                 _remove(w, tap)
+
+
+def _cleared(w: _Work, tap: Tap, policy: "Policy") -> bool:
+    """The tap's trigger has not fired for ``duration`` (and the operator's hold is
+    over). With ``State.observed`` kept (the runtime), a polled policy must also
+    have been observed after that deadline: silence from an engine that is down,
+    paused or still re-learning its rates is not a cleared condition."""
+    deadline = max(tap.last_trigger_at + policy.duration, tap.hold_until)
+    if w.now < deadline:
+        return False
+    if w.observed is None or float(getattr(policy, "interval", 0) or 0) <= 0:
+        return True
+    return w.observed.get(policy.name, float("-inf")) >= deadline
 
 
 def _purge(w: _Work) -> None:
@@ -754,8 +780,15 @@ def _on_release(w: _Work, op: OperatorRelease) -> None:
         state = tap.state if tap else "unknown"
         w.record(op.tap_id, "release_ignored", f"operator {op.who} asked to release a tap that "
                  f"is {state}", operator=op.who)
+        if tap is None:
+            w.answer(op.ref, "unknown_tap", "unknown", f"no live tap {op.tap_id!r}")
+        else:  # asking twice is not an error: it is being (or has been) released
+            w.answer(op.ref, "ok", "already_released",
+                     f"tap {op.tap_id} is already {state}" + (f" ({tap.reason})" if tap.reason
+                                                              else ""), op.tap_id)
         return
     _release(w, tap, f"released by operator {op.who}", operator=op.who)
+    w.answer(op.ref, "ok", "releasing", "release requested", op.tap_id)
 
 
 def _on_operator_tap(w: _Work, op: OperatorTap) -> None:
@@ -766,6 +799,8 @@ def _on_operator_tap(w: _Work, op: OperatorTap) -> None:
     if policy is None:
         w.record(None, "operator_refused", f"{who}: no policy {op.policy!r}", policy=op.policy,
                  flow_key=op.flow_key, operator=op.who)
+        w.answer(op.ref, "unknown_policy", "not_tapped", f"not tapped: no policy named "
+                 f"{op.policy!r}")
         return
     tap = w.tap_of(policy.name, op.flow_key)
     if tap is not None and tap.state in ("pending", "active"):
@@ -774,6 +809,8 @@ def _on_operator_tap(w: _Work, op: OperatorTap) -> None:
         tap = w.put(tap, last_trigger_at=w.now, hold_until=until,
                     expires_at=max(tap.expires_at, until))
         w.record_tap(tap, "extended", f"{who}: held for {op.hold:g}s", operator=op.who)
+        w.answer(op.ref, "ok", "extended", f"extended {tap.tap_id}: {who}: held for "
+                 f"{op.hold:g}s", tap.tap_id)
         if longer and tap.state == "active" and tap.inflight is None:
             # The switch's hard timeout would cut the hold short: install again (same
             # tap id: the controller replaces the entry) with the later one.
@@ -782,9 +819,10 @@ def _on_operator_tap(w: _Work, op: OperatorTap) -> None:
                 _install(w, tap)
         return
     if tap is not None:
-        w.record(None, "operator_refused", f"{who}: tap {tap.tap_id} of this flow is being "
-                 f"removed; ask again once it is gone", policy=policy.name,
+        why = f"tap {tap.tap_id} of this flow is being removed; ask again once it is gone"
+        w.record(None, "operator_refused", f"{who}: {why}", policy=policy.name,
                  flow_key=op.flow_key, operator=op.who)
+        w.answer(op.ref, "conflict", "not_tapped", f"not tapped: {why}", tap.tap_id)
         return
     key = (policy.name, op.flow_key)
     if key in w.holddown:
@@ -795,17 +833,38 @@ def _on_operator_tap(w: _Work, op: OperatorTap) -> None:
                      value=policy.from_bps(op.rate_bps), rate_bps=op.rate_bps, agent=op.agent,
                      data_source=op.data_source, trigger=f"{who}: tap for {op.hold:g}s")
     at = Location(op.dpid, op.in_port) if op.dpid is not None and op.in_port is not None else None
+    if at is None and op.unlocated:
+        # Nobody knows where it enters: the operator hears why, nothing waits.
+        w.record(None, "operator_refused", f"{who}: not tapped: {op.unlocated}",
+                 policy=policy.name, flow_key=op.flow_key, operator=op.who)
+        w.answer(op.ref, "refused", "not_tapped", f"not tapped: {op.unlocated}")
+        return
+    w.refusal = None
     if _try_admit(w, policy, cand, at=at, hold=op.hold):
+        tap = w.tap_of(policy.name, op.flow_key)
+        assert tap is not None
+        w.answer(op.ref, "ok", "tapped", f"tapped {tap.tap_id} at dpid {tap.dpid} port "
+                 f"{tap.in_port}, copy up port {tap.copy_port}", tap.tap_id)
         return
     waiting = w.watch.get(key)
     if waiting is not None:  # no room now: the operator hears why, nothing waits
         w.drop_cand(key)
         w.record(None, "operator_refused", f"{who}: not tapped: {waiting.waiting}",
                  policy=policy.name, flow_key=op.flow_key, operator=op.who)
+    code, reason = w.refusal or ("refused", "the core took no decision")
+    w.answer(op.ref, code, "not_tapped", f"not tapped: {reason}")
 
 
 def _on_pause(w: _Work, op: PausePolicy) -> None:
     known = op.name in w.ctx.policies
+    if op.ref is not None:  # a request: answered, and only a known policy is paused
+        if not known:
+            w.answer(op.ref, "unknown_policy", "unknown", f"no policy named {op.name!r}")
+            return
+        if op.name in w.paused:
+            w.answer(op.ref, "ok", "already_paused", "already paused")
+            return
+        w.answer(op.ref, "ok", "paused", "paused")
     w.paused.add(op.name)
     for key in [k for k in w.watch if k[0] == op.name]:
         w.drop_cand(key)
@@ -814,6 +873,14 @@ def _on_pause(w: _Work, op: PausePolicy) -> None:
 
 
 def _on_resume(w: _Work, op: ResumePolicy) -> None:
+    if op.ref is not None:
+        if op.name not in w.ctx.policies and op.name not in w.paused:
+            w.answer(op.ref, "unknown_policy", "unknown", f"no policy named {op.name!r}")
+            return
+        if op.name not in w.paused:
+            w.answer(op.ref, "ok", "not_paused", "not paused")
+            return
+        w.answer(op.ref, "ok", "resumed", "resumed")
     w.paused.discard(op.name)
     w.record(None, "resumed", f"policy {op.name} resumed by {op.who}", policy=op.name,
              operator=op.who)

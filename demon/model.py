@@ -163,6 +163,15 @@ class State:
     ended. ``holddown``: (policy, flow_key) → time before which that flow is not
     tapped again. ``watch``: (policy, flow_key) → Candidate. ``next_seq``
     numbers tap ids (``<policy>.<seq>``).
+
+    ``observed``: policy → when its flows were last seen through a *complete*
+    poll (``TopFlows.complete``). None (the default) keeps the plain time rule:
+    a tap is released once its trigger has not fired for ``duration``. A dict
+    (the runtime starts with an empty one) adds the evidence rule: that release
+    also waits until a complete poll made after the deadline did not show the
+    flow, so an outage of the daemon or the engine (no polls, or polls of an
+    engine still re-learning its rates) never passes for a cleared condition.
+    Not persisted: after a restart nothing has been observed yet.
     """
 
     taps: Mapping[str, Tap] = field(default_factory=dict)
@@ -171,6 +180,7 @@ class State:
     controller_up: bool = False
     watch: Mapping[tuple[str, str], Candidate] = field(default_factory=dict)
     next_seq: int = 1
+    observed: Mapping[str, float] | None = None
     # The core's derived lookups (demon.tapindex), valid only for these very
     # taps/watch objects; never persisted, rebuilt when missing.
     index: Any = field(default=None, compare=False, repr=False)
@@ -219,6 +229,10 @@ class TopFlows:
 
     policy: str
     flows: tuple[FlowSighting, ...] | list[FlowSighting]
+    #: The engine answered with settled rates (not just after it (re)learnt the
+    #: flow definition or came back from an outage): the poll is *evidence* that a
+    #: flow missing from it has cleared (see ``State.observed``).
+    complete: bool = True
 
 
 @dataclass(frozen=True)
@@ -278,8 +292,12 @@ class ControllerStatus:
 
 @dataclass(frozen=True)
 class OperatorRelease:
+    """Release a tap now. ``ref``: the request this answers (the core then returns
+    an ``Answer`` with the same ``ref``; None: no answer wanted)."""
+
     tap_id: str
     who: str
+    ref: str | None = None
 
 
 @dataclass(frozen=True)
@@ -301,18 +319,23 @@ class OperatorTap:
     dpid: int | None = None
     in_port: int | None = None
     rate_bps: float = 0.0
+    ref: str | None = None
+    #: Why nothing says where the flow enters (the engine's answer), when that is so.
+    unlocated: str = ""
 
 
 @dataclass(frozen=True)
 class PausePolicy:
     name: str
     who: str
+    ref: str | None = None
 
 
 @dataclass(frozen=True)
 class ResumePolicy:
     name: str
     who: str
+    ref: str | None = None
 
 
 @dataclass(frozen=True)
@@ -369,7 +392,33 @@ class Record:
     entry: HistoryEntry
 
 
-Command = Union[InstallMirror, RemoveMirror, Record]
+#: ``Answer.code`` values: done (or already so: operator requests are idempotent),
+#: or why not.
+ANSWER_CODES = ("ok", "unknown_tap", "unknown_policy", "conflict", "refused", "invalid")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The core's one answer to an operator's request (the input's ``ref``).
+
+    ``code``: see ``ANSWER_CODES``; ``outcome``: a short word for what happened
+    (``tapped``, ``extended``, ``releasing``, ``already_released``, ``paused``,
+    ``already_paused``, ``resumed``, ``not_paused``, ``not_tapped``, ...);
+    ``message``: one readable line; ``tap_id``: the tap concerned, if any.
+    """
+
+    ref: str
+    code: str
+    outcome: str
+    message: str
+    tap_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.code == "ok"
+
+
+Command = Union[InstallMirror, RemoveMirror, Record, Answer]
 
 
 # ---------------------------------------------------------------------------

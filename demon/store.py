@@ -2,21 +2,31 @@
 
 Written by the runtime (one thread, ``save`` once per batch of steps, one
 transaction each, so a crash leaves either the old or the new state, never a
-mix), read by ``demon-tap`` through its own connection (WAL: readers never
-block the writer).
+mix). While the daemon runs, it alone opens the file: everything else (the
+API, ``demon-tap --url``, the capture host, notifications) reads through the
+daemon. ``demon-tap --state`` reads it directly when the daemon is down
+(WAL: readers never block the writer).
 
 Tables (schema version in ``PRAGMA user_version``):
 
 * ``taps``: every tap ever created, its latest form as JSON (``data``) plus
   queryable columns; ``in_state`` = 1 while the decision core still holds it
   (the core forgets ended taps after a while; the store keeps them).
-* ``history``: every recorded transition (``HistoryEntry``), in order.
+* ``history``: every recorded transition (``HistoryEntry``), in order; ``seq``
+  is the transition's id (the API's ``id``: monotonic, never reused) and
+  ``tap`` the tap as it was right after the transition (capture-agent form).
 * ``watch``, ``holddown``: the core's candidates and hold-downs.
 * ``meta``: ``last_event_id`` (the engine's event cursor, advanced in the same
   transaction as the steps that consumed the events: none lost, none applied
   twice), ``paused``, ``next_seq``, ``controller_up``.
-* ``requests``: the operator queue ``demon-tap`` writes (release/pause/resume/tap)
-  and the daemon consumes, answering in ``outcome``.
+* ``requests``: the operator queue ``demon-tap --state`` writes (release/pause/
+  resume/tap) and the daemon consumes, answering in ``outcome`` (``code``: the
+  core's answer code). Each request expires (``expires_at``): a daemon started
+  later never acts on it.
+
+Errors are :class:`StoreError` with one line naming the file: a damaged file
+(``StoreCorrupt``) or a failed write (``StoreWriteError``, the real cause kept:
+"database or disk is full"), never a bare sqlite3 exception.
 
 ``prune`` bounds the file: the runtime calls it hourly with
 ``limits.history_retain``.
@@ -30,12 +40,13 @@ import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from demon.model import Candidate, HistoryEntry, State, Tap, tap_from_dict, tap_to_dict
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 REQUEST_KINDS = ("release", "pause", "resume", "tap")
+REQUEST_TTL = 60.0  # seconds a queued request stays valid by default
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -57,7 +68,8 @@ CREATE TABLE IF NOT EXISTS history (
     at REAL NOT NULL,
     kind TEXT NOT NULL,
     policy TEXT,
-    detail TEXT NOT NULL
+    detail TEXT NOT NULL,
+    tap TEXT
 );
 CREATE INDEX IF NOT EXISTS history_tap ON history (tap_id, seq);
 CREATE INDEX IF NOT EXISTS history_at ON history (at);
@@ -76,14 +88,48 @@ CREATE TABLE IF NOT EXISTS requests (
     who TEXT NOT NULL,
     created_at REAL NOT NULL,
     done_at REAL,
-    outcome TEXT
+    outcome TEXT,
+    expires_at REAL,
+    code TEXT
 );
 """
+
+# Schema version n-1 -> n.
+_UPGRADES = {
+    2: ["ALTER TABLE history ADD COLUMN tap TEXT",
+        "ALTER TABLE requests ADD COLUMN expires_at REAL",
+        "ALTER TABLE requests ADD COLUMN code TEXT",
+        # A v1 request never expired: the ones still pending are stale by now.
+        "UPDATE requests SET done_at = created_at, outcome = 'expired (queued by an older "
+        "pytapdemon)', code = 'expired' WHERE done_at IS NULL"],
+}
 
 
 class StoreError(Exception):
     """The state file cannot be used (unreadable, newer schema, bad request)."""
 
+
+class StoreCorrupt(StoreError):
+    """The state file is damaged (a page, a row or a value cannot be read)."""
+
+
+class StoreWriteError(StoreError):
+    """A save failed; nothing of it was written. ``cause`` is SQLite's reason
+    (e.g. "database or disk is full")."""
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+@dataclass(frozen=True)
+class StoredTransition:
+    """One history row: its id (``seq``), the entry, and the tap as it was then
+    (None for transitions without a tap, or rows from schema 1)."""
+
+    id: int
+    entry: HistoryEntry
+    tap: Mapping[str, Any] | None
 
 @dataclass(frozen=True)
 class OperatorRequest:
@@ -96,6 +142,11 @@ class OperatorRequest:
     created_at: float
     done_at: float | None = None
     outcome: str | None = None
+    expires_at: float | None = None
+    code: str | None = None
+
+    def pending(self, now: float) -> bool:
+        return self.done_at is None and (self.expires_at is None or self.expires_at > now)
 
 
 @dataclass(frozen=True)
@@ -110,18 +161,36 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
 
 
+def _reason(exc: BaseException) -> str:
+    """SQLite's own words (or the parse error's) in one line."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text
+
+
+# What reading a damaged file can raise besides sqlite3.DatabaseError: bad JSON,
+# rows whose values do not fit the dataclasses, non-numbers in numeric columns.
+_DAMAGE = (sqlite3.DatabaseError, ValueError, TypeError, KeyError, AttributeError,
+           IndexError, OverflowError)
+
+
 class Store:
-    """One connection to the state file. Not shared between threads."""
+    """One connection to the state file. Not shared between threads.
+
+    ``create``: make the file (and its directory) when missing; ``demon-tap``
+    opens with ``create=False`` so that pointing it at the wrong path never
+    leaves a new state file behind. ``readonly`` implies ``create=False``.
+    """
 
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False,
-                 timeout: float = 10.0) -> None:
+                 create: bool = True, timeout: float = 10.0, check: bool = False) -> None:
         self.path = str(path)
+        self.readonly = readonly
         if self.path != ":memory:":
             parent = Path(self.path).parent
-            if readonly and not Path(self.path).exists():
+            if (readonly or not create) and not Path(self.path).exists():
                 raise StoreError(f"state file {self.path} does not exist "
                                  "(is demon-watch using another --state?)")
-            if not readonly:
+            if create and not readonly:
                 try:
                     parent.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
@@ -131,19 +200,45 @@ class Store:
             # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE … COMMIT).
             self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None,
                                        check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open state file {self.path}: {_reason(exc)}") from None
+        try:
             self._db.row_factory = sqlite3.Row
-            if self.path != ":memory:":
+            if self.path != ":memory:" and not readonly:
                 self._db.execute("PRAGMA journal_mode=WAL")
             # WAL + NORMAL: a commit survives a process crash (not a power cut) without fsync.
             self._db.execute("PRAGMA synchronous=NORMAL")
+            if check and self.path != ":memory:":
+                self._check()
             self._migrate()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open state file {self.path}: {exc}") from exc
+            self._next_id = self._max_history_id() + 1
+        except StoreError:
+            self._db.close()
+            raise
+        except sqlite3.OperationalError as exc:
+            self._db.close()
+            raise StoreError(f"cannot open state file {self.path}: {_reason(exc)}") from None
+        except _DAMAGE as exc:
+            self._db.close()
+            raise self._corrupt(exc) from None
         # What the last save wrote, so the next one writes only what changed.
         self._saved_taps: dict[str, Tap] = {}
         self._saved_watch: dict[tuple[str, str], Candidate] = {}
         self._saved_holddown: dict[tuple[str, str], float] = {}
         self._saved_meta: dict[str, str] = {}
+
+    def _check(self) -> None:
+        """``PRAGMA quick_check`` (the daemon, once at start): a damaged page is found
+        now, not at the first write hours later."""
+        rows = [str(r[0]) for r in self._db.execute("PRAGMA quick_check(3)")]
+        if rows != ["ok"]:
+            words = " ".join(rows).replace("*** in database main ***", "").split()
+            raise StoreCorrupt(f"state file {self.path} is damaged ({' '.join(words)[:200]}); "
+                               "move it aside to start afresh, or restore it from a backup")
+
+    def _corrupt(self, exc: BaseException) -> StoreCorrupt:
+        return StoreCorrupt(f"state file {self.path} is damaged ({_reason(exc)}); move it "
+                            "aside to start afresh, or restore it from a backup")
 
     def close(self) -> None:
         self._db.close()
@@ -161,26 +256,62 @@ class Store:
         if version > SCHEMA_VERSION:
             raise StoreError(f"state file {self.path} has schema version {version}, newer "
                              f"than this pytapdemon's ({SCHEMA_VERSION}); upgrade pytapdemon")
-        if version < SCHEMA_VERSION:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+        if version == SCHEMA_VERSION:
+            return
+        if self.readonly:
+            raise StoreError(f"state file {self.path} has schema version {version}: start "
+                             "demon-watch on it once to upgrade it")
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if version == 0:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-                self._db.execute("COMMIT")
-            except BaseException:
+            else:
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in _UPGRADES[step]:
+                        self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        """Roll back if a transaction is still open. SQLite ends a transaction by
+        itself on some errors (a full disk among them): a ROLLBACK then fails with
+        "no transaction is active" and would hide the real cause."""
+        if self._db.in_transaction:
+            try:
                 self._db.execute("ROLLBACK")
-                raise
+            except sqlite3.Error:
+                pass
+
+    def _max_history_id(self) -> int:
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'history'").fetchone()
+        top = self._db.execute("SELECT max(seq) FROM history").fetchone()[0]
+        return max(int(row[0]) if row else 0, int(top or 0))
 
     @property
     def schema_version(self) -> int:
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
+    @property
+    def last_transition_id(self) -> int:
+        """The id of the newest saved transition (0 before the first)."""
+        return self._next_id - 1
+
     # -- the daemon's side --------------------------------------------------------
 
     def load(self) -> Loaded:
-        """The state the daemon last saved (an empty State on a new file)."""
+        """The state the daemon last saved (an empty State on a new file).
+        Raises :class:`StoreCorrupt` when the file cannot be read back."""
+        try:
+            return self._load()
+        except _DAMAGE as exc:
+            raise self._corrupt(exc) from None
+
+    def _load(self) -> Loaded:
         taps = {}
         for row in self._db.execute("SELECT data FROM taps WHERE in_state = 1"):
             tap = tap_from_dict(json.loads(row["data"]))
@@ -192,10 +323,13 @@ class Store:
         holddown = {(r["policy"], r["flow_key"]): float(r["until"])
                     for r in self._db.execute("SELECT policy, flow_key, until FROM holddown")}
         meta = {r["key"]: r["value"] for r in self._db.execute("SELECT key, value FROM meta")}
+        paused = json.loads(meta.get("paused", "[]"))
+        if not isinstance(paused, list) or not all(isinstance(p, str) for p in paused):
+            raise ValueError(f"meta 'paused' is not a list of names: {meta.get('paused')!r}")
         state = State(
             taps=taps, holddown=holddown, watch=watch,
-            paused=frozenset(json.loads(meta.get("paused", "[]"))),
-            controller_up=json.loads(meta.get("controller_up", "false")),
+            paused=frozenset(paused),
+            controller_up=bool(json.loads(meta.get("controller_up", "false"))),
             next_seq=int(meta.get("next_seq", "1")),
         )
         self._saved_taps = dict(taps)
@@ -204,48 +338,71 @@ class Store:
         self._saved_meta = dict(meta)
         return Loaded(state=state, last_event_id=int(meta.get("last_event_id", "-1")))
 
+    def meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row["value"])
+
     def save(self, state: State, entries: Iterable[HistoryEntry] = (), *,
              last_event_id: int | None = None,
-             answered: Iterable[tuple[int, str]] = (), now: float | None = None) -> None:
+             answered: Iterable[tuple[int, str] | tuple[int, str, str]] = (),
+             now: float | None = None, taps_then: Sequence[Mapping[str, Any] | None] = (),
+             meta: Mapping[str, str] | None = None) -> list[int]:
         """Persist ``state``, append ``entries``, advance the cursor and answer
-        operator requests (``(request id, outcome)``), all in one transaction."""
+        operator requests (``(request id, outcome[, code])``), all in one
+        transaction. ``taps_then[i]``: the tap as it was right after ``entries[i]``.
+        ``meta``: other keys to keep (e.g. notification cursors).
+        Returns the ids given to the entries. Raises :class:`StoreWriteError`
+        (nothing written) when the file cannot take it."""
+        entries = list(entries)
+        ids = list(range(self._next_id, self._next_id + len(entries)))
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
+        changed: dict[str, str] = {}
         try:
+            db.execute("BEGIN IMMEDIATE")
             self._write_taps(state.taps)
             self._write_watch(state.watch)
             self._write_holddown(state.holddown)
-            meta = {
+            values = {
                 "paused": _dumps(sorted(state.paused)),
                 "controller_up": _dumps(bool(state.controller_up)),
                 "next_seq": str(int(state.next_seq)),
+                **(meta or {}),
             }
             if last_event_id is not None:
-                meta["last_event_id"] = str(int(last_event_id))
-            changed = {k: v for k, v in meta.items() if self._saved_meta.get(k) != v}
+                values["last_event_id"] = str(int(last_event_id))
+            changed = {k: v for k, v in values.items() if self._saved_meta.get(k) != v}
             if changed:
                 db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                                list(changed.items()))
-            rows = [(e.tap_id, float(e.at), e.kind, self._policy_of(state, e),
-                     _dumps(dict(e.detail))) for e in entries]
+            rows = [(seq, e.tap_id, float(e.at), e.kind, self._policy_of(state, e),
+                     _dumps(dict(e.detail)),
+                     _dumps(taps_then[i]) if i < len(taps_then) and taps_then[i] is not None
+                     else None)
+                    for i, (seq, e) in enumerate(zip(ids, entries))]
             if rows:
-                db.executemany("INSERT INTO history (tap_id, at, kind, policy, detail) "
-                               "VALUES (?, ?, ?, ?, ?)", rows)
+                db.executemany("INSERT INTO history (seq, tap_id, at, kind, policy, detail, tap) "
+                               "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
             stamp = time.time() if now is None else now
-            answers = [(stamp, outcome, rid) for rid, outcome in answered]
+            answers = [(stamp, a[1], a[2] if len(a) > 2 else None, a[0])  # type: ignore[misc]
+                       for a in answered]
             if answers:
-                db.executemany("UPDATE requests SET done_at = ?, outcome = ? WHERE id = ?",
-                               answers)
+                db.executemany("UPDATE requests SET done_at = ?, outcome = ?, code = ? "
+                               "WHERE id = ? AND done_at IS NULL", answers)
             db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
+        except BaseException as exc:
+            self._rollback()
             # The caches may now be ahead of the file: force a full rewrite next time.
             self._saved_taps.clear()
             self._saved_watch.clear()
             self._saved_holddown.clear()
             self._saved_meta.clear()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreWriteError(f"cannot write state file {self.path}: {_reason(exc)}",
+                                      _reason(exc)) from None
             raise
         self._saved_meta.update(changed)
+        self._next_id += len(entries)
+        return ids
 
     def _policy_of(self, state: State, entry: HistoryEntry) -> str | None:
         tap = state.taps.get(entry.tap_id or "") or self._saved_taps.get(entry.tap_id or "")
@@ -306,8 +463,8 @@ class Store:
         A tap the core still holds keeps its whole history, however old.
         """
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
         try:
+            db.execute("BEGIN IMMEDIATE")
             ended = "SELECT tap_id FROM taps WHERE in_state = 0 AND ended_at < ?"
             history = db.execute(
                 f"DELETE FROM history WHERE at < ? AND (tap_id IS NULL OR tap_id IN ({ended}))",
@@ -316,34 +473,103 @@ class Store:
                               (before,)).rowcount
             requests = db.execute("DELETE FROM requests WHERE done_at < ?", (before,)).rowcount
             db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StoreWriteError(f"cannot prune state file {self.path}: {_reason(exc)}",
+                                  _reason(exc)) from None
         except BaseException:
-            db.execute("ROLLBACK")
+            self._rollback()
             raise
         return {"taps": taps, "history": history, "requests": requests}
 
-    def pending_requests(self) -> list[OperatorRequest]:
-        """Operator requests not answered yet, oldest first."""
-        rows = self._db.execute("SELECT * FROM requests WHERE done_at IS NULL ORDER BY id")
+    def pending_requests(self, now: float | None = None) -> list[OperatorRequest]:
+        """Operator requests not answered yet and not expired, oldest first."""
+        stamp = time.time() if now is None else now
+        rows = self._db.execute("SELECT * FROM requests WHERE done_at IS NULL AND "
+                                "(expires_at IS NULL OR expires_at > ?) ORDER BY id", (stamp,))
         return [_request(row) for row in rows]
+
+    def expire_requests(self, now: float | None = None) -> int:
+        """Answer the requests whose time ran out (so nobody acts on them later)."""
+        stamp = time.time() if now is None else now
+        try:
+            cursor = self._db.execute(
+                "UPDATE requests SET done_at = ?, outcome = 'expired: not taken up in time', "
+                "code = 'expired' WHERE done_at IS NULL AND expires_at <= ?", (stamp, stamp))
+        except sqlite3.Error as exc:
+            raise StoreWriteError(f"cannot write state file {self.path}: {_reason(exc)}",
+                                  _reason(exc)) from None
+        return int(cursor.rowcount or 0)
+
+    # -- reading (the daemon's read model at start; demon-tap --state) ---------------
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            return list(self._db.execute(sql, args))
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"cannot read state file {self.path}: {_reason(exc)}") from None
+        except sqlite3.DatabaseError as exc:
+            raise self._corrupt(exc) from None
+
+    def transitions(self, after: int = 0, limit: int | None = None) -> list[StoredTransition]:
+        """History rows with ``seq > after``, in order."""
+        sql = "SELECT seq, tap_id, at, kind, detail, tap FROM history WHERE seq > ? ORDER BY seq"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        try:
+            return [StoredTransition(int(r["seq"]), HistoryEntry(r["tap_id"], float(r["at"]),
+                                                                 r["kind"], _detail(r["detail"])),
+                                     json.loads(r["tap"]) if r["tap"] else None)
+                    for r in self._read(sql, (after,))]
+        except _DAMAGE as exc:
+            raise self._corrupt(exc) from None
 
     # -- the operator's side ------------------------------------------------------
 
     def enqueue_request(self, kind: str, target: str, who: str,
-                        now: float | None = None) -> int:
-        """Queue a request for the daemon; returns its id."""
+                        now: float | None = None, ttl: float = REQUEST_TTL) -> int:
+        """Queue a request for the daemon; it expires ``ttl`` seconds from now."""
         if kind not in REQUEST_KINDS:
             raise StoreError(f"request kind must be one of {', '.join(REQUEST_KINDS)}, "
                              f"got {kind!r}")
         if not target:
             raise StoreError("request target must not be empty")
-        cursor = self._db.execute(
-            "INSERT INTO requests (kind, target, who, created_at) VALUES (?, ?, ?, ?)",
-            (kind, target, who, time.time() if now is None else now))
+        stamp = time.time() if now is None else now
+        try:
+            cursor = self._db.execute(
+                "INSERT INTO requests (kind, target, who, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?)", (kind, target, who, stamp, stamp + ttl))
+        except sqlite3.Error as exc:
+            raise StoreWriteError(f"cannot write state file {self.path}: {_reason(exc)}",
+                                  _reason(exc)) from None
         return int(cursor.lastrowid or 0)
 
+    def cancel_request(self, request_id: int, who: str, now: float | None = None) -> bool:
+        """Withdraw a pending request; False if it was already answered (or unknown)."""
+        stamp = time.time() if now is None else now
+        try:
+            cursor = self._db.execute(
+                "UPDATE requests SET done_at = ?, outcome = ?, code = 'cancelled' "
+                "WHERE id = ? AND done_at IS NULL", (stamp, f"cancelled by {who}", request_id))
+        except sqlite3.Error as exc:
+            raise StoreWriteError(f"cannot write state file {self.path}: {_reason(exc)}",
+                                  _reason(exc)) from None
+        return bool(cursor.rowcount)
+
     def request(self, request_id: int) -> OperatorRequest | None:
-        row = self._db.execute("SELECT * FROM requests WHERE id = ?", (request_id,)).fetchone()
-        return None if row is None else _request(row)
+        rows = self._read("SELECT * FROM requests WHERE id = ?", (request_id,))
+        return _request(rows[0]) if rows else None
+
+    def requests(self, *, pending_only: bool = False, now: float | None = None
+                 ) -> list[OperatorRequest]:
+        """Requests, oldest first; ``pending_only``: not answered and not expired."""
+        if pending_only:
+            stamp = time.time() if now is None else now
+            rows = self._read("SELECT * FROM requests WHERE done_at IS NULL AND (expires_at "
+                              "IS NULL OR expires_at > ?) ORDER BY id", (stamp,))
+        else:
+            rows = self._read("SELECT * FROM requests ORDER BY id")
+        return [_request(row) for row in rows]
 
     def taps(self, *, live_only: bool = False) -> list[Tap]:
         """Taps, newest first; ``live_only``: pending, active or expiring ones."""
@@ -351,11 +577,17 @@ class Store:
         if live_only:
             sql += " WHERE in_state = 1 AND state IN ('pending', 'active', 'expiring')"
         sql += " ORDER BY created_at DESC, tap_id"
-        return [tap_from_dict(json.loads(row["data"])) for row in self._db.execute(sql)]
+        try:
+            return [tap_from_dict(json.loads(row["data"])) for row in self._read(sql)]
+        except _DAMAGE as exc:
+            raise self._corrupt(exc) from None
 
     def tap(self, tap_id: str) -> Tap | None:
-        row = self._db.execute("SELECT data FROM taps WHERE tap_id = ?", (tap_id,)).fetchone()
-        return None if row is None else tap_from_dict(json.loads(row["data"]))
+        rows = self._read("SELECT data FROM taps WHERE tap_id = ?", (tap_id,))
+        try:
+            return tap_from_dict(json.loads(rows[0]["data"])) if rows else None
+        except _DAMAGE as exc:
+            raise self._corrupt(exc) from None
 
     def history(self, tap_id: str | None = None, since: float | None = None,
                 limit: int | None = None) -> list[HistoryEntry]:
@@ -373,19 +605,38 @@ class Store:
         sql += " ORDER BY seq"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return [HistoryEntry(row["tap_id"], float(row["at"]), row["kind"],
-                             json.loads(row["detail"])) for row in self._db.execute(sql, args)]
+        try:
+            return [HistoryEntry(row["tap_id"], float(row["at"]), row["kind"],
+                                 _detail(row["detail"])) for row in self._read(sql, args)]
+        except _DAMAGE as exc:
+            raise self._corrupt(exc) from None
 
     def paused(self) -> frozenset[str]:
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'paused'").fetchone()
-        return frozenset(json.loads(row["value"])) if row else frozenset()
+        rows = self._read("SELECT value FROM meta WHERE key = 'paused'")
+        try:
+            return frozenset(json.loads(rows[0]["value"])) if rows else frozenset()
+        except _DAMAGE as exc:
+            raise self._corrupt(exc) from None
 
     def last_event_id(self) -> int:
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'last_event_id'").fetchone()
-        return int(row["value"]) if row else -1
+        rows = self._read("SELECT value FROM meta WHERE key = 'last_event_id'")
+        try:
+            return int(rows[0]["value"]) if rows else -1
+        except _DAMAGE as exc:
+            raise self._corrupt(exc) from None
+
+
+def _detail(text: str) -> dict[str, Any]:
+    detail = json.loads(text)
+    if not isinstance(detail, dict):
+        raise ValueError(f"history detail is not an object: {text[:40]!r}")
+    return detail
 
 
 def _request(row: sqlite3.Row) -> OperatorRequest:
+    keys = row.keys()
     return OperatorRequest(id=row["id"], kind=row["kind"], target=row["target"],
                            who=row["who"], created_at=row["created_at"],
-                           done_at=row["done_at"], outcome=row["outcome"])
+                           done_at=row["done_at"], outcome=row["outcome"],
+                           expires_at=row["expires_at"] if "expires_at" in keys else None,
+                           code=row["code"] if "code" in keys else None)

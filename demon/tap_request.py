@@ -1,14 +1,11 @@
 """The operator's "tap this flow now" request (``demon-tap tap``), as queued in the
-state file's ``requests`` table (``kind = 'tap'``, ``target`` = this JSON), and the
-answer the daemon writes back."""
+state file's ``requests`` table (``kind = 'tap'``, ``target`` = this JSON). The
+daemon's answer is the decision core's (``demon.model.Answer``)."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Iterable
-
-from demon.model import HistoryEntry
 
 TAPPED, EXTENDED, NOT_TAPPED = "tapped", "extended", "not tapped"
 
@@ -64,20 +61,6 @@ def parse_at(text: str) -> tuple[int, int]:
     if value[0] <= 0 or value[1] <= 0:
         raise ValueError(f"--at: {text!r}: dpid and port must be positive")
     return value
-
-
-def answer(entries: Iterable[HistoryEntry]) -> str:
-    """The daemon's answer from what the core recorded for the request."""
-    for entry in entries:
-        cause = str(entry.detail.get("cause", ""))
-        if entry.kind == "created":
-            return (f"{TAPPED} {entry.tap_id} at dpid {entry.detail.get('dpid')} port "
-                    f"{entry.detail.get('in_port')}, copy up port {entry.detail.get('copy_port')}")
-        if entry.kind == "extended":
-            return f"{EXTENDED} {entry.tap_id}: {cause}"
-        if entry.kind in ("operator_refused", "refused", "failed"):
-            return f"{NOT_TAPPED}: {cause}"
-    return f"{NOT_TAPPED}: the daemon recorded no decision"
 
 
 def is_positive(outcome: str) -> bool:

@@ -1,15 +1,23 @@
 # PYTHON_ARGCOMPLETE_OK
 """``demon-sflow``: the embedded sFlow-RT-compatible engine on its own.
 
-    demon-sflow [--sflow-host H] [--sflow-port 6343] [--http-host H] [--http-port 8008]
-                [--readonly] [--max-flows N] [--ingest fast|full] [--log-level info]
+    demon-sflow [--sflow-listen HOST:PORT] [--http-listen HOST:PORT] [--token-file FILE]
+                [--asn-file FILE] [--readonly] [--max-flows N] [--ingest compiled|python]
                 [--record-sflow DIR [--record-sflow-size 1GB] [--record-sflow-age 6h]]
+                [--config FILE] [--log-format text|json] [--log-level info] [--version]
     demon-sflow decode FILE.pcap [...]        datagrams as JSON lines (sflow.jsonview)
     demon-sflow replay FILE.pcap [--to HOST:PORT] [--speed X]
 
+Listeners default to 127.0.0.1:6343 (sFlow, UDP) and 127.0.0.1:8008 (HTTP);
+``--sflow-host/--sflow-port/--http-host/--http-port`` are kept as aliases.
+When the HTTP API is bound beyond loopback, writes (PUT/POST/DELETE) need
+``Authorization: Bearer <token>`` from ``--token-file`` (reads stay open, so
+dashboards work) and the exposed listeners are printed on stderr at start.
+
 Serving, it prints one JSON line on stdout once both sockets are bound:
 ``{"sflow": ["127.0.0.1", 6343], "http": "http://127.0.0.1:8008"}`` (useful
-with port 0), then runs until SIGINT/SIGTERM.
+with port 0), then runs until SIGINT/SIGTERM. Exit status 2: bad option,
+unusable token or data file, or a listener that cannot be bound.
 """
 
 from __future__ import annotations
@@ -24,12 +32,43 @@ from typing import Sequence
 
 from sflow import cliopts, rolling
 
-__all__ = ["main"]
+__all__ = ["main", "exposure_lines"]
 
+_DEFAULT_SFLOW = "127.0.0.1:6343"
+_DEFAULT_HTTP = "127.0.0.1:8008"
 SERVE_EXITS = {0: "stopped by SIGINT/SIGTERM", 1: "unexpected internal error",
-               2: "usage or configuration error, or a listener cannot be bound"}
+               2: "usage or configuration error, an unusable token or data file, or a "
+                  "listener cannot be bound"}
 REPLAY_EXITS = {0: "every datagram sent", 1: "unexpected internal error",
                 2: "usage error, or the capture cannot be read"}
+
+
+def _listen(value: str, default_port: int, flag: str, parser: argparse.ArgumentParser) -> tuple[str, int]:
+    from sflow.webserve import ListenError, parse_listen
+    try:
+        return parse_listen(value, default_port)
+    except ListenError as exc:
+        parser.error(f"{flag}: {exc}")
+        raise  # unreachable: parser.error exits
+
+
+def exposure_lines(sflow: tuple[str, int], http_listen: str, http_host: str, has_tokens: bool,
+                   token_file: str | None, readonly: bool) -> list[str]:
+    """What to tell the operator about listeners reachable from other hosts."""
+    from sflow.webserve import format_listen, is_loopback
+
+    lines = []
+    if not is_loopback(sflow[0]):
+        lines.append(f"exposed: sFlow collector on udp {format_listen(*sflow)}")
+    if not is_loopback(http_host):
+        if readonly:
+            guard = "read-only"
+        elif has_tokens:
+            guard = f"writes need a bearer token from {token_file}"
+        else:
+            guard = "no --token-file: every write is refused (401)"
+        lines.append(f"exposed: HTTP API on {http_listen} (reads open; {guard})")
+    return lines
 
 
 def _serve(argv: Sequence[str]) -> int:
@@ -37,30 +76,64 @@ def _serve(argv: Sequence[str]) -> int:
         prog="demon-sflow",
         description="Embedded sFlow-RT-compatible engine: sFlow v5 on UDP, the sFlow-RT "
                     "REST API on HTTP. Subcommands: decode FILE.pcap, replay FILE.pcap.")
-    parser.add_argument("--sflow-host", default="127.0.0.1", help="UDP address (default %(default)s)")
-    parser.add_argument("--sflow-port", type=int, default=6343, help="UDP port, 0 = any (default %(default)s)")
-    parser.add_argument("--http-host", default="127.0.0.1", help="HTTP address (default %(default)s)")
-    parser.add_argument("--http-port", type=int, default=8008, help="HTTP port, 0 = any (default %(default)s)")
+    parser.add_argument("--sflow-listen", metavar="HOST:PORT", default=None,
+                        help=f"sFlow UDP listener, port 0 = any (default {_DEFAULT_SFLOW})")
+    parser.add_argument("--http-listen", metavar="HOST:PORT", default=None,
+                        help=f"HTTP API listener, port 0 = any (default {_DEFAULT_HTTP})")
+    parser.add_argument("--sflow-host", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--sflow-port", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--http-host", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--http-port", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--token-file", metavar="FILE", default=None,
+                        help="bearer tokens for writes when the HTTP API is bound beyond "
+                             "loopback (mode 0600; name:secret or a secret per line)")
+    parser.add_argument("--asn-file", metavar="FILE", default=None,
+                        help="IP ranges to AS number and country (ip2asn TSV, .gz ok) for "
+                             "the country: and asn: key functions")
     parser.add_argument("--readonly", action="store_true", help="refuse PUT/DELETE (HTTP 403)")
     parser.add_argument("--max-flows", type=int, default=100_000,
                         help="flows tracked per flow definition (default %(default)s)")
-    parser.add_argument("--ingest", default="fast", choices=["fast", "full"],
-                        help="fast: common datagrams (compact flow samples with a sampled "
-                             "header) skip the full decoder; full: decode everything "
-                             "(same results, slower; default %(default)s)")
+    parser.add_argument("--ingest", default="compiled",
+                        choices=["compiled", "python", "fast", "full"],
+                        help="compiled: the C ingest kernel (sflow._ingest) for the common "
+                             "datagrams when it was built, else Python; python: the "
+                             "pure-Python path (same results, slower). fast/full: former "
+                             "names of compiled/python (default %(default)s)")
     rolling.add_arguments(parser)
     cliopts.add_common(parser, exits=SERVE_EXITS)
     args = cliopts.parse_args(parser, argv)
+    sflow_host, sflow_port = _listen(args.sflow_listen or _DEFAULT_SFLOW, 6343,
+                                     "--sflow-listen", parser)
+    http_host, http_port = _listen(args.http_listen or _DEFAULT_HTTP, 8008,
+                                   "--http-listen", parser)
+    # the old flags, kept as aliases: each overrides its half of the listen option
+    sflow_host = args.sflow_host or sflow_host
+    sflow_port = sflow_port if args.sflow_port is None else args.sflow_port
+    http_host = args.http_host or http_host
+    http_port = http_port if args.http_port is None else args.http_port
+    from sflow.auth import TokenFileError, load_tokens
     from sflow.embedded import EmbeddedEngine
+    from sflow.groups import AsnTable, GroupError
+    from sflow.webserve import format_listen
 
+    tokens = asn_table = None
+    try:
+        if args.token_file:
+            tokens = load_tokens(args.token_file)
+        if args.asn_file:
+            asn_table = AsnTable.load(args.asn_file)
+    except (TokenFileError, GroupError) as exc:
+        print(f"demon-sflow: {exc}", file=sys.stderr)
+        return 2
     try:
         recorder = rolling.from_args(args)
     except OSError as exc:
         print(f"demon-sflow: --record-sflow {args.record_sflow}: {exc}", file=sys.stderr)
         return 2
-    service = EmbeddedEngine((args.sflow_host, args.sflow_port), (args.http_host, args.http_port),
+    service = EmbeddedEngine((sflow_host, sflow_port), (http_host, http_port),
                              readonly=args.readonly, max_flows=args.max_flows,
-                             fast_path=args.ingest == "fast", recorder=recorder)
+                             fast_path=args.ingest in ("compiled", "fast"), tokens=tokens,
+                             asn_table=asn_table, recorder=recorder)
     try:
         service.start()
     except OSError as exc:
@@ -71,11 +144,17 @@ def _serve(argv: Sequence[str]) -> int:
         signal.signal(sig, lambda *_: done.set())
     host, port = service.sflow_address
     print(json.dumps({"sflow": [host, port], "http": service.url}), flush=True)
-    cliopts.notify_ready(f"sFlow on udp {host}:{port}, API on {service.url}")
-    logging.getLogger("sflow").info("sFlow on udp %s:%d, API on %s (UDP buffer %d bytes)",
-                                    host, port, service.url, service.collector.rcvbuf
-                                    if service.collector else 0)
-    done.wait()
+    for line in exposure_lines((host, port), service.http_listen, http_host, tokens is not None,
+                               args.token_file, args.readonly):
+        print(f"demon-sflow: {line}", file=sys.stderr, flush=True)
+    cliopts.notify_ready(f"sFlow on udp {format_listen(host, port)}, API on {service.url}")
+    logging.getLogger("sflow").info("sFlow on udp %s, API on %s (UDP buffer %d bytes)",
+                                    format_listen(host, port), service.url,
+                                    service.collector.rcvbuf if service.collector else 0)
+    # A bounded wait: a SIGTERM taken by one of the server's threads only sets a flag that
+    # the main thread must come back to Python to act on (systemctl stop would hang).
+    while not done.wait(0.5):
+        pass
     service.stop()
     return 0
 

@@ -49,7 +49,9 @@ class ServerError(SFlowRTError):
 
 
 class ReadOnly(SFlowRTError):
-    """403: the engine runs read-only (sFlow-RT ``http.readonly=yes``)."""
+    """403: the engine runs read-only (sFlow-RT ``http.readonly=yes``); or 401: it wants
+    a bearer token for writes (the embedded engine bound beyond loopback) and
+    got none or a wrong one."""
 
 
 class Rejected(SFlowRTError):
@@ -243,7 +245,7 @@ class SFlowRTClient:
 
     def __init__(self, base_url: str, timeout: float = 5.0, retries: int = 3,
                  backoff: float = 0.2, session: requests.Session | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, token: str | None = None) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
         if retries < 0:
@@ -255,6 +257,8 @@ class SFlowRTClient:
         self.session = session if session is not None else requests.Session()
         self._sleep = sleep
         self._fs: dict[str, str] = {}
+        #: bearer token sent with writes (an engine bound beyond loopback asks for one)
+        self.token = token
 
     def __repr__(self) -> str:
         return f"SFlowRTClient({self.base_url!r})"
@@ -266,7 +270,9 @@ class SFlowRTClient:
         """One call with retries; returns any response below 500 for the caller to map."""
         url = self.base_url + path
         data = None if body is None else json.dumps(body)
-        headers = {"Content-Type": "application/json"} if data is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        if self.token and method in ("PUT", "POST", "DELETE"):
+            headers["Authorization"] = f"Bearer {self.token}"
         timeout = (self.timeout, read_timeout if read_timeout is not None else self.timeout)
         attempt = 0
         while True:
@@ -311,6 +317,9 @@ class SFlowRTClient:
             return
         if status == 400:
             raise Rejected(self._message(response), path)
+        if status == 401:
+            raise ReadOnly(f"{path}: engine refused the write (HTTP 401, token): "
+                           f"{self._message(response)}")
         if status == 403:
             raise ReadOnly(f"{path}: engine is read-only (HTTP 403): {self._message(response)}")
         if status == 404:

@@ -16,6 +16,7 @@ the socket from ``/proc/net/udp``.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import select
 import socket
@@ -126,6 +127,9 @@ class Collector:
         last_tick = 0.0
         kernel = engine.ingester.kernel
         recv_batch = kernel.recv_batch if kernel is not None else None
+        # recvmmsg lands each datagram in its own 64 KiB slot of an anonymous mapping:
+        # pages are only touched where datagrams land
+        slots = mmap.mmap(-1, BATCH * 65536) if recv_batch is not None else None
         recv = sock.recvfrom
         fd = sock.fileno()
         while not self._stop.is_set():
@@ -133,7 +137,7 @@ class Collector:
             if poller.poll(250):
                 try:
                     if recv_batch is not None:  # recvmmsg: one system call per batch
-                        batch = recv_batch(fd, BATCH)
+                        batch = recv_batch(fd, slots, BATCH)
                     else:
                         while len(batch) < BATCH:
                             payload, addr = recv(65535)

@@ -32,6 +32,7 @@ from sflow.agents import AgentTable
 from sflow.counters import MAX_DATASOURCES, CounterSource, CounterStore, port_map_rows
 from sflow.fastpath import split_keys
 from sflow.flowdef import DefinitionError, FlowDef, ThresholdDef
+from sflow.flowlog import FlowLog
 from sflow.flowtable import AGG_MODES, IDLE_FACTOR, FlowSnapshot, FlowTables, active_flows, flow_metric
 from sflow.ingest import DataSourceFn, Ingest, KeysFn, Stats
 from sflow.model import Datagram
@@ -68,6 +69,9 @@ class Engine:
         self.threshold_table = Thresholds(max_events)
         self.counters = CounterStore(max_datasources)
         self.flows_table.thresholds = self.threshold_table
+        #: records of ``log: true`` definitions (``/flows/json``)
+        self.flow_log = FlowLog()
+        self.flows_table.flow_log = self.flow_log
         self.threshold_table.attributes = self.counters.attributes
         self.agent_table.on_forget.append(self.counters.forget_agent)
         self.ingester = Ingest(self.stats, self.agent_table, self.flows_table,
@@ -88,10 +92,13 @@ class Engine:
                                   "delete one first")
         if self.flows_table.set(fd, self.threshold_table.watching(fd.name)):
             self.threshold_table.forget(metric=fd.name)
+        self.threshold_table.refresh(self.flows_table.tables)
 
     def delete_flow(self, name: str) -> bool:
         self.threshold_table.forget(metric=name)
-        return self.flows_table.delete(name)
+        found = self.flows_table.delete(name)
+        self.threshold_table.refresh(self.flows_table.tables)
+        return found
 
     def flow(self, name: str) -> FlowDef | None:
         table = self.flows_table.tables.get(name)
@@ -111,6 +118,7 @@ class Engine:
         self.delete_threshold(td.name)
         defs[td.name] = td
         self.flows_table.watch(td.metric, self.threshold_table.watching(td.metric))
+        self.threshold_table.refresh(self.flows_table.tables)
 
     def delete_threshold(self, name: str) -> bool:
         td = self.threshold_table.defs.get(name)
@@ -119,6 +127,7 @@ class Engine:
         self.threshold_table.forget(threshold=name)
         del self.threshold_table.defs[name]
         self.flows_table.watch(td.metric, self.threshold_table.watching(td.metric))
+        self.threshold_table.refresh(self.flows_table.tables)
         return True
 
     def threshold(self, name: str) -> ThresholdDef | None:

@@ -1,17 +1,20 @@
-"""The collector's fast path: the common datagram straight to what the engine needs.
+"""The form the engine ingests (:class:`Parsed`) and the pure-Python reader of the
+common datagram; the shared key objects both ingest paths use.
 
 Nearly every datagram a switch sends is an IPv4-agent datagram of compact flow
 samples (0:1), each carrying one sampled header (0:1) and maybe an
 extended_switch record (0:1001). :func:`parse_compact` reads exactly that
-shape and returns a :class:`Compact` datagram: per sample only the sequence
+shape and returns a :class:`Parsed` datagram: per sample only the sequence
 number, data source, sampling rate, drops, frame length and two shared
 objects whose union is the sample's flow keys less the per-sample ``bytes``,
 ``frames`` and ``_rate``: :class:`HeaderKeys` (from the sampled header) and
 :class:`Context` (agent, interfaces, direction, extended_switch, data
 source). No ``Datagram``/``FlowSample``/``Record`` objects are built per
 sample. Anything else (counter samples, other records, IPv6 agents,
-malformed input) returns None and goes through ``sflow.decode`` as before,
-so decode errors keep their reasons.
+malformed input) returns None and goes through ``sflow.decode``
+(``sflow.ingest.parse``), so decode errors keep their reasons. The compiled
+kernel (``sflow._ingest``) reads the same shape in C and builds the same
+shared objects through :func:`make_header` and ``_context``.
 
 Identical keys: both parts come from the full path's own functions
 (``sflow.headers.header_keys``; ``sflow.keys.sample_keys`` of the sample
@@ -286,3 +289,8 @@ def split_keys(keys: dict[str, Any], agent: str, datasource: str
         rest.pop(name, None)
     context = {name: rest.pop(name) for name in CONTEXT_KEYS if name in rest}
     return HeaderKeys(rest), Context(context, agent, datasource), nbytes
+
+
+def make_header(protocol: int, header: bytes) -> HeaderKeys:
+    """The header keys of one sampled header (the compiled kernel's cache-miss path)."""
+    return HeaderKeys(header_keys(protocol, header))

@@ -26,6 +26,19 @@ N_DEFAULT, N_MIN, N_MAX = 5, 5, 20
 THRESHOLD_TIMEOUT_DEFAULT = 2.0
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}\Z")
+
+#: Size limits of a definition (issue 14 #7: a 100 kB ``fs`` cost ~100 kB per
+#: tracked flow). sFlow-RT documents none beyond its clamps of ``t`` and ``n``;
+#: these are far above what its published recipes use.
+MAX_KEYS_LENGTH = 1000     # the ``keys`` text
+MAX_KEYS = 32              # keys in one definition
+MAX_FILTER_LENGTH = 2000   # the ``filter`` text (nesting: filterexpr.MAX_DEPTH)
+MAX_FS_LENGTH = 16         # the flow-key separator
+MAX_VALUE_LENGTH = 100     # the ``value`` name
+MAX_METRIC_LENGTH = 100    # a threshold's ``metric``
+MAX_FILTER_ATTRIBUTES = 16  # a threshold filter's attributes ...
+MAX_FILTER_VALUES = 100     # ... values per attribute ...
+MAX_FILTER_VALUE_LENGTH = 255  # ... and characters per value
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
 #: value name -> (key in the sample dict, multiplier)
 _VALUES = {"bytes": ("bytes", 1.0), "frames": ("frames", 1.0),
@@ -97,11 +110,17 @@ class FlowDef:
     #: the sample key ``value`` reads and its multiplier (bps: bytes x 8), for the fast path
     value_key: str = field(default="bytes", repr=False, compare=False)
     value_factor: float = field(default=1.0, repr=False, compare=False)
+    #: the flow log (``/flows/json``, sflow.flowlog): write this definition's flows
+    log: bool = False
+    flow_start: bool = False
+    active_timeout: float = 60.0
 
     def to_json(self) -> dict[str, Any]:
+        active = int(self.active_timeout) if float(self.active_timeout).is_integer() \
+            else self.active_timeout
         return {"keys": ",".join(self.keys), "value": self.value, "filter": self.filter,
-                "t": self.t, "n": self.n, "fs": self.fs, "log": False, "flowStart": False,
-                "activeTimeout": 60, "dropped": False}
+                "t": self.t, "n": self.n, "fs": self.fs, "log": self.log,
+                "flowStart": self.flow_start, "activeTimeout": active, "dropped": False}
 
     def flow_key(self, keys: Mapping[str, Any]) -> str | None:
         """The sample's flow key (key values joined with ``fs``), None if a key is missing."""
@@ -179,6 +198,8 @@ def parse_flow(name: str, body: Any) -> FlowDef:
         keys_raw = ",".join(keys_raw)
     if not isinstance(keys_raw, str):
         raise DefinitionError(f"keys: expected a string, got {keys_raw!r}")
+    if len(keys_raw) > MAX_KEYS_LENGTH:
+        raise DefinitionError(f"keys: longer than {MAX_KEYS_LENGTH} characters")
     keys: list[str] = []
     key_fns: list[KeyFn] = []
     if keys_raw.strip():
@@ -190,15 +211,21 @@ def parse_flow(name: str, body: Any) -> FlowDef:
             except ExprError as exc:
                 raise DefinitionError(f"keys: {exc}") from None
             keys.append(text.strip())
+            if len(keys) > MAX_KEYS:
+                raise DefinitionError(f"keys: more than {MAX_KEYS} keys")
     value = body.get("value", "bytes")
     if not isinstance(value, str) or not value:
         raise DefinitionError(f"value: expected a value name such as bytes, got {value!r}")
+    if len(value) > MAX_VALUE_LENGTH:
+        raise DefinitionError(f"value: longer than {MAX_VALUE_LENGTH} characters")
     value_fn = _value_fn(value)
     filt = body.get("filter")
     predicate = None
     if filt is not None and filt != "":
         if not isinstance(filt, str):
             raise DefinitionError(f"filter: expected a string, got {filt!r}")
+        if len(filt) > MAX_FILTER_LENGTH:
+            raise DefinitionError(f"filter: longer than {MAX_FILTER_LENGTH} characters")
         try:
             predicate = compile_filter(filt)
         except ExprError as exc:
@@ -210,19 +237,24 @@ def parse_flow(name: str, body: Any) -> FlowDef:
     fs = body.get("fs", ",")
     if not isinstance(fs, str) or not fs:
         raise DefinitionError(f"fs: expected a non-empty string, got {fs!r}")
-    for unsupported in ("log", "flowStart", "dropped"):
-        if _bool(body, unsupported):
-            raise DefinitionError(f"{unsupported}: not supported by the embedded engine "
-                                  "(no flow log, no drop notifications)")
+    if len(fs) > MAX_FS_LENGTH:
+        raise DefinitionError(f"fs: longer than {MAX_FS_LENGTH} characters")
+    if _bool(body, "dropped"):
+        raise DefinitionError("dropped: not supported by the embedded engine "
+                              "(no drop-notification flows)")
     for ignored in ("values", "ipfixCollectors", "aggMode"):
         if body.get(ignored) not in (None, "", []):
             raise DefinitionError(f"{ignored}: not supported by the embedded engine")
-    _number(body, "activeTimeout", 60)
+    log, flow_start = _bool(body, "log"), _bool(body, "flowStart")
+    active_timeout = _number(body, "activeTimeout", 60)
+    if not 0 <= active_timeout <= 86_400:
+        raise DefinitionError(f"activeTimeout: expected 0-86400 s, got {active_timeout:g}")
     plain = tuple(keys) if all(_PLAIN_KEY.match(k) for k in keys) else None
     return FlowDef(name=name, keys=tuple(keys), value=value, filter=filt, t=t, n=n, fs=fs,
                    key_fns=tuple(key_fns), value_fn=value_fn, predicate=predicate,
                    plain_keys=plain, value_key=_value_source(value)[0],
-                   value_factor=_value_source(value)[1])
+                   value_factor=_value_source(value)[1],
+                   log=log, flow_start=flow_start, active_timeout=active_timeout)
 
 
 @dataclass(frozen=True)
@@ -263,6 +295,8 @@ def parse_threshold(name: str, body: Any) -> ThresholdDef:
     metric = body.get("metric")
     if not isinstance(metric, str) or not metric:
         raise DefinitionError("metric: required, the name of a flow definition")
+    if len(metric) > MAX_METRIC_LENGTH:
+        raise DefinitionError(f"metric: longer than {MAX_METRIC_LENGTH} characters")
     if "value" not in body or body["value"] is None:
         raise DefinitionError("value: required, a number in the metric's unit")
     value = _number(body, "value", 0.0)
@@ -274,11 +308,20 @@ def parse_threshold(name: str, body: Any) -> ThresholdDef:
     if filt_raw is not None:
         if not isinstance(filt_raw, dict):
             raise DefinitionError("filter: expected an object {attribute: [values]}")
+        if len(filt_raw) > MAX_FILTER_ATTRIBUTES:
+            raise DefinitionError(f"filter: more than {MAX_FILTER_ATTRIBUTES} attributes")
         filt = {}
         for attr, values in filt_raw.items():
             if not isinstance(values, list):
                 values = [values]
-            filt[str(attr)] = tuple(as_text(v) for v in values)
+            if len(values) > MAX_FILTER_VALUES:
+                raise DefinitionError(f"filter: more than {MAX_FILTER_VALUES} values for {attr!r}")
+            texts = tuple(as_text(v) for v in values)
+            if len(str(attr)) > MAX_FILTER_VALUE_LENGTH or any(
+                    len(t) > MAX_FILTER_VALUE_LENGTH for t in texts):
+                raise DefinitionError(f"filter: attribute names and values are at most "
+                                      f"{MAX_FILTER_VALUE_LENGTH} characters")
+            filt[str(attr)] = texts
     # Echo what was given: an int stays an int (clients compare the echo with their body).
     raw_value = body["value"]
     echo_value = raw_value if isinstance(raw_value, (int, float)) and not isinstance(raw_value, bool) else value

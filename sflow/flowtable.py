@@ -42,6 +42,7 @@ from typing import Any, Iterable, NamedTuple
 from sflow.fastpath import CONTEXT_KEYS, Context, HeaderKeys, full_keys
 from sflow.filterexpr import implicit_reads
 from sflow.flowdef import FlowDef, ThresholdDef
+from sflow.flowlog import FlowLog, LogSpec
 
 __all__ = ["FlowTable", "FlowTables", "FlowSnapshot", "active_flows", "flow_metric", "SKIP",
            "IDLE_FACTOR", "AGG_MODES"]
@@ -86,10 +87,13 @@ class FlowTable:
 
     __slots__ = ("fd", "sources", "count", "thresholds", "last_sweep", "ref", "min_impulse",
                  "_scale_at", "_scale", "memo_scope", "value_kind", "value_factor", "t",
-                 "uid", "max_flows")
+                 "uid", "max_flows", "log_spec")
 
     def __init__(self, fd: FlowDef, max_flows: int) -> None:
         self.fd = fd
+        #: the flow log's view of a ``log: true`` definition (sflow.flowlog), else None
+        self.log_spec = (LogSpec(fd.name, fd.t, fd.active_timeout, fd.flow_start)
+                         if fd.log else None)
         self.sources: dict[tuple[str, str], list[Any]] = {}
         self.count = 0
         self.thresholds: tuple[ThresholdDef, ...] = ()
@@ -168,11 +172,15 @@ class FlowTables:
         self.tables: dict[str, FlowTable] = {}
         #: the tables in a tuple (what ingest iterates; rebuilt on every change)
         self.active: tuple[FlowTable, ...] = ()
+        self.logging = False
         self.evicted = 0
         self.thresholds: Any = None  # sflow.thresholds.Thresholds, set by the engine
+        self.flow_log: FlowLog | None = None  # sflow.flowlog.FlowLog, set by the engine
 
     def _changed(self) -> None:
         self.active = tuple(self.tables.values())
+        #: a definition writes the flow log (sflow.flowlog): ingest stays in Python
+        self.logging = any(table.log_spec is not None for table in self.active)
 
     def set(self, fd: FlowDef, watching: list[ThresholdDef]) -> bool:
         """Define or replace a flow; an identical re-definition keeps its state (False)."""
@@ -182,11 +190,15 @@ class FlowTables:
         table = FlowTable(fd, self.max_flows)
         table.thresholds = tuple(watching)
         self.tables[fd.name] = table
+        if self.flow_log is not None:
+            self.flow_log.forget(fd.name)
         self._changed()
         return True
 
     def delete(self, name: str) -> bool:
         found = self.tables.pop(name, None) is not None
+        if self.flow_log is not None:
+            self.flow_log.forget(name)
         self._changed()
         return found
 
@@ -220,6 +232,9 @@ class FlowTables:
                 self.shrink(table, now)
         else:
             stored = flows[key] = stored + impulse * scale
+        if table.log_spec is not None and self.flow_log is not None:
+            self.flow_log.observe(table.log_spec, agent, data_source, key,
+                                  value * sampling_rate, now)
         if table.thresholds:
             rate = stored / scale
             for td in table.thresholds:
@@ -262,6 +277,8 @@ class FlowTables:
         for table in self.tables.values():
             if now - table.last_sweep >= max(1.0, table.t):
                 self.evict_idle(table, now)
+        if self.flow_log is not None:
+            self.flow_log.tick(now)
 
     def count(self, name: str | None = None) -> int:
         if name is not None:

@@ -50,6 +50,9 @@ COMPILED_ENV = "DEMON_SFLOW_COMPILED"
 #: names seen in samples are forgotten after an hour (``/flowkeys/json``)
 FLOW_KEYS_TTL = 3600.0
 _MAX_NAME_SETS = 4096
+#: the compiled kernel's interface version this code expects (sflow/_ingest.c)
+KERNEL_VERSION = 2
+_stale: list[bool] = []
 
 
 def compiled() -> Any:
@@ -59,6 +62,13 @@ def compiled() -> Any:
     try:
         from sflow import _ingest  # type: ignore[attr-defined]
     except ImportError:
+        return None
+    if getattr(_ingest, "KERNEL_VERSION", None) != KERNEL_VERSION:
+        if not _stale:
+            _stale.append(True)
+            log.warning("sflow._ingest is a build of other sources (kernel version %s, "
+                        "wanted %s): using the pure-Python path; reinstall to rebuild it",
+                        getattr(_ingest, "KERNEL_VERSION", None), KERNEL_VERSION)
         return None
     return _ingest
 
@@ -156,7 +166,9 @@ class Ingest:
     def receive_batch(self, batch: Iterable[tuple[bytes, str]], now: float) -> int:
         """Ingest (payload, UDP source address) pairs; how many failed in ingest (bugs:
         counted as ``ingest-error`` and logged, never raised)."""
-        if self.kernel is not None:
+        # the compiled kernel does not feed the flow log: while a definition logs its
+        # flows (log: true), every datagram takes the Python path
+        if self.kernel is not None and not self.flows.logging:
             batch = batch if isinstance(batch, list) else list(batch)
             return self.kernel.ingest(self, batch, now)
         failures = 0
@@ -271,6 +283,8 @@ class Ingest:
                 elif account_sequence(agent, 2, last, seq):
                     agent.counter_sources[sid] = seq
                 self.counters.put(name, datasource, seq, now, records)
+                if self.thresholds.counter_watch:
+                    self.thresholds.counter_sample(name, datasource, now, self.counters)
 
     def _flow(self, tables: tuple[Any, ...], now: float, header: Any, context: Any,
               nbytes: int | None, rate: int) -> None:
@@ -301,6 +315,20 @@ class Ingest:
                     continue
             update(table, now, context.agent, context.datasource, context.where, key, value,
                    scaled)
+
+    # --- called by the compiled kernel ------------------------------------------------
+
+    def value_of(self, table: Any, header: Any, context: Any, nbytes: int | None,
+                 rate: int) -> float | None:
+        """A table's value of a sample whose value is not bytes or frames."""
+        return table.fd.value_fn(full_keys(header, context, nbytes, rate))
+
+    def fail(self, source: str, exc: BaseException | None) -> None:
+        """A datagram failed in ingest (a bug): counted, logged, collection goes on."""
+        stats = self.stats
+        stats.dropped["ingest-error"] = stats.dropped.get("ingest-error", 0) + 1
+        log.error("ingest failed for a datagram from %s", source,
+                  exc_info=(type(exc), exc, exc.__traceback__) if exc is not None else None)
 
     # --- reads ----------------------------------------------------------------------
 

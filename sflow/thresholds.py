@@ -38,9 +38,46 @@ class Thresholds:
         self.fired: dict[Arm, float] = {}
         self.events: deque[dict[str, Any]] = deque(maxlen=max_events)
         self.next_event_id = 1
+        #: thresholds on counter metrics (their metric is no flow definition)
+        self.counter_watch: tuple[ThresholdDef, ...] = ()
         #: data source -> attributes for threshold filters (set by the engine)
         self.attributes: Callable[[str, str], dict[str, Any]] = \
             lambda agent, ds: {"agent": agent, "datasource": ds}
+
+    def refresh(self, flows: Any) -> None:
+        """Recompute which thresholds watch counter metrics: those whose ``metric`` is no
+        flow definition (``flows``: the defined names)."""
+        self.counter_watch = tuple(td for td in self.defs.values() if td.metric not in flows)
+
+    def counter_sample(self, agent: str, data_source: str, now: float, counters: Any) -> None:
+        """A counter sample arrived for (agent, dataSource): check the counter thresholds.
+
+        The metric is the data source's (``sflow.counters``: ``ifinutilization``,
+        ``load_one``...); it fires when strictly greater than ``value``, once per
+        (threshold, agent, dataSource) until it has stayed at or below for ``timeout``
+        seconds (the arm keeps the last time it was seen above).
+        """
+        source = counters.get(agent, data_source)
+        if source is None:
+            return
+        metrics = source.metrics()
+        for td in self.counter_watch:
+            value = metrics.get(td.metric)
+            if value is None or isinstance(value, str) or not value > td.value:
+                continue
+            arm = (td.name, agent, data_source, "")
+            seen = self.fired.get(arm)
+            self.fired[arm] = now
+            if seen is not None and now - seen <= td.timeout:
+                continue
+            if td.filter and not td.matches(self.attributes(agent, data_source)):
+                del self.fired[arm]
+                continue
+            self.events.append({
+                "eventID": self.next_event_id, "timestamp": int(now * 1000),
+                "thresholdID": td.name, "metric": td.metric, "agent": agent,
+                "dataSource": data_source, "value": value, "threshold": td.value})
+            self.next_event_id += 1
 
     @property
     def last_event_id(self) -> int:

@@ -98,6 +98,11 @@ class ControllerSettings:
     rpc_port: int
     token_file: Path
     fabric_file: Path
+    metrics_port: int | None = None  # Prometheus metrics on 127.0.0.1 (None: the component's default)
+
+    @property
+    def metrics_url(self) -> str | None:
+        return None if self.metrics_port is None else f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     @property
     def rpc_address(self) -> str:
@@ -114,16 +119,23 @@ def start_controller(settings: ControllerSettings, log: Path, timeout: float = 3
         argv = [PY, "-m", "demon.controller.launcher", "--of-host", "127.0.0.1",
                 "--of-port", str(settings.of_port), "--rpc", settings.rpc_address,
                 "--token-file", str(settings.token_file), "--fabric", str(settings.fabric_file)]
+        if settings.metrics_port is not None:
+            argv += ["--metrics-listen", f"127.0.0.1:{settings.metrics_port}"]
         env = None
     elif settings.kind == "pox":
-        pox_home = os.environ.get("POX_HOME")
+        from demon.controller.poxhome import pox_home as find_pox
+
+        pox_home = find_pox()  # $POX_HOME, else the copy scripts/setup unpacked beside the venv
         if not pox_home or not (Path(pox_home) / "pox.py").exists():
-            raise ComponentError("--controller pox: set POX_HOME to a POX checkout (never pip install pox)")
+            raise ComponentError("--controller pox: no POX checkout (run scripts/setup or set POX_HOME; "
+                                 "never pip install pox)")
         if not (REPO / "demon" / "controller" / "pox_tap.py").exists():
             raise ComponentError("--controller pox: demon/controller/pox_tap.py is not in this checkout yet")
         argv = [PY, str(Path(pox_home) / "pox.py"), "openflow.of_01", "--address=127.0.0.1",
                 f"--port={settings.of_port}", "demon.controller.pox_tap", f"--rpc={settings.rpc_address}",
                 f"--token-file={settings.token_file}", f"--fabric={settings.fabric_file}"]
+        if settings.metrics_port is not None:
+            argv.append(f"--metrics-listen=127.0.0.1:{settings.metrics_port}")
         env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     else:
         raise ComponentError(f"controller: must be os-ken or pox, not {settings.kind!r}")
@@ -163,6 +175,11 @@ class WatchSettings:
     sflow_port: int
     sflow_rt: str | None = None
     engine_http_port: int = 0  # the embedded engine's API (0: ephemeral, unknown to the lab)
+    api_port: int = 0  # the daemon's API (0: ephemeral)
+    api_token_file: Path | None = None
+    sflow_host: str = "127.0.0.1"  # where the embedded engine takes sFlow from the switches
+    api_host: str = "127.0.0.1"
+    extra: tuple[str, ...] = ()  # more demon-watch options (notifications, ...)
 
 
 def start_watch(settings: WatchSettings, log: Path, timeout: float = 30) -> Proc:
@@ -170,19 +187,27 @@ def start_watch(settings: WatchSettings, log: Path, timeout: float = 30) -> Proc
     (so sFlow may be enabled: OVS's connected socket would lose datagrams otherwise)."""
     argv = [PY, "-m", "demon.cli", "--policies", str(settings.policies),
             "--controller", settings.controller, "--token-file", str(settings.token_file),
-            "--state", str(settings.state_file), "--log-format", "json", "--log-level", "info"]
+            "--state", str(settings.state_file), "--log-format", "json", "--log-level", "info",
+            "--listen", f"{settings.api_host}:{settings.api_port}"]
+    if settings.api_token_file is not None:
+        argv += ["--api-token-file", str(settings.api_token_file)]
+    argv += list(settings.extra)
     if settings.sflow_rt:
         argv += ["--sflow-rt", settings.sflow_rt]
     else:
-        argv += ["--sflow-port", str(settings.sflow_port), "--engine-http-port", str(settings.engine_http_port)]
+        argv += ["--sflow-listen", f"{settings.sflow_host}:{settings.sflow_port}",
+                 "--engine-listen", f"127.0.0.1:{settings.engine_http_port}"]
     proc = _spawn("demon-watch", argv, log)
-    if not settings.sflow_rt:
-        try:
+    try:
+        if not settings.sflow_rt:
             wait_until(lambda: udp_port_bound(settings.sflow_port), timeout,
                        "demon-watch's embedded sFlow collector", proc.popen, log)
-        except ComponentError:
-            proc.stop()
-            raise
+        if settings.api_port:
+            wait_until(lambda: tcp_listening(settings.api_host, settings.api_port, 0.2), timeout,
+                       "demon-watch's API", proc.popen, log)
+    except ComponentError:
+        proc.stop()
+        raise
     return proc
 
 

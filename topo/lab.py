@@ -2,7 +2,7 @@
 """``demon-lab``: the whole loop on one machine, in one command.
 
 Starts Open vSwitch if needed, the controller component (os-ken; ``--controller
-pox`` with ``POX_HOME``), the seed network, the capture agent on h11,
+pox``, from the POX checkout), the seed network, the capture agent on h11,
 ``demon-watch`` with its embedded sFlow engine, and sFlow on every bridge; runs
 a traffic scenario (default: one TCP elephant h1->h2 among mice on both filter
 switches), prints progress as it goes, and ends with the timeline of each tap
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sflow import cliopts
+from topo.net import mininet_missing
 from topo.scenarios import SCENARIOS, FlowRun, Scenario, run_scenario, scenario
 from topo.session import LAB_POLICIES, LabSession, SessionOptions, TimelineEntry
 
@@ -154,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "traffic; ends with a timeline.")
     p.add_argument("--out", type=Path, default=Path("lab-out"), help="output directory (default ./lab-out)")
     p.add_argument("--controller", choices=("os-ken", "pox"), default="os-ken",
-                   help="controller component (pox needs POX_HOME)")
+                   help="controller component (pox: the checkout scripts/setup unpacks, or POX_HOME)")
     p.add_argument("--policies", type=Path, default=LAB_POLICIES,
                    help="policy directory (default policies/lab: policies/ with second-scale timers)")
     p.add_argument("--sflow-rt", metavar="URL", help="use a real sFlow-RT (its collector must be on this host)")
@@ -170,7 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settle", type=float, default=30, help="max seconds to wait for taps to end after traffic")
     p.add_argument("--report", type=Path, help="write the timeline and summary as JSON here")
     p.add_argument("--render", type=Path, help="draw the topology with the mirrors taken (.png/.svg)")
-    p.add_argument("--keep", action="store_true", help="leave the lab up (Mininet CLI) until you exit")
+    p.add_argument("--keep", action="store_true", help="leave the lab up (Mininet CLI) until you exit; "
+                   "the daemon's API keeps serving")
+    p.add_argument("--split-hosts", action="store_true",
+                   help="the daemon, the capture host h11 and an operator namespace share only a "
+                        "management network (192.168.231.0/24): the API and the sFlow collector on "
+                        "the daemon's management address, the capture agent on the API's stream")
     p.add_argument("--no-lock", action="store_true",
                    help="do not take the machine-wide lab lock (the caller holds it)")
     return cliopts.add_common(p, exits={0: "every elephant was tapped once, captured and released, nothing else tapped",
@@ -181,11 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     args = cliopts.parse_args(build_parser(), argv)
+    missing = mininet_missing("demon-lab")
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
     if os.geteuid() != 0:
         print("demon-lab: needs root (Open vSwitch and Mininet)", file=sys.stderr)
         return 2
-    if args.controller == "pox" and not os.environ.get("POX_HOME"):
-        print("demon-lab: --controller pox: set POX_HOME to a POX checkout", file=sys.stderr)
+    from demon.controller.poxhome import pox_home
+
+    if args.controller == "pox" and pox_home() is None:
+        print("demon-lab: --controller pox: no POX checkout (run scripts/setup or set POX_HOME)", file=sys.stderr)
         return 2
     if not args.policies.is_dir():
         print(f"demon-lab: --policies {args.policies}: not a directory", file=sys.stderr)
@@ -197,7 +209,8 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     t0 = time.time()
     session = LabSession(SessionOptions(out=args.out, controller=args.controller, policies=args.policies,
                                         sflow_rt=args.sflow_rt, sflow_collector=args.sflow_collector,
-                                        sampling=args.sampling, polling=args.polling),
+                                        sampling=args.sampling, polling=args.polling,
+                                        split_hosts=args.split_hosts),
                          progress=Printer(out, t0))
     session.started_at = t0
     print(f"demon-lab: scenario {sc.name}: {sc.description}; output in {session.out}", file=out, flush=True)
@@ -207,6 +220,10 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
         except Exception as exc:  # noqa: BLE001 — one readable line, the logs have the rest
             print(f"demon-lab: the lab did not start: {exc}", file=sys.stderr)
             return 3
+        if session.api_url:
+            print(f"demon-lab: daemon API at {session.api_url}/api/v1/ (token file "
+                  f"{session.paths['api_token']})", file=out, flush=True)
+            _print_urls(session, out, "demon-lab: ")
         runs = run_scenario(session, sc, args.settle)
         if args.keep:
             # Say what happened first: the lab then stays up until the operator leaves.
@@ -259,6 +276,19 @@ def _take_lab_lock(out: TextIO) -> Any:
     return handle
 
 
+def _print_urls(session: LabSession, out: TextIO, indent: str) -> None:
+    """The dashboard and every part's Prometheus metrics (docs/dashboard.md)."""
+    print(f"{indent}dashboard:   {session.api_url}/  (paste the token from {session.paths['api_token']} "
+          "to release, pause, resume)", file=out)
+    urls = session.metrics_urls()
+    for part, label in (("daemon", "daemon + embedded engine"), ("engine", "engine HTTP"),
+                        ("controller", "controller"), ("capture", "capture agent, in h11's network namespace "
+                                                                   "(Mininet CLI: h11 curl -s URL)")):
+        if part in urls:
+            print(f"{indent}metrics:     {urls[part]}  {label}", file=out)
+    out.flush()
+
+
 def _interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -273,6 +303,15 @@ def _render(path: Path, session: LabSession, taps: list[dict[str, Any]]) -> None
 
 def _keep(session: LabSession, out: TextIO) -> None:
     print("\ndemon-lab: --keep: the lab stays up; exit the Mininet CLI (or Ctrl-C) to tear down", file=out)
+    if session.api_url:
+        where = ""
+        token = session.paths["api_token"]
+        if session.options.split_hosts:  # from the operator's machine, over the management network
+            where, token = "ip netns exec dmn-ops ", session.paths["ops_token"]
+        print(f"  daemon API:  {session.api_url}/api/v1/status\n"
+              f"  operate:     {where}demon-tap --url {session.api_url} --token-file {token} list",
+              file=out, flush=True)
+        _print_urls(session, out, "  ")
     try:
         if sys.stdin.isatty():
             from mininet.cli import CLI

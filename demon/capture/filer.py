@@ -21,13 +21,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from demon.capture.budget import DiskBudget
-from demon.capture.packet import FlowKey, Fields, is_ipv6_noise, parse_frame
+from demon.capture.packet import FlowKey, Fields, header_key, is_ipv6_noise, parse_frame
 from demon.capture.sink import UNMATCHED, Sink, write_json
 from demon.capture.taptable import Tap, TapTable
 
 log = logging.getLogger("demon.capture")
 
 MAX_PENDING = 200_000
+MAX_CACHED = 65_536  # flows whose tap candidates are remembered (cleared when full)
+_NOISE: list[Tap] = []
 RECENT = 600.0  # s an ended tap's figures stay in the status and the metrics
 
 
@@ -62,12 +64,18 @@ class CaptureAgent:
         self.status_extra: Callable[[], dict[str, Any]] | None = None
         self._last_stat = 0.0
         self._table_version = -1
+        # header_key -> the taps (newest first) a frame with that header matches; the
+        # stop-time check still runs per frame. Cleared whenever the table changes.
+        self._cache: dict[bytes, list[Tap]] = {}
+        self._cache_version = -1
         self.table.reload_if_changed()
 
     # -- sinks ----------------------------------------------------------------------
     def sink(self, tap: Tap | None) -> Sink:
         name = tap.tap_id if tap is not None else UNMATCHED
         sink = self.sinks.get(name)
+        if sink is not None and sink.tap is tap:
+            return sink
         if sink is None:
             sink = Sink(name, self.out_dir / name, tap, fmt=self.fmt, snaplen=self.snaplen,
                         rotate_bytes=self.rotate_bytes, rotate_seconds=self.rotate_seconds,
@@ -105,18 +113,49 @@ class CaptureAgent:
 
     def handle(self, frame: bytes, ts_ns: int, orig_len: int | None = None) -> None:
         orig = orig_len if orig_len is not None else len(frame)
-        self.counters["frames"] += 1
-        fields = parse_frame(frame)
-        if not self.keep_noise and is_ipv6_noise(fields):
-            self.counters["ipv6_noise"] += 1
-            return
+        counters = self.counters
+        counters["frames"] += 1
+        table = self.table
         ts = ts_ns / 1e9
-        tap = self.table.lookup(fields, ts)
-        if tap is None and self._stat_due() and self.table.reload_if_changed():
+        key = header_key(frame)
+        if key is not None:
+            if self._cache_version != table.version:
+                self._cache.clear()
+                self._cache_version = table.version
+            cands = self._cache.get(key)
+            if cands is None:
+                fields = parse_frame(frame)
+                if not self.keep_noise and is_ipv6_noise(fields):
+                    cands = _NOISE
+                else:
+                    cands = [t for t in reversed(table.taps) if t.matches(fields)]
+                if len(self._cache) >= MAX_CACHED:
+                    self._cache.clear()
+                self._cache[key] = cands
+            if cands is _NOISE:
+                counters["ipv6_noise"] += 1
+                return
+            for tap in cands:
+                if tap.covers(ts, table.stop_slack):
+                    counters["matched"] += 1
+                    self._file(self.sink(tap), frame, ts_ns, orig, None)
+                    return
+            fields = None
+        else:
+            fields = parse_frame(frame)
+            if not self.keep_noise and is_ipv6_noise(fields):
+                counters["ipv6_noise"] += 1
+                return
+        if fields is None:
+            fields = parse_frame(frame)
+        tap = None
+        if self._stat_due() and table.reload_if_changed():
             self._flush_pending()  # frames that waited for this table go first
-            tap = self.table.lookup(fields, ts)
+            tap = table.lookup(fields, ts)
+        elif key is None:
+            tap = table.lookup(fields, ts)
         if tap is not None:
-            self.counters["matched"] += 1
+            counters["matched"] += 1
             self._file(self.sink(tap), frame, ts_ns, orig, fields)
             return
         self.pending.append((self.clock(), frame, ts_ns, orig, fields))

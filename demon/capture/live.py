@@ -69,6 +69,7 @@ def file_block(ring: Ring, block: int, sink: Sink) -> int:
     unpack = HDR.unpack_from
     record = sink.record
     overhead = sink.overhead
+    snaplen = sink.snaplen
     bufs = sink.bufs
     room = sink.room()
     pend = sink.pend_bytes
@@ -80,8 +81,8 @@ def file_block(ring: Ring, block: int, sink: Sink) -> int:
         nxt, sec, nsec, snap, length, st, mac, _net, _hash, tci, tpid = unpack(m, off)
         ts = sec * 1_000_000_000 + nsec
         if st & TP_STATUS_VLAN_VALID:
-            data = restore_tag(view, off + mac, snap, st, tci, tpid)
-            snap += 4
+            data = restore_tag(view, off + mac, snap, st, tci, tpid)[:snaplen]
+            snap = len(data)
             length += 4
         else:
             data = view[off + mac:off + mac + snap]
@@ -117,7 +118,7 @@ def file_block(ring: Ring, block: int, sink: Sink) -> int:
 class LiveCapture:
     """Ring 0 plus tap rings on one interface, feeding one :class:`CaptureAgent`."""
 
-    def __init__(self, agent: CaptureAgent, interface: str, *, ring_mb: int = 32, catchall_mb: int = 16,
+    def __init__(self, agent: CaptureAgent, interface: str, *, ring_mb: int = 64, catchall_mb: int = 32,
                  block_kb: int = 1024, block_timeout_ms: int = 20, max_rings: int = 64,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.agent = agent
@@ -244,7 +245,7 @@ class LiveCapture:
         count = 0
         for start, sec, nsec, snap, length, st, tci, tpid in ring.frames(block):
             if st & TP_STATUS_VLAN_VALID:
-                frame = restore_tag(view, start, snap, st, tci, tpid)
+                frame = restore_tag(view, start, snap, st, tci, tpid)[:self.agent.snaplen]
                 length += 4
             else:
                 frame = bytes(view[start:start + snap])

@@ -60,6 +60,38 @@ def parse_frame(frame: bytes) -> Fields:
     return fields
 
 
+def header_key(frame: bytes) -> bytes | None:
+    """The bytes that decide which tap a frame is (VLAN id, ethertype, addresses, IP
+    protocol, fragment or not, ports): equal keys, equal :func:`parse_frame` verdicts.
+    None for frames this shortcut does not cover (they are parsed each time)."""
+    off = 12
+    et = frame[12:14]
+    tag = b""
+    if et == b"\x81\x00" or et == b"\x88\xa8":
+        tag = bytes([frame[14] & 0x0F, frame[15]]) if len(frame) >= 18 else b""
+        off = 16
+        et = frame[16:18]
+    if et == b"\x08\x00":
+        ip = off + 2
+        if len(frame) < ip + 20:
+            return None
+        ihl = (frame[ip] & 0x0F) * 4
+        proto = frame[ip + 9]
+        frag = (frame[ip + 6] & 0x1F) | frame[ip + 7]
+        ports = frame[ip + ihl:ip + ihl + 4] if not frag and proto in (6, 17) else b""
+        return b"4" + tag + frame[ip + 9:ip + 10] + frame[ip + 12:ip + 20] + (b"f" if frag else b"") + ports
+    if et == b"\x86\xdd":
+        ip = off + 2
+        if len(frame) < ip + 40:
+            return None
+        nh = frame[ip + 6]
+        if nh in (0, 43, 60, 58):
+            return None
+        ports = frame[ip + 40:ip + 44] if nh in (6, 17) else b""
+        return b"6" + tag + frame[ip + 6:ip + 7] + frame[ip + 8:ip + 40] + ports
+    return None
+
+
 def is_ipv6_noise(fields: Fields) -> bool:
     """IPv6 control chatter (router solicitations, neighbour discovery, MLD, DAD):
     link-local or unspecified source, or a multicast destination."""

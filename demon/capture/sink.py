@@ -198,6 +198,8 @@ class Sink:
         if not self.writing or self.over_budget:
             self._refuse(1)
             return
+        if self.closed_at is not None:
+            self.closed_at = None  # a late frame after the files closed: the tap's record reopens
         size = snap + self.overhead
         if size > self.room():
             f = self.files.current

@@ -165,7 +165,10 @@ class TapTable:
 
     def replace(self, taps: list[Tap]) -> None:
         # Oldest first (stable for equal starts): lookup walks it from the end.
-        self.taps = sorted(taps, key=lambda t: t.start)
+        new = sorted(taps, key=lambda t: t.start)
+        if [t.info for t in new] == [t.info for t in self.taps] and self.version:
+            return  # re-read, nothing new: the kernel's program and the manifests stay
+        self.taps = new
         self.by_id = {t.tap_id: t for t in self.taps}
         self.version += 1
 

@@ -1,5 +1,8 @@
 """Controller components behind the RPC protocol (``docs/rpc-protocol.md``).
 
-``of10`` and ``pox_tap`` (OpenFlow 1.0, POX) and the shared pure modules they
-import stay standard library only: POX loads them in its own interpreter.
+One pure core, the mirror book (``book``, with ``merge``, ``of10``/``of13``,
+``fabric``, ``spec``, ``changes``), and the service around it (``service``,
+``replies``) serve both components; ``osken_app`` (OpenFlow 1.3) and ``pox_tap``
+(OpenFlow 1.0) only translate between their framework and the service. All but
+``osken_app`` stay standard library only: POX loads them in its own interpreter.
 """

@@ -46,9 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fabric", required=True, help="fabric description JSON (docs/fabric.md)")
     parser.add_argument("--static", help="static config: JSON (the fabric's static section) or mirrorPorts.txt")
     parser.add_argument("--state-file",
-                        help="where tap ids are remembered by cookie across restarts "
+                        help="where the taps and their counters are remembered across restarts "
                              "(default: osken-taps.json beside the token file)")
     parser.add_argument("--barrier-timeout", type=float, default=5.0, help="seconds to wait for a switch")
+    parser.add_argument("--metrics-listen", default="127.0.0.1:8735", metavar="HOST:PORT",
+                        help="Prometheus metrics at GET /metrics (default 127.0.0.1:8735; '' = off)")
     return cliopts.add_common(parser, exits=EXITS)
 
 
@@ -79,13 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg.CONF.set_override("ofp_listen_host", args.of_host)
     cfg.CONF.set_override("ofp_tcp_listen_port", args.of_port)
 
+    from demon.controller.book import MirrorBook
+    from demon.controller.service import TapService
     from demon.rpc.server import RpcServer
 
-    settings = osken_app.Settings(fabric=fabric, static=static, rpc_address=args.rpc, token=token,
-                                  barrier_timeout=args.barrier_timeout,
-                                  state_file=Path(args.state_file) if args.state_file
-                                  else Path(args.token_file).parent / "osken-taps.json")
-    service = osken_app.TapService(settings)
+    state = Path(args.state_file) if args.state_file else Path(args.token_file).parent / "osken-taps.json"
+    service = TapService(MirrorBook(fabric, "1.3", static), "os-ken", state_file=state,
+                         collect_timeout=min(1.0, args.barrier_timeout))
     try:
         _check_free(args.of_host, args.of_port)
     except OSError as exc:
@@ -98,8 +100,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demon-controller: cannot listen: --rpc {args.rpc}: {reason}", file=sys.stderr)
         return 2
     service.publish = server.publish
-    osken_app.configure(service)
-    print(f"demon-controller: openflow {args.of_host}:{args.of_port} rpc {server.address}", flush=True)
+    metrics = ""
+    if args.metrics_listen:
+        from demon.controller import metrics as controller_metrics
+
+        try:
+            metrics = f" metrics {controller_metrics.serve(service, server, args.metrics_listen).url}/metrics"
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            print(f"demon-controller: cannot listen: --metrics-listen {args.metrics_listen}: {reason}",
+                  file=sys.stderr)
+            server.close()
+            return 2
+    service.start()
+    osken_app.configure(service, args.barrier_timeout)
+    print(f"demon-controller: openflow {args.of_host}:{args.of_port} rpc {server.address}{metrics}", flush=True)
 
     def stop(signum: int, _frame: Any) -> None:
         # os-ken's native hub cannot kill its threads; the switches keep their entries

@@ -20,9 +20,9 @@ region containing it, which carries all copies it is owed.
 Lifetimes: the entry whose match equals a tap's own match ("owned" entry)
 carries the tap's idle timeout; every entry's hard timeout is the earliest hard
 deadline of its members, so the switch itself removes copies for an expired
-tap. After any change the component recompiles and applies the difference
-(:func:`diff`): ADD for new or changed entries, DELETE_STRICT (match +
-priority) for entries no longer wanted. A tap's idle timer only sees packets
+tap. After any change the mirror book (:mod:`demon.controller.book`) recompiles
+and applies the difference (:func:`diff`): ADD for new entries, DELETE_STRICT then
+ADD for changed ones, DELETE_STRICT (match + priority) for entries no longer wanted. A tap's idle timer only sees packets
 that hit its owned entry, so when that entry idles out the component first asks
 :func:`kept_alive` whether the tap's merged sub-regions counted packets since it
 last looked; if so the tap lives on and its entry is re-added.
@@ -315,31 +315,6 @@ def kept_alive(removed: CompiledEntry, installed: Mapping[EntryKey, CompiledEntr
                 alive.add(owner)
                 break
     return alive
-
-
-def end_rules(rules: dict[RuleKey, Any], taps: dict[str, Any], dpid: int, ended: Iterable[RuleKey],
-              reason: str, counters: Mapping[str, Any], cookie: int) -> tuple[list[dict[str, Any]], list[Any]]:
-    """Forget ended rules of one switch (and taps with no live direction left).
-
-    ``taps``: tap id → the component's tap (``spec``, ``cookie``, ``live`` directions).
-    Returns the ``mirror_removed`` events to publish, in order, and the taps now gone.
-    """
-    events: list[dict[str, Any]] = []
-    gone: list[Any] = []
-    for tap_id, direction in sorted(ended):
-        rules.pop((tap_id, direction), None)
-        tap = taps.get(tap_id)
-        event = {"tap_id": tap_id, "dpid": dpid, "cookie": tap.cookie if tap else cookie,
-                 "reason": reason, **counters}
-        if tap is not None:
-            if tap.spec.bidirectional:
-                event["direction"] = direction
-            tap.live.discard(direction)
-            if not tap.live:
-                del taps[tap_id]
-                gone.append(tap)
-        events.append(event)
-    return events, gone
 
 
 def tap_record(spec: MirrorSpec, cookie: int, installed_at: float, rows: list[tuple[Entry, int, int, float]],

@@ -209,6 +209,14 @@ def port_stats_json(stats: Iterable[Any], below: int) -> list[dict[str, Any]]:
             for s in sorted(stats, key=lambda s: s.port_no) if s.port_no < below]
 
 
+def port_description(port: Any) -> dict[str, Any]:
+    """A ``list_switches`` port from an OpenFlow port description (both versions name the
+    fields alike; bit 0 of ``config`` is PORT_DOWN and of ``state`` LINK_DOWN in both)."""
+    name = port.name.decode(errors="replace") if isinstance(port.name, bytes) else str(port.name)
+    return {"port_no": port.port_no, "name": name.rstrip("\x00"), "hw_addr": str(port.hw_addr),
+            "up": not (port.config & 1 or port.state & 1)}
+
+
 def parse_mirror_params(params: Any, openflow: str = "1.3") -> MirrorSpec:
     """Validate ``install_mirror`` params into a :class:`MirrorSpec` (raises :class:`SpecError`)."""
     if openflow not in OPENFLOW_VERSIONS:

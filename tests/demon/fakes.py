@@ -387,6 +387,7 @@ class Harness:
                  controller: FakeController | None = None,
                  engine: ScriptedEngine | None = None,
                  clock: Callable[[], float] | None = None, rpc_timeout: float = 2.0,
+                 notify: list[Any] | None = None, state_path: Path | None = None,
                  **options: Any) -> None:
         self.policies_dir = tmp / "policies"
         self.policies_dir.mkdir(exist_ok=True)
@@ -394,7 +395,7 @@ class Harness:
             old.unlink()
         for name, text in policies.items():
             (self.policies_dir / f"{name}.yaml").write_text(text)
-        self.state_path = tmp / "state.sqlite"
+        self.state_path = state_path or tmp / "state.sqlite"
         self.engine = engine or ScriptedEngine().register(mock)
         self.controller = controller or FakeController().start()
         self.store = Store(self.state_path)
@@ -403,7 +404,7 @@ class Harness:
                                RpcClient(self.controller.address, token=TOKEN,
                                          timeout=rpc_timeout),
                                self.store, self.options,
-                               clock=clock or accelerated_clock(SPEED))
+                               clock=clock or accelerated_clock(SPEED), notify=notify or ())
         self.thread = threading.Thread(target=self.runtime.run, daemon=True)
 
     def start(self) -> "Harness":
@@ -415,6 +416,19 @@ class Harness:
         if self.thread.is_alive():
             self.runtime.request_stop("test over")
             self.thread.join(timeout=15)
+        self.store.close()
+
+    def crash(self) -> None:
+        """Stop the threads as a SIGKILL would: no removal, no undefinitions, no
+        final save; then close the state file."""
+        rt = self.runtime
+        rt.shutdown = lambda: rt._halt.set()  # type: ignore[method-assign]
+        rt.engine.stop()
+        if rt._scheduler is not None:
+            rt._scheduler.shutdown(wait=False)
+        rt.controller_side.stop()
+        rt.request_stop("simulated crash")
+        self.thread.join(timeout=5)
         self.store.close()
 
     def live(self) -> list[str]:

@@ -245,3 +245,27 @@ def test_a_program_too_big_for_the_kernel_keeps_the_taps_that_fit() -> None:
 def test_bad_matches_are_refused_by_name(match: dict[str, Any]) -> None:
     with pytest.raises(bpf.BpfError, match="match"):
         bpf.tap_block(bpf.Asm(), bpf.TapRule(1, match=match), 0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(frames, min_size=1, max_size=6))
+def test_frames_with_the_same_header_key_get_the_same_python_verdict(batch: list[bytes]) -> None:
+    """The agent remembers each header's taps (demon.capture.packet.header_key):
+    equal keys must mean equal verdicts, noise included."""
+    from demon.capture.packet import header_key
+
+    verdicts: dict[bytes, tuple[str | None, bool]] = {}
+    for frame in batch:
+        key = header_key(frame)
+        verdict = (python_choice(frame), is_ipv6_noise(parse_frame(frame)))
+        if key is not None:
+            assert verdicts.setdefault(key, verdict) == verdict
+        # the same header with another IP id, TTL and payload: same key, same verdict
+        twin = bytearray(frame)
+        ip = 18 if frame[12:14] == b"\x81\x00" else 14
+        if twin[ip] >> 4 == 4:
+            twin[ip + 4:ip + 6] = b"\x12\x34"
+            twin[ip + 8] = 7
+        twin[-1] ^= 0xFF
+        if header_key(bytes(twin)) == key and key is not None:
+            assert (python_choice(bytes(twin)), is_ipv6_noise(parse_frame(bytes(twin)))) == verdict

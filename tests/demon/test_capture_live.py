@@ -196,3 +196,22 @@ def test_kernel_drops_are_counted_per_tap_and_reported(veth, tmp_path: Path) -> 
     got = [f for p in capture_files(tmp_path / "out" / "five") for _t, f, _l in read_capture(p)]
     assert got == [f for f in sent if f in set(got)]  # what was kept is in order, nothing invented
     assert f'pytapdemon_capture_kernel_drops_total{{tap_id="five"}} {float(summary["kernel_drops"])}' in scrape
+
+
+def test_snap_length_is_applied_in_the_kernel_and_the_original_length_kept(veth, tmp_path: Path) -> None:
+    iface, tx = veth
+    taps = tmp_path / "taps.json"
+    write_tap_table(taps, [tap("five", ELEPHANT, start=time.time() - 5), tap("tagged", None, vlan_tag=42)])
+    agent = Agent(iface, tmp_path / "out", "--taps", str(taps), "--snaplen", "64", "--format", "pcap",
+                  "--metrics-listen", "")
+    sent = frames("10.0.0.1", 5201, 50, size=1000)
+    tagged = frames("10.0.0.5", 7, 20, size=1000, vlan=42)
+    for f in sent + tagged:
+        tx.send(f)
+    agent.wait(lambda st: st["taps"].get("five", {}).get("packets") == 50
+               and st["taps"].get("tagged", {}).get("packets") == 20)
+    agent.stop()
+    for name, want in (("five", sent), ("tagged", tagged)):
+        got = [(f, n) for p in capture_files(tmp_path / "out" / name) for _t, f, n in read_capture(p)]
+        assert [f for f, _n in got] == [f[:64] for f in want]
+        assert [n for _f, n in got] == [len(f) for f in want]

@@ -23,6 +23,8 @@ from tests.demon.test_store_sqlite import make_tap
 
 
 def run(main, argv: list[str]) -> tuple[int, str, str]:
+    if main is cli.main and "--listen" not in argv:
+        argv = [*argv, "--listen", "127.0.0.1:0"]  # never the fixed default port in tests
     out, err = io.StringIO(), io.StringIO()
     status = main(argv, stdout=out, stderr=err)
     return status, out.getvalue(), err.getvalue()
@@ -38,6 +40,7 @@ def closed_port() -> int:
 def token_file(tmp_path: Path) -> Path:
     path = tmp_path / "rpc.token"
     path.write_text(TOKEN + "\n")
+    path.chmod(0o600)
     return path
 
 
@@ -100,7 +103,8 @@ def test_unreachable_controller_exits_4_with_a_hint(tmp_path: Path, token_file: 
 
 def test_wrong_token_exits_4(tmp_path: Path) -> None:
     wrong = tmp_path / "wrong.token"
-    wrong.write_text("not-the-token\n")
+    wrong.write_text("not-the-token-at-all\n")
+    wrong.chmod(0o600)
     with FakeController() as controller, \
             responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         engine = ScriptedEngine().register(mock)
@@ -145,7 +149,7 @@ def test_watch_runs_until_stopped_and_dry_run_sends_no_writes(tmp_path: Path,
         err = io.StringIO()
         argv = ["--policies", str(pol), "--sflow-rt", engine.base_url, "--controller",
                 controller.address, "--token-file", str(token_file), "--dry-run",
-                "--log-format", "json"]
+                "--listen", "127.0.0.1:0", "--log-format", "json"]
         # Handlers are installed by the main thread (main() restores them on return):
         # run there, stop with a signal from a timer.
         stopper = threading.Timer(2.0, lambda: signal.raise_signal(signal.SIGTERM))
@@ -165,8 +169,8 @@ def test_watch_starts_the_embedded_engine_by_default(tmp_path: Path, token_file:
     with FakeController() as controller:
         stopper = threading.Timer(1.5, lambda: signal.raise_signal(signal.SIGINT))
         stopper.start()
-        status = cli.main(["--policies", str(REPO / "policies"), "--sflow-port", "0",
-                           "--controller", controller.address, "--token-file", str(token_file),
+        status = cli.main(["--policies", str(REPO / "policies"), "--sflow-listen",
+                           "127.0.0.1:0", "--listen", "127.0.0.1:0", "--controller", controller.address, "--token-file", str(token_file),
                            "--state", str(tmp_path / "s.sqlite")], stdout=io.StringIO(),
                           stderr=err)
         stopper.join()
@@ -174,6 +178,7 @@ def test_watch_starts_the_embedded_engine_by_default(tmp_path: Path, token_file:
     log = err.getvalue()
     assert "embedded engine: sFlow on 127.0.0.1:" in log and "API at http://127.0.0.1:" in log
     assert "embedded engine: sFlow on 127.0.0.1:0," not in log  # the bound port is shown
+    assert "API at http://127.0.0.1:" in log and "/api/v1/ (loopback" in log
     assert "stopping: SIGINT" in log
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
@@ -230,14 +235,50 @@ def test_tap_history_since(state_file: Path) -> None:
     assert status == tapctl.EXIT_USAGE and "--since" in err
 
 
-def test_tap_release_without_a_daemon_says_so(state_file: Path) -> None:
+def test_tap_release_without_a_daemon_says_so_and_leaves_nothing_queued(state_file: Path) -> None:
+    """Issue 8: a request for a daemon that is down must not wait in the file for a
+    daemon started much later."""
     status, _, err = run(tapctl.main, ["--state", str(state_file), "release", "elephant.1",
                                        "--wait", "0.3"])
     assert status == tapctl.EXIT_NO_ANSWER
-    assert "is demon-watch running" in err
+    assert "is demon-watch running" in err and "withdrawn: nothing will be done" in err
+    assert len(err.strip().splitlines()) == 1
     with Store(state_file) as store:
-        assert [(r.kind, r.target) for r in store.pending_requests()] == [
-            ("release", "elephant.1")]
+        assert store.pending_requests(now=time.time() - 3600) == []
+        [request] = store.requests()
+        assert request.code == "cancelled" and request.done_at is not None
+
+
+def test_a_queued_request_expires_and_can_be_listed_and_cancelled(state_file: Path) -> None:
+    status, out, _ = run(tapctl.main, ["--state", str(state_file), "pause", "elephant",
+                                       "--wait", "0"])
+    assert status == 0 and "queued as request 1 (expires in 60s" in out
+    status, out, _ = run(tapctl.main, ["--state", str(state_file), "release", "elephant.1",
+                                       "--wait", "0"])
+    status, out, _ = run(tapctl.main, ["--state", str(state_file), "requests"])
+    lines = out.strip().splitlines()
+    assert lines[0].split()[:4] == ["ID", "KIND", "TARGET", "WHO"]
+    assert [line.split()[:3] for line in lines[1:]] == [["1", "pause", "elephant"],
+                                                         ["2", "release", "elephant.1"]]
+    status, out, _ = run(tapctl.main, ["--state", str(state_file), "requests", "--cancel", "1"])
+    assert status == 0 and "request 1: cancelled" in out
+    status, _, err = run(tapctl.main, ["--state", str(state_file), "requests", "--cancel", "1"])
+    assert status == tapctl.EXIT_REFUSED and "not pending" in err
+    status, out, _ = run(tapctl.main, ["--state", str(state_file), "--json", "requests"])
+    assert [r["id"] for r in json.loads(out)] == [2]
+    with Store(state_file) as store:  # a minute later, nobody has taken it: it is gone
+        assert store.pending_requests(now=time.time() + 61) == []
+        assert store.expire_requests(now=time.time() + 61) == 1
+        assert store.request(2).code == "expired"
+
+
+def test_tap_never_creates_a_state_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "state.sqlite"
+    for argv in (["release", "x.1", "--wait", "0"], ["pause", "p"], ["requests"],
+                 ["tap", "p", "10.0.0.1,10.0.0.2,6,1,2"], ["list"]):
+        status, _, err = run(tapctl.main, ["--state", str(missing), *argv])
+        assert status == tapctl.EXIT_STATE and "does not exist" in err, argv
+    assert not missing.parent.exists()
 
 
 def test_tap_pause_gets_the_daemons_answer(state_file: Path) -> None:
@@ -263,3 +304,43 @@ def test_tap_pause_gets_the_daemons_answer(state_file: Path) -> None:
 def test_tap_on_a_missing_state_file(tmp_path: Path) -> None:
     status, _, err = run(tapctl.main, ["--state", str(tmp_path / "none.sqlite"), "list"])
     assert status == tapctl.EXIT_STATE and "does not exist" in err
+
+
+def test_watch_serves_its_api_and_the_engines_metrics_on_one_page(tmp_path: Path,
+                                                                   token_file: Path) -> None:
+    import re
+    import urllib.request
+
+    err = io.StringIO()
+    seen: dict[str, str] = {}
+
+    def probe() -> None:
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                found = re.search(r"API at (http://127\.0\.0\.1:\d+)/api/v1/", err.getvalue())
+                if found and "started:" in err.getvalue():
+                    url = found.group(1)
+                    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
+                        seen["metrics"] = resp.read().decode()
+                    with urllib.request.urlopen(f"{url}/api/v1/status", timeout=5) as resp:
+                        seen["status"] = resp.read().decode()
+                    return
+                time.sleep(0.05)
+        finally:
+            signal.raise_signal(signal.SIGINT)
+
+    with FakeController() as controller:
+        prober = threading.Thread(target=probe)
+        prober.start()
+        status = cli.main(["--policies", str(REPO / "policies"), "--sflow-listen", "127.0.0.1:0",
+                           "--listen", "127.0.0.1:0", "--controller", controller.address,
+                           "--token-file", str(token_file), "--state",
+                           str(tmp_path / "s.sqlite")], stdout=io.StringIO(), stderr=err)
+        prober.join()
+    assert status == 0, err.getvalue()
+    assert "pytapdemon_daemon_controller_up 1.0" in seen["metrics"]
+    assert "pytapdemon_engine_" in seen["metrics"]  # the embedded engine's own registry
+    body = json.loads(seen["status"])
+    assert body["engine"]["embedded"] is True and body["engine"]["sflow_listen"].startswith(
+        "127.0.0.1:")

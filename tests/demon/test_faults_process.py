@@ -118,6 +118,7 @@ def lab(tmp_path: Path) -> Iterator[dict]:
     controller = FakeController().start()
     token = tmp_path / "rpc.token"
     token.write_text(TOKEN + "\n")
+    token.chmod(0o600)
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "elephant.yaml").write_text(POLICY.format(max_duration="8s"))
@@ -128,7 +129,8 @@ def lab(tmp_path: Path) -> Iterator[dict]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "demon.cli", "--policies", str(policies), "--sflow-rt", url,
              "--controller", controller.address, "--token-file", str(token),
-             "--state", str(tmp_path / "state.sqlite"), "--log-level", "debug", *extra],
+             "--state", str(tmp_path / "state.sqlite"), "--listen", "127.0.0.1:0",
+             "--log-level", "debug", *extra],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         procs.append(proc)
         return proc

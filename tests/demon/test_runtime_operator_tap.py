@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from typing import Callable
 
 import pytest
@@ -95,3 +96,20 @@ def test_demon_tap_tap_rejects_bad_options_before_queueing(tmp_path) -> None:
                              stdout=io.StringIO(), stderr=err)
         assert status == tapctl.EXIT_USAGE and why in err.getvalue(), err.getvalue()
     assert not (tmp_path / "s.sqlite").exists()
+
+
+def test_a_daemon_started_later_never_acts_on_an_expired_request(
+        tmp_path, make: Callable[..., Harness]) -> None:
+    """Issue 8: ``demon-tap pause`` pointed at a stopped daemon's file must not be
+    carried out by the next daemon started on it, much later."""
+    from demon.store import Store
+
+    with Store(tmp_path / "state.sqlite") as store:
+        old = store.enqueue_request("pause", "elephant", "alice", now=time.time() - 120, ttl=60)
+        fresh = store.enqueue_request("tap", TapRequest("elephant", FLOW_A, at=(1, 1)).to_target(),
+                                      "bob", ttl=60)
+    h = make()
+    assert answered(h, fresh).startswith("tapped elephant.1")
+    assert wait_for(lambda: h.store.request(old).code, what="expiry") == "expired"
+    assert h.runtime.state.paused == frozenset()
+    assert not any(e.kind == "paused" for e in h.store.history())

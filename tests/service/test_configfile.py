@@ -79,11 +79,11 @@ def test_appended_options_from_the_command_line_replace_the_files(tmp_path: Path
 
 def test_an_option_added_to_a_parser_is_accepted_at_once(tmp_path: Path) -> None:
     parser = controller_parser()
-    parser.add_argument("--metrics-listen", default="127.0.0.1:8735")
-    cfg = write(tmp_path, "controller:\n  fabric: f.json\n  metrics-listen: 0.0.0.0:9100\n")
+    parser.add_argument("--added-later", default="127.0.0.1:8735")
+    cfg = write(tmp_path, "controller:\n  fabric: f.json\n  added-later: 0.0.0.0:9100\n")
     args = cliopts.parse_args(parser, ["--config", str(cfg)], logs=False)
-    assert (args.fabric, args.metrics_listen) == ("f.json", "0.0.0.0:9100")
-    assert "controller.metrics-listen: unknown option" in \
+    assert (args.fabric, args.added_later) == ("f.json", "0.0.0.0:9100")
+    assert "controller.added-later: unknown option" in \
         errors_of(cfg, controller_parser())[0]
 
 

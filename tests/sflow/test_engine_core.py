@@ -110,7 +110,8 @@ def test_defaults_and_clamps_are_echoed() -> None:
     ({"value": "rate:bytes"}, "value:"),
     ({"t": "fast"}, "t:"),
     ({"fs": ""}, "fs:"),
-    ({"log": True}, "log:"),
+    ({"dropped": True}, "dropped:"),
+    ({"log": True, "activeTimeout": -1}, "activeTimeout:"),
     ({"colour": "red"}, "colour:"),
 ])
 def test_bad_flow_definitions_name_the_field(body: dict, field: str) -> None:

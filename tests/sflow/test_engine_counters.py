@@ -154,3 +154,24 @@ def test_registered_key_function_is_memoised_and_invalidated(
             parse_flow("bad", {"keys": "grp:ipsource"})
     finally:
         unregister_key_function("grp")
+
+
+def test_threshold_on_a_counter_metric(capture: list[tuple[float, bytes]]) -> None:
+    """sFlow-RT thresholds also watch counter metrics (``ifinutilization``...), per data
+    source, with the threshold filter on the data source's attributes."""
+    from sflow.flowdef import parse_threshold
+
+    engine = Engine()
+    engine.set_threshold(parse_threshold("busy", {"metric": "ifinutilization", "value": 1,
+                                                  "filter": {"ifname": ["s1-eth1", "s2-eth1"]}}))
+    engine.set_threshold(parse_threshold("any", {"metric": "ifinoctets", "value": 1_000_000,
+                                                 "timeout": 60}))
+    for ts, payload in capture:
+        engine.receive(payload, ts, AGENT)
+    busy = engine.events(threshold_id="busy", max_events=100)
+    assert busy and {e["dataSource"] for e in busy} == {"1478"}  # s1-eth1: the elephant
+    assert all(e["value"] > 1 and "flowKey" not in e for e in busy)
+    ports = {e["dataSource"] for e in engine.events(threshold_id="any", max_events=100)}
+    assert "1478" in ports and len(engine.events(threshold_id="any", max_events=100)) == len(ports)
+    engine.set_flow(parse_flow("ifinoctets", {"keys": "ipsource"}))  # now a flow: not counters
+    assert not engine.threshold_table.counter_watch[1:]

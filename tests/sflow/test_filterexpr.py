@@ -80,3 +80,40 @@ def test_key_functions() -> None:
 def test_bad_key_expressions(expr: str) -> None:
     with pytest.raises(ExprError):
         compile_key(expr)
+
+
+# --- fuzzing: any text either compiles or is refused with ExprError; a compiled filter
+# never raises on a sample (issue 14: the filter language is fuzzed in every test run) ---
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_ALPHABET = "()[]&|,=!~:.*+?^$\\ 01239abcdefipsourcemaxnlqt-_"
+_TOKENS = ["ipsource", "macsource", "tcpflags", "or:", "null:", "mask:", "range:", "eq:",
+           "prefix:", "suffix:", "=", "!=", "~", "!~", "&", "|", "(", ")", "[", "]", ",",
+           "10.0.0.1", ".*", "(.*)*", "\\", "24", ":"]
+SAMPLE = {"ipsource": "10.0.0.1", "macsource": "00163E2B0C12", "tcpflags": "000010010",
+          "ipdestination": "10.0.0.2", "bytes": 1500, "frames": 1}
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.text(_ALPHABET, max_size=60),
+                 st.lists(st.sampled_from(_TOKENS), max_size=14).map("".join)))
+def test_fuzzed_filters_compile_or_are_refused(text: str) -> None:
+    try:
+        predicate = compile_filter(text)
+    except ExprError:
+        return
+    assert predicate(SAMPLE) in (True, False)
+    assert predicate({}) in (True, False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_TOKENS), min_size=1, max_size=10).map("".join))
+def test_fuzzed_key_expressions_compile_or_are_refused(text: str) -> None:
+    try:
+        key = compile_key(text)
+    except ExprError:
+        return
+    value = key(SAMPLE)
+    assert value is None or isinstance(value, str)

@@ -106,3 +106,56 @@ def test_decode_and_replay_subcommands(captures_dir: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "sflow.cli", "replay", capture, "--to", "nowhere"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--to" in bad.stderr
+
+
+def _start(args: list[str]) -> tuple[subprocess.Popen, dict]:
+    proc = subprocess.Popen([sys.executable, "-m", "sflow.cli", *args, "--log-level", "warning"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline() if proc.stdout else ""
+    if not line:
+        proc.kill()
+        pytest.fail(f"demon-sflow did not start: {proc.stderr.read() if proc.stderr else ''}")
+    return proc, json.loads(line)
+
+
+def test_listen_options_version_and_sigterm(tmp_path: Path) -> None:
+    proc, ready = _start(["--sflow-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+    try:
+        assert ready["sflow"][0] == "127.0.0.1" and ready["sflow"][1] > 0
+        assert requests.get(ready["http"] + "/version", timeout=5).text.startswith("3.0-")
+        # on loopback nothing asks for a token
+        assert requests.put(ready["http"] + "/topology/json", data="{}", timeout=5).status_code == 204
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+    assert proc.stderr is not None and "exposed" not in proc.stderr.read()
+    version = subprocess.run([sys.executable, "-m", "sflow.cli", "--version"],
+                             capture_output=True, text=True, timeout=30)
+    assert version.returncode == 0 and version.stdout.startswith("demon-sflow ")
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--http-listen", "127.0.0.1:http"], "--http-listen"),
+    (["--sflow-listen", "::1:0"], "--sflow-listen"),
+    (["--token-file", "/nonexistent/tokens"], "does not exist"),
+    (["--asn-file", "/nonexistent/ip2asn.tsv"], "cannot read"),
+])
+def test_bad_options_exit_2_with_one_line(args: list[str], says: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "sflow.cli", "--http-listen", "127.0.0.1:0",
+                             "--sflow-listen", "127.0.0.1:0", *args],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert says in result.stderr and "Traceback" not in result.stderr
+
+
+def test_exposure_lines_name_every_exposed_listener() -> None:
+    from sflow.cli import exposure_lines
+
+    assert exposure_lines(("127.0.0.1", 6343), "127.0.0.1:8008", "127.0.0.1", False, None,
+                          False) == []
+    lines = exposure_lines(("0.0.0.0", 6343), "[::]:8008", "::", True, "/etc/t", False)
+    assert lines == ["exposed: sFlow collector on udp 0.0.0.0:6343",
+                     "exposed: HTTP API on [::]:8008 (reads open; writes need a bearer "
+                     "token from /etc/t)"]
+    assert "every write is refused" in exposure_lines(("127.0.0.1", 1), "10.0.0.5:8008",
+                                                      "10.0.0.5", False, None, False)[0]

@@ -17,13 +17,29 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
+from demon.controller.poxhome import pox_home
 from tests.conftest import REPO, held_lab_lock
 
-POX_HOME = os.environ.get("POX_HOME")
+#: The POX checkout: $POX_HOME, else the copy scripts/setup unpacked beside the venv.
+POX_HOME = pox_home()
+NO_POX = ("no POX checkout: run scripts/setup (it unpacks ../shared/third_party's snapshot, or clones it "
+          "with DEMON_POX_CLONE=1) or set POX_HOME")
+
+
+@pytest.fixture(scope="session")
+def pox_tap() -> Any:
+    """``demon.controller.pox_tap`` imported with POX on the path (skips without POX)."""
+    if POX_HOME is None or not (POX_HOME / "pox.py").is_file():
+        pytest.skip(NO_POX)
+    if str(POX_HOME) not in sys.path:
+        sys.path.insert(0, str(POX_HOME))
+    from demon.controller import pox_tap as module
+
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +75,7 @@ class Component:
     static: Path | None = None
     of_port: int = field(default_factory=free_port)
     rpc_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
 
     @property
@@ -86,14 +103,16 @@ class Component:
             assert POX_HOME
             cmd = [sys.executable, str(Path(POX_HOME) / "pox.py"), "openflow.of_01",
                    "--address=127.0.0.1", f"--port={self.of_port}", "demon.controller.pox_tap",
-                   f"--rpc={self.rpc}", f"--token-file={self.token_file}", f"--fabric={self.fabric}"]
+                   f"--rpc={self.rpc}", f"--token-file={self.token_file}", f"--fabric={self.fabric}",
+                   f"--metrics-listen=127.0.0.1:{self.metrics_port}"]
             if self.static:
                 cmd.append(f"--static={self.static}")
             return cmd
         exe = Path(sys.executable).parent / "demon-controller"
         cmd = [str(exe if exe.exists() else shutil.which("demon-controller")), "--of-host", "127.0.0.1",
                "--of-port", str(self.of_port), "--rpc", self.rpc, "--token-file", str(self.token_file),
-               "--fabric", str(self.fabric), "--log-level", "DEBUG"]
+               "--fabric", str(self.fabric), "--log-level", "debug",
+               "--metrics-listen", f"127.0.0.1:{self.metrics_port}"]
         if self.static:
             cmd += ["--static", str(self.static)]
         return cmd
@@ -116,6 +135,18 @@ class Component:
                     pass
             time.sleep(0.1)
         raise RuntimeError(f"{self.kind} did not answer hello within {timeout} s:\n{self.log_tail()}")
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """The component's ``GET /metrics``, as {(sample name, sorted labels): value}."""
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            text = reply.read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
 
     def client(self, timeout: float = 15.0):
         from demon.rpc.client import RpcClient

@@ -1,4 +1,4 @@
-"""The conformance suite against the POX component (OpenFlow 1.0); runs when POX_HOME is set."""
+"""The conformance suite against the POX component (OpenFlow 1.0), from the POX checkout beside the venv."""
 
 import pytest
 

@@ -1,7 +1,7 @@
 """A lone tap's entries as the components compile them (``of13``/``of10.compile_mirrors``).
 
-:func:`compiled_for` takes the path ``osken_app.TapService._compile`` and
-``pox_tap``'s ``_recompile`` take: ``merge.rules_for`` → the version's
+:func:`compiled_for` takes the path the mirror book's ``_compile`` takes for both
+components: ``merge.rules_for`` → the version's
 ``compile_mirrors`` with the switch's own forwarding (``fabric.forward_actions``)
 and, on OpenFlow 1.3, the learned L2 table where ``fabric.uses_l2_table`` says so.
 Other test modules import it to get the entries a switch holds for one tap.

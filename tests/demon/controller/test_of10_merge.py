@@ -1,62 +1,21 @@
-"""OF1.0 mirror compilation, checked against a fake OpenFlow 1.0 table.
-
-The fake table does what a switch does: the single highest-priority matching
-entry wins (a tie between two matching entries is a bug: OF1.0 leaves it
-undefined), and its actions decide where the packet and its copies go.
+"""OF1.0 mirror compilation, checked against the fake OpenFlow 1.0 table (``fakeoftable``):
+the single highest-priority matching entry wins, its actions decide where the packet
+and its copies go.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from demon.controller import of10
-from demon.controller.fabric import Entry
 from demon.controller.spec import normalise_match, parse_mirror_params
+from tests.demon.controller.fakeoftable import FakeFlowTable, compiled_changes
 
 NOW = 1_000_000.0
-BASELINE = Entry(10, {}, ("NORMAL",), 1)
-
-
-class FakeTable10:
-    def __init__(self) -> None:
-        self.entries: dict[of10.EntryKey, Entry] = {}
-
-    def apply(self, to_add: list[of10.CompiledEntry], to_delete: list[of10.CompiledEntry]) -> None:
-        for c in to_delete:  # DELETE_STRICT: exactly this match and priority
-            self.entries.pop(c.key, None)
-        for c in to_add:  # ADD replaces an entry of identical match and priority
-            self.entries[c.key] = c.entry
-
-    def lookup(self, packet: Mapping[str, Any]) -> Entry | None:
-        hits = [e for e in self.entries.values() if of10.matches_packet(e.match, packet)]
-        if not hits:
-            return None
-        top = max(e.priority for e in hits)
-        winners = [e for e in hits if e.priority == top]
-        assert len(winners) == 1, f"ambiguous: {len(winners)} entries of priority {top} match {packet}"
-        return winners[0]
-
-    def route(self, packet: Mapping[str, Any]) -> tuple[list[str], list[tuple[int, int | None]]]:
-        """(forwarding actions, copies as (port, vlan)) for a packet; no entry → baseline NORMAL."""
-        entry = self.lookup(packet)
-        if entry is None:
-            return ["NORMAL"], []
-        forward: list[str] = []
-        copies: list[tuple[int, int | None]] = []
-        vlan = None
-        for action in of10.from_of10_actions(of10.to_of10_actions(entry.actions)):
-            if action == "NORMAL":
-                assert vlan is None, "forwarded traffic must never carry the copy's VLAN tag"
-                forward.append(action)
-            elif action.startswith("output:"):
-                copies.append((int(action[7:]), vlan))
-            elif action.startswith("set_field:vlan_vid="):
-                vlan = int(action.split("=")[1])
-        return forward, copies
 
 
 def rule(tap: str, match: dict[str, Any], copy_port: int = 6, vlan: int | None = None, priority: int = 40000,
@@ -65,13 +24,17 @@ def rule(tap: str, match: dict[str, Any], copy_port: int = 6, vlan: int | None =
                            priority, 0xDE30_8000_0000 + len(tap), idle, NOW + hard)
 
 
-def install(rules: list[of10.MirrorRule], table: FakeTable10 | None = None,
-            installed: dict | None = None) -> tuple[FakeTable10, dict]:
-    table = table or FakeTable10()
+def fake10() -> FakeFlowTable:
+    return FakeFlowTable("1.0", miss=("NORMAL",))
+
+
+def install(rules: list[of10.MirrorRule], table: FakeFlowTable | None = None,
+            installed: dict | None = None) -> tuple[FakeFlowTable, dict]:
+    table = table or fake10()
     installed = {} if installed is None else installed
     wanted = of10.compile_mirrors(rules, NOW)
     to_add, to_delete = of10.diff(installed, wanted)
-    table.apply(to_add, to_delete)
+    table.apply(compiled_changes(to_add, to_delete))
     installed.clear()
     installed.update({c.key: c for c in wanted})
     return table, installed
@@ -84,7 +47,7 @@ def tcp(src: str, dst: str, sport: int = 1234, dport: int = 80, in_port: int = 1
 
 def test_single_tap_forward_then_copy() -> None:
     table, _ = install([rule("t1", {"ipv4_src": "10.0.0.1", "tcp_dst": 80})])
-    (entry,) = table.entries.values()
+    (entry,) = table.mirrors().values()
     assert entry.actions == ("NORMAL", "output:6")
     assert entry.match == {"eth_type": 0x0800, "ip_proto": 6, "ipv4_src": "10.0.0.1", "tcp_dst": 80}
     assert (entry.priority, entry.idle_timeout, entry.hard_timeout, entry.send_flow_rem) == (40000, 30, 300, True)
@@ -168,7 +131,7 @@ def test_removal_recomputes_and_deletes_strictly() -> None:
     assert {c.key for c in to_delete} == {c.key for c in before.values() if "host" in {m[0] for m in c.owners}} | \
         {c.key for c in before.values() if c.key not in {w.key for w in wanted}}
     assert [c.entry.actions for c in to_add] == [("NORMAL", "output:7")]
-    table.apply(to_add, to_delete)
+    table.apply(compiled_changes(to_add, to_delete))
     assert table.route(tcp("10.0.0.1", "10.0.0.2", dport=80)) == (["NORMAL"], [(7, None)])
     assert table.route(tcp("10.0.0.1", "10.0.0.2", dport=22)) == (["NORMAL"], [])
 
@@ -225,7 +188,7 @@ def test_bidirectional_spec_gives_two_rules() -> None:
 def test_priority_capped_and_never_tied() -> None:
     rules = [rule(f"t{i}", {"tcp_dst": 80}, priority=65535, copy_port=6 + i) for i in range(3)]
     table, _ = install(rules)
-    assert [e.priority for e in table.entries.values()] == [65535]
+    assert [e.priority for e in table.mirrors().values()] == [65535]
 
 
 def test_too_many_regions_refused() -> None:
@@ -261,7 +224,7 @@ def test_every_packet_gets_exactly_the_copies_it_is_owed(tap_list: list, pkts: l
     remaining = [r for i, r in enumerate(rules) if i != drop % len(rules)]
     install(remaining, table, installed)
     fresh, _ = install(remaining)
-    assert {k: e.actions for k, e in table.entries.items()} == {k: e.actions for k, e in fresh.entries.items()}
+    assert {k: e.actions for k, e in table.mirrors().items()} == {k: e.actions for k, e in fresh.mirrors().items()}
     for packet in pkts:
         owed = {(r.copy_port, r.vlan_tag) for r in remaining if of10.matches_packet(r.match, packet)}
         forward, copies = table.route(packet)

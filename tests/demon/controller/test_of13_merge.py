@@ -1,4 +1,4 @@
-"""OF1.3 compilation of overlapping mirrors, checked against a fake OpenFlow 1.3 table 0.
+"""OF1.3 compilation of overlapping mirrors, checked against the fake OpenFlow 1.3 table (``fakeoftable``).
 
 The fake applies what a switch does: the single highest-priority matching entry
 wins, its apply-actions run in order with the packet's VLAN tag as state (push adds
@@ -9,7 +9,7 @@ must see the packet as it came in.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -17,42 +17,10 @@ from hypothesis import strategies as st
 
 from demon.controller import merge, of13
 from demon.controller.spec import normalise_match
-from tests.demon.controller.test_of10_merge import NOW, FakeTable10, match_fields, packets, tcp
+from tests.demon.controller.fakeoftable import FakeFlowTable, compiled_changes
+from tests.demon.controller.test_of10_merge import NOW, match_fields, packets, tcp
 
 FORWARD_PORT = 2  # a static pair's output in the non-L2 pipeline
-
-
-class FakeTable13(FakeTable10):
-    """Table 0 as FakeTable10 holds it (one winner per packet); ``route`` runs OF1.3 actions."""
-
-    def route(self, packet: Mapping[str, Any]) -> tuple[list[str], list[tuple[int, int | None]]]:
-        """(forwarding, copies as (port, vlan)); an untagged packet; no entry → the baseline."""
-        entry = self.lookup(packet)
-        if entry is None:
-            return ["baseline"], []
-        # the FlowMod the app sends, then its actions read back as the switch would run them
-        mod = of13.flow_mod(entry)
-        forward: list[str] = []
-        copies: list[tuple[int, int | None]] = []
-        tags: list[int] = []
-        for action in mod["actions"]:
-            if action[0] == "push_vlan":
-                tags.append(0)
-            elif action[0] == "set_field" and action[1] == "vlan_vid":
-                assert tags, "set_field:vlan_vid on an untagged packet"
-                tags[-1] = action[2] & 0x0FFF
-            elif action[0] == "pop_vlan":
-                tags.pop()
-            elif action == ("output", of13.OFPP_NORMAL) or action == ("output", FORWARD_PORT):
-                assert not tags, "forwarded traffic must never carry a copy's VLAN tag"
-                forward.append(of13.action_to_string(action))
-            elif action[0] == "output":
-                assert len(tags) <= 1, "a copy carries at most one tag"
-                copies.append((action[1], tags[-1] if tags else None))
-        if mod["goto_table"] is not None:
-            assert mod["goto_table"] == 1 and not tags, "the L2 table must see the packet untagged"
-            forward.append("goto_table:1")
-        return forward, copies
 
 
 def rule(tap: str, match: dict[str, Any], copy_port: int = 6, vlan: int | None = None, priority: int = 40000,
@@ -61,14 +29,14 @@ def rule(tap: str, match: dict[str, Any], copy_port: int = 6, vlan: int | None =
                             priority, 0xDE30_8000_0000 + len(tap), idle, NOW + hard)
 
 
-def install(rules: list[merge.MirrorRule], l2_table: bool = True, table: FakeTable13 | None = None,
-            installed: dict | None = None) -> tuple[FakeTable13, dict]:
-    table = table or FakeTable13()
+def install(rules: list[merge.MirrorRule], l2_table: bool = True, table: FakeFlowTable | None = None,
+            installed: dict | None = None) -> tuple[FakeFlowTable, dict]:
+    table = table or FakeFlowTable("1.3", forward_ports=[FORWARD_PORT])
     installed = {} if installed is None else installed
     forward = (lambda m: ("NORMAL",)) if l2_table else (lambda m: (f"output:{FORWARD_PORT}",))
     wanted = of13.compile_mirrors(rules, NOW, forward, l2_table)
     to_add, to_delete = merge.diff(installed, wanted)
-    table.apply(to_add, to_delete)
+    table.apply(compiled_changes(to_add, to_delete))
     installed.clear()
     installed.update({c.key: c for c in wanted})
     return table, installed
@@ -79,7 +47,7 @@ FLOW = {"ipv4_src": "10.0.0.1", "ipv4_dst": "10.0.0.2", "tcp_src": 40000, "tcp_d
 
 def test_single_tap_matches_the_unmerged_entry() -> None:
     table, _ = install([rule("t", FLOW, copy_port=6, vlan=9)])
-    (entry,) = table.entries.values()
+    (entry,) = table.mirrors().values()
     assert entry.actions == ("push_vlan:0x8100", "set_field:vlan_vid=9", "output:6", "pop_vlan", "goto_table:1")
 
 
@@ -101,11 +69,11 @@ def test_untagged_copies_before_tagged_ones() -> None:
     rules = [rule("a", {"tcp_dst": 80}, copy_port=6, vlan=20), rule("b", {"tcp_dst": 80}, copy_port=7),
              rule("c", {"tcp_dst": 80}, copy_port=8, vlan=10)]
     table, _ = install(rules)
-    (entry,) = table.entries.values()
+    (entry,) = table.mirrors().values()
     assert entry.actions == ("output:7", "push_vlan:0x8100", "set_field:vlan_vid=10", "output:8",
                              "set_field:vlan_vid=20", "output:6", "pop_vlan", "goto_table:1")
     table, _ = install(rules, l2_table=False)
-    (entry,) = table.entries.values()
+    (entry,) = table.mirrors().values()
     assert entry.actions[:2] == (f"output:{FORWARD_PORT}", "output:7")  # static forwarding first, untagged
     assert table.route(tcp("1.1.1.1", "2.2.2.2")) == ([f"output:{FORWARD_PORT}"], [(7, None), (8, 10), (6, 20)])
 
@@ -126,7 +94,7 @@ def test_removing_one_tap_leaves_the_other_whole() -> None:
     host = rule("host", {"ipv4_src": "10.0.0.1"}, copy_port=6, vlan=102)
     table, installed = install([flow, host])
     install([host], table=table, installed=installed)
-    assert len(table.entries) == 1
+    assert len(table.mirrors()) == 1
     assert table.route(tcp("10.0.0.1", "10.0.0.2", 40000, 5001)) == (["goto_table:1"], [(6, 102)])
 
 
@@ -165,7 +133,7 @@ def test_every_packet_gets_exactly_the_copies_it_is_owed(l2_table: bool, tap_lis
     remaining = [r for i, r in enumerate(rules) if i != drop % len(rules)]
     install(remaining, l2_table, table, installed)
     fresh, _ = install(remaining, l2_table)
-    assert {k: e.actions for k, e in table.entries.items()} == {k: e.actions for k, e in fresh.entries.items()}
+    assert {k: e.actions for k, e in table.mirrors().items()} == {k: e.actions for k, e in fresh.mirrors().items()}
     for packet in pkts:
         owed = {(r.copy_port, r.vlan_tag) for r in remaining if merge.matches_packet(r.match, packet)}
         forward, copies = table.route(packet)

@@ -1,9 +1,7 @@
-"""POX message building and reading (no switch needed; needs a POX checkout in POX_HOME)."""
+"""POX message building and reading (no switch needed; needs the POX checkout)."""
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Any
 
 import pytest
@@ -14,14 +12,7 @@ pytestmark = pytest.mark.pox
 
 
 @pytest.fixture(scope="module")
-def pox() -> Any:
-    home = os.environ.get("POX_HOME")
-    if not home:
-        pytest.skip("POX_HOME not set: POX is a git checkout (e.g. /tmp/pox), never a pip package")
-    if home not in sys.path:
-        sys.path.insert(0, home)
-    from demon.controller import pox_tap
-
+def pox(pox_tap: Any) -> Any:
     return pox_tap
 
 
@@ -75,3 +66,25 @@ def test_ipv6_refused_before_any_message(pox: Any) -> None:
 
     with pytest.raises(Of10Error, match="ipv6_src"):
         pox.ofp_match({"ipv6_src": "fc00::1"})
+
+
+def test_the_component_imports_with_the_standard_library_and_pox_only(pox_tap: Any) -> None:
+    """POX loads the component in its own interpreter: nothing from site-packages may be needed
+    (``-S``: no site directories; only the repository and the POX checkout on the path), and
+    without ``prometheus_client`` it runs without metrics."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.demon.controller.conftest import POX_HOME, REPO
+
+    code = ("import sys; import demon.controller.pox_tap as t; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('os_ken', 'prometheus_client', 'uvicorn', 'yaml', 'pydantic', 'requests')); print(bad); "
+            "import logging; logging.basicConfig(level=logging.INFO); print(t._serve_metrics(None, None, '127.0.0.1:0'))")
+    proc = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60,
+                          env={"PYTHONPATH": f"{REPO}:{Path(str(POX_HOME))}", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["[]", "None"]  # metrics off without prometheus_client, said in one line
+    assert [line for line in proc.stderr.splitlines() if "metrics" in line] == [
+        "INFO:demon.controller.pox:metrics off: prometheus_client does not import in POX's interpreter"]

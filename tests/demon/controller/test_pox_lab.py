@@ -6,7 +6,7 @@ entry (both taps' copies reach the capture host), the 2013 prototype's defects
 (reinstall storm on PacketIn, crash on a not-yet-connected switch), static mode
 from a file with timed entries that come back (B5/B6), and removing a tap the
 component only knows from the switch's table after a restart.
-Runs only when ``POX_HOME`` points at a POX checkout.
+Needs the POX checkout (``scripts/setup`` puts it beside the venv; ``POX_HOME`` overrides).
 """
 
 from __future__ import annotations
@@ -20,18 +20,17 @@ import pytest
 from demon.controller.spec import STATIC_COOKIE
 from demon.rpc.protocol import RpcError
 from tests.demon.controller.conformance import Capture, ConformanceSuite, H, is_flow
-from tests.demon.controller.conftest import POX_HOME, Component, seed_fabric_json, write_json
+from tests.demon.controller.conftest import NO_POX, POX_HOME, Component, seed_fabric_json, write_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.pox, pytest.mark.slow,
-              pytest.mark.skipif(not POX_HOME, reason="POX_HOME not set: POX is a git checkout "
-                                 "(e.g. /tmp/pox), never a pip package")]
+              pytest.mark.skipif(not POX_HOME, reason=NO_POX)]
 S1, S2, S3 = 1, 2, 3
 UPLINK = 6
 
 
 def _require_pox() -> None:
     if not POX_HOME:
-        pytest.skip("POX_HOME not set: POX is a git checkout (e.g. /tmp/pox), never a pip package")
+        pytest.skip(NO_POX)
 
 
 def _up(component: Component, lab_builder: Any) -> Any:

@@ -1,0 +1,714 @@
+"""The mutating loop: the one thread that owns the daemon's state.
+
+Everything else only puts items on its input queue: the engine side
+(``demon.runtime.engine_side``: events, polls, the port map, operator flow
+look-ups), the controller side (``demon.runtime.controller_side``: RPC
+results, pushed events, reconnections), the scheduler (tick, prune, the
+state file's operator queue), the API (operator requests with a future for
+the answer) and the signal handlers (reload, stop).
+
+Each batch of inputs is stepped through the pure core (``demon.core.step``);
+then the new state, the history entries, the event cursor and the answers to
+queued requests are saved in one transaction; then the new snapshot and the
+saved transitions are *published* to the read model (``demon.runtime.view``),
+the API's futures get their answers, and only then are the RPC commands handed
+to the controller side (state first: a crash between the two leaves a tap
+marked in flight, which reconciliation settles at restart).
+
+When the state file cannot be written (a full disk), the loop keeps deciding
+in memory and keeps sending the commands (the switches' own timeouts bound
+every mirror whatever happens), holds the unsaved transitions and saves them,
+in order, as soon as the file takes writes again (issue 14 #3).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from demon import __version__, core
+from demon.core import Context
+from demon.model import (Answer, Command, ControllerStatus, HistoryEntry, OperatorRelease,
+                         OperatorTap, PausePolicy, Reconcile, Record, RemoveMirror, ResumePolicy,
+                         State, Tap, ThresholdEvent, Tick)
+from demon.rpc.client import RpcClient
+from demon.runtime.controller_side import ControllerSide
+from demon.runtime.engine_side import (EngineSide, engine_policies, load_config, threshold_event,
+                                       thresholds_of)
+from demon.runtime.items import (Ask, _Call, _ControllerBack, _Events, _Flush, _Located,
+                                 _NewTopology, _PollRequests, _PortMap, _Prune, _Redefine,
+                                 _Reload, _Stop, _Switches)
+from demon.runtime.options import RuntimeOptions, StartupError
+from demon.runtime.view import ReadModel, Snapshot, Transition, tap_record
+from demon.store import OperatorRequest, Store, StoreError
+from demon.tap_request import TapRequest
+from demon.topology import Topology
+from sflow.client import SFlowRTError
+
+log = logging.getLogger("demon.runtime")
+decisions = logging.getLogger("demon.decisions")
+
+
+def describe(entry: HistoryEntry) -> str:
+    """One log line for a recorded transition."""
+    detail = dict(entry.detail)
+    cause = detail.pop("cause", "")
+    subject = entry.tap_id or detail.get("flow_key") or detail.get("policy")
+    head = f"{entry.kind} {subject}" if subject else entry.kind
+    return f"{head}: {cause}" if cause else head
+
+
+def cause_class(entry: HistoryEntry) -> str:
+    """A bounded label for why a transition happened (metrics never carry the sentence)."""
+    detail = entry.detail
+    cause = str(detail.get("cause", ""))
+    if "operator" in detail:
+        return "operator"
+    if "switch_reason" in detail:
+        return "switch"
+    if cause.startswith("reconcile"):
+        return "reconcile"
+    if cause.startswith("condition cleared"):
+        return "condition_cleared"
+    if cause.startswith("max duration"):
+        return "max_duration"
+    if cause.startswith("superseded"):
+        return "superseded"
+    if cause.startswith("policy ") and "removed" in cause:
+        return "policy_removed"
+    if cause.startswith("controller"):
+        return "controller"
+    if "install failed" in cause or "remove failed" in cause or "error" in detail:
+        return "rpc_error"
+    if cause.startswith("event ") or detail.get("event_id") is not None:
+        return "event"
+    if cause.startswith(("top ", "demon_")) or "activeflows" in cause:
+        return "poll"
+    if entry.kind in ("waiting", "refused", "dropped"):
+        return "capacity"
+    return "other"
+
+
+class _Batch:
+    """What one batch produced, in order."""
+
+    def __init__(self) -> None:
+        self.entries: list[HistoryEntry] = []
+        self.taps_then: list[dict[str, Any] | None] = []
+        self.outbox: list[Command] = []
+        self.answers: list[Answer] = []
+
+
+class Runtime:
+    """``start()`` (raises :class:`StartupError`), then ``run()`` until stopped.
+    Readers use :attr:`view`; operator requests go through :meth:`ask`."""
+
+    def __init__(self, policies_dir: str | Path, engine_url: str, controller: RpcClient,
+                 store: Store, options: RuntimeOptions = RuntimeOptions(), *,
+                 clock: Callable[[], float] = time.time, engine_timeout: float = 5.0,
+                 engine_retries: int = 2, embedded_engine: bool = False,
+                 sflow_listen: str | None = None, notify: Sequence[Any] = ()) -> None:
+        self.policies_dir = Path(policies_dir)
+        self.engine_url = engine_url
+        self.controller = controller
+        self.store = store
+        self.options = options
+        self.clock = clock
+        self.inputs: "queue.Queue[Any]" = queue.Queue()
+        self.engine = EngineSide(engine_url, options, self.inputs.put, timeout=engine_timeout,
+                                 retries=engine_retries, embedded=embedded_engine,
+                                 sflow_listen=sflow_listen)
+        self.controller_side = ControllerSide(controller, options, self.inputs.put, clock=clock)
+        self.view = ReadModel()
+        self.state = State()
+        self.ctx: Context | None = None
+        self.last_event_id = -1
+        self.steps = 0
+        self.started_at = time.time()
+        self._by_threshold: dict[str, str] = {}
+        self._switches: list[dict[str, Any]] = []
+        self._port_map: list[Any] = []
+        self._archive: Mapping[str, Tap] = {}
+        self._published_taps: Mapping[str, Tap] = {}
+        self._calls: dict[str, Future[Any]] = {}
+        self._asks = itertools.count(1)
+        self._looking_up: set[str] = set()  # refs of tap requests waiting for the engine
+        self._awaiting_placement = False
+        self._halt = threading.Event()
+        self._stopping = False
+        self._scheduler: BackgroundScheduler | None = None
+        # Saved later when the state file refuses writes (disk full).
+        self._unsaved: list[tuple[HistoryEntry, dict[str, Any] | None]] = []
+        self._unsaved_answered: list[tuple[int, str, str]] = []
+        self._unsaved_cursor: int | None = None
+        self.store_error: str | None = None
+        self._store_failed_at: float | None = None
+        self.reload_info: dict[str, Any] = {}
+        #: Other threads' progress the state file keeps (e.g. notification cursors).
+        self.meta_out: dict[str, str] = {}
+        self.notifier: Any = None
+        self._notify_configs = list(notify)
+        self.counters: dict[str, int] = {"events": 0, "core_errors": 0, "store_errors": 0,
+                                         "reloads_ok": 0, "reloads_rejected": 0,
+                                         "operator_requests": 0}
+        self.transition_counts: dict[tuple[str, str], int] = {}
+        from demon.runtime.metrics import DaemonMetrics
+
+        self.metrics = DaemonMetrics(self)
+
+    # -- public, thread-safe ---------------------------------------------------------
+
+    def submit(self, item: Any) -> None:
+        """Queue a core input (or an internal item) for the mutator."""
+        self.inputs.put(item)
+
+    def request_reload(self) -> None:
+        self.inputs.put(_Reload())
+
+    def request_stop(self, why: str = "stop requested") -> None:
+        self.inputs.put(_Stop(why))
+
+    def render_metrics(self) -> tuple[bytes, str]:
+        """The Prometheus exposition (``GET /metrics``)."""
+        return self.metrics.render()
+
+    def ask(self, ask: Ask) -> "Future[Answer]":
+        """An operator's request (the API): the future gets the core's ``Answer``
+        once it is decided (and saved, unless the state file refuses writes)."""
+        future: Future[Answer] = Future()
+        self.inputs.put(_Call(ask, future))
+        return future
+
+    # -- start -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load policies and the store, check the engine and the controller, define
+        the engine flows and thresholds, reconcile, start the threads."""
+        from demon.policy import PolicyError
+
+        try:
+            policies, limits = load_config(self.policies_dir)
+        except PolicyError as exc:
+            raise StartupError(f"bad policy set in {self.policies_dir}: {exc}", 2) from None
+        try:
+            self.engine.check()
+        except SFlowRTError as exc:
+            raise StartupError(f"cannot reach the analytics engine at {self.engine_url}: "
+                               f"{exc} — is sFlow-RT (or demon-sflow) running?", 3) from None
+        switches, mirrors = self.controller_side.connect()
+        try:
+            loaded = self.store.load()
+            # Evidence rule on (see State.observed): nothing has been observed yet.
+            self.state = replace(loaded.state, observed={})
+            self.last_event_id = loaded.last_event_id
+            self._load_view()
+        except StoreError as exc:
+            raise StartupError(str(exc), 5) from None
+        try:
+            self.engine.define(policies, {})
+        except SFlowRTError as exc:
+            raise StartupError(f"the analytics engine at {self.engine_url} refused the "
+                               f"policies' flow definitions: {exc}", 3) from None
+        self.engine.policies = policies
+        self._switches = list(switches)
+        self._port_map = self.engine.read_port_map()
+        self.engine.port_map = self._port_map
+        self.ctx = Context(policies=policies, topology=Topology(self._port_map, self._switches),
+                           limits=limits)
+        self._by_threshold = thresholds_of(policies)
+        self.reload_info = {"at": time.time(), "ok": True, "error": None,
+                            "policies": sorted(policies), "what": "start"}
+        log.info("started: %d polic%s (%s), %d tap(s) restored, event cursor %d, "
+                 "controller %s, engine %s%s", len(policies),
+                 "y" if len(policies) == 1 else "ies", ", ".join(sorted(policies)),
+                 len(self.state.live_taps()), self.last_event_id, self.controller.address,
+                 self.engine_url, " (dry run: no RPC writes)" if self.options.dry_run else "")
+        self._publish([])
+        self.inputs.put(Reconcile(mirrors=list(mirrors)))
+        self.inputs.put(ControllerStatus(up=True))
+        self._start_threads()
+        if self._notify_configs:
+            self._start_notifier()
+
+    def _start_notifier(self) -> None:
+        from demon.notify import Notifier
+
+        cursors: dict[str, int] = {}
+        for config in self._notify_configs:
+            try:
+                value = self.store.meta(f"notify:{config.name}")
+                if value is not None:
+                    cursors[config.name] = int(value)
+            except (StoreError, ValueError) as exc:
+                log.warning("notification cursor of %s unreadable (%s): starting from now",
+                            config.target, exc)
+        self.notifier = Notifier(self.view, self._notify_configs, cursors, self._keep_cursor)
+        for sink in self.notifier.sinks:  # every key now: later writes only change values
+            self.meta_out[f"notify:{sink.config.name}"] = str(sink.cursor)
+        self.notifier.start()
+
+    def _keep_cursor(self, name: str, transition_id: int) -> None:
+        """A sink handled ``transition_id`` (its thread): saved at once (a batch of its
+        own), so that a daemon killed just after a delivery does not repeat it."""
+        self.meta_out[f"notify:{name}"] = str(transition_id)
+        self.inputs.put(_Flush())
+
+    def _load_view(self) -> None:
+        """The read model from the state file: every tap and transition it holds."""
+        taps = {t.tap_id: t for t in self.store.taps()}
+        stored = self.store.transitions(0)
+        live = self.state.taps
+        self._archive = {k: t for k, t in taps.items() if k not in live}
+        self._published_taps = live
+        latest = {**taps, **live}
+        self.view.replace(
+            Transition.of(s.id, s.entry, s.tap if s.tap is not None else (
+                tap_record(latest[s.entry.tap_id]) if s.entry.tap_id in latest else None))
+            for s in stored)
+
+    def _start_threads(self) -> None:
+        self.engine.start(self.last_event_id)
+        self.controller_side.start()
+        speed = self.options.speed
+        scheduler = BackgroundScheduler(timezone="UTC")
+
+        def every(seconds: float, job: Callable[[], None], job_id: str) -> None:
+            scheduler.add_job(job, "interval", seconds=seconds / speed, id=job_id,
+                              coalesce=True, max_instances=1)
+
+        every(self.options.tick_interval, lambda: self.inputs.put(Tick()), "tick")
+        every(self.options.requests_interval, lambda: self.inputs.put(_PollRequests()),
+              "requests")
+        every(self.options.prune_interval, lambda: self.inputs.put(_Prune()), "prune")
+        self.inputs.put(_Prune())  # at start too: a daemon restarted often still prunes
+        every(self.options.controller_probe_interval, self.controller_side.probe,
+              "controller-probe")
+        # Every second while the port map is empty (agents still appearing), then
+        # every topology_interval.
+        every(min(1.0, self.options.topology_interval), self.engine.refresh_topology,
+              "topology")
+        self._scheduler = scheduler
+        self._schedule_polls()
+        scheduler.start()
+
+    def _schedule_polls(self) -> None:
+        assert self._scheduler is not None and self.ctx is not None
+        for job in self._scheduler.get_jobs():
+            if job.id.startswith("poll:"):
+                job.remove()
+        for name, pol in engine_policies(self.ctx.policies).items():
+            interval = float(getattr(pol, "interval", 0) or 0)
+            if interval > 0:
+                self._scheduler.add_job(self.engine.poll_flows, "interval", args=[name],
+                                        seconds=interval / self.options.speed,
+                                        id=f"poll:{name}", coalesce=True, max_instances=1)
+
+    # -- the mutator ------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Process inputs until a stop is requested; then shut down."""
+        try:
+            while not self._stopping:
+                try:
+                    first = self.inputs.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                batch = [first]
+                while len(batch) < self.options.batch_max:
+                    try:
+                        batch.append(self.inputs.get_nowait())
+                    except queue.Empty:
+                        break
+                self.process(batch)
+        finally:
+            self.shutdown()
+
+    def process(self, batch: list[Any]) -> list[Command]:
+        """Apply a batch of inputs, persist once, publish, then dispatch the RPC commands."""
+        out = _Batch()
+        cursor: int | None = None
+        for item in batch:
+            if isinstance(item, _Events):
+                assert self.ctx is not None
+                for event in item.events:
+                    cursor = event.event_id
+                    if item.skip_before and event.timestamp_ms / 1000.0 < item.skip_before:
+                        log.debug("skipping event %d from before the start", event.event_id)
+                        continue
+                    inp = threshold_event(event, self._by_threshold)
+                    if inp is not None:
+                        self._step(inp, out)
+            elif isinstance(item, _Call):
+                ref = f"api:{next(self._asks)}"
+                self._calls[ref] = item.future
+                self._handle_ask(replace(item.ask, ref=ref), out)
+            elif isinstance(item, _PollRequests):
+                self._poll_requests(out)
+            elif isinstance(item, _Located):
+                self._looking_up.discard(item.ask.ref)
+                self._step(item.tap, out)
+            elif isinstance(item, _PortMap):
+                assert self.ctx is not None
+                self._port_map = list(item.port_map)
+                self.ctx = replace(self.ctx, topology=Topology(self._port_map, self._switches))
+            elif isinstance(item, _Switches):
+                assert self.ctx is not None
+                self._switches = list(item.switches)
+                self.ctx = replace(self.ctx, topology=Topology(self._port_map, self._switches))
+            elif isinstance(item, _NewTopology):
+                assert self.ctx is not None
+                self.ctx = replace(self.ctx, topology=item.topology)
+            elif isinstance(item, _ControllerBack):
+                assert self.ctx is not None
+                self._switches = item.switches
+                self.ctx = replace(self.ctx, topology=Topology(self._port_map, item.switches))
+                self._step(Reconcile(mirrors=item.mirrors), out)
+                self._step(ControllerStatus(up=True), out)
+            elif isinstance(item, _Reload):
+                self._reload()
+            elif isinstance(item, _Redefine):
+                self._redefine(item.why)
+            elif isinstance(item, _Prune):
+                self._prune()
+            elif isinstance(item, _Flush):
+                pass  # the save below writes it
+            elif isinstance(item, _Stop):
+                log.info("stopping: %s", item.why)
+                self._stopping = True
+            else:
+                self._step(item, out)
+        self._commit(out, cursor)
+        return out.outbox
+
+    def _step(self, inp: Any, out: _Batch) -> None:
+        assert self.ctx is not None
+        try:
+            self.state, commands = core.step(self.state, self.ctx, inp, self.clock())
+        except Exception:
+            # A bug must not turn one input into a crash loop (a restart would read
+            # the same event again): skip it, state unchanged, and say so loudly.
+            log.exception("decision core failed on %r; input skipped", inp)
+            self.counters["core_errors"] += 1
+            ref = getattr(inp, "ref", None)
+            if ref:
+                out.answers.append(Answer(ref, "refused", "error", "the decision core failed "
+                                          "on this request (see the daemon's log)"))
+            return
+        self.steps += 1
+        if isinstance(inp, ThresholdEvent):
+            self.counters["events"] += 1
+        for cmd in commands:
+            if isinstance(cmd, Record):
+                entry = cmd.entry
+                out.entries.append(entry)
+                tap = self.state.taps.get(entry.tap_id) if entry.tap_id else None
+                out.taps_then.append(tap_record(tap) if tap is not None else None)
+                key = (entry.kind, cause_class(entry))
+                self.transition_counts[key] = self.transition_counts.get(key, 0) + 1
+            elif isinstance(cmd, Answer):
+                out.answers.append(cmd)
+            else:
+                out.outbox.append(cmd)
+
+    def _commit(self, out: _Batch, cursor: int | None) -> None:
+        """Save, publish, answer, dispatch (in that order)."""
+        answered = [(int(a.ref[4:]), a.message, a.code) for a in out.answers
+                    if a.ref.startswith("req:")]
+        self._unsaved.extend(zip(out.entries, out.taps_then))
+        self._unsaved_answered.extend(answered)
+        if cursor is not None:
+            self._unsaved_cursor = cursor
+        transitions: list[Transition] = []
+        try:
+            ids = self.store.save(self.state, [e for e, _ in self._unsaved],
+                                  last_event_id=self._unsaved_cursor,
+                                  answered=self._unsaved_answered, now=self.clock(),
+                                  taps_then=[t for _, t in self._unsaved],
+                                  meta=self.meta_out)
+        except StoreError as exc:
+            self._store_failed(exc)
+        else:
+            transitions = [Transition.of(i, e, t) for i, (e, t) in zip(ids, self._unsaved)]
+            if self.store_error is not None:
+                log.warning("state file %s takes writes again: saved %d transition(s) held "
+                            "since %s", self.store.path, len(ids),
+                            time.strftime("%H:%M:%S", time.localtime(self._store_failed_at)))
+                self.store_error, self._store_failed_at = None, None
+            if self._unsaved_cursor is not None:
+                self.last_event_id = self._unsaved_cursor
+            self._unsaved, self._unsaved_answered, self._unsaved_cursor = [], [], None
+        self._publish(transitions)
+        for answer in out.answers:
+            future = self._calls.pop(answer.ref, None)
+            if future is not None and not future.done():
+                future.set_result(answer)
+        awaiting = core.awaiting_placement(self.state)
+        if awaiting and not self._awaiting_placement:
+            # A flow just started waiting for its port (agents announce ports with
+            # their counters, after their first flow samples): re-read the map now;
+            # the tick after it re-tries the waiting flows on the new map.
+            self.engine.reread_for_placement(lambda: self.inputs.put(Tick()))
+        self._awaiting_placement = awaiting
+        self.engine.awaiting_placement = awaiting
+        for entry in out.entries:
+            decisions.info(describe(entry), extra={"tap_id": entry.tap_id, "kind": entry.kind,
+                                                   "detail": dict(entry.detail)})
+        for cmd in out.outbox:
+            self.controller_side.dispatch(cmd)
+        if self.ctx is not None:
+            self.controller_side.counters_due(core.counters_due(self.state, self.ctx))
+
+    def _store_failed(self, exc: StoreError) -> None:
+        self.counters["store_errors"] += 1
+        message = str(exc)
+        if self.store_error is None:
+            self._store_failed_at = time.time()
+            log.error("%s — decisions go on in memory and the switches' timeouts still bound "
+                      "every mirror; %d transition(s) wait to be saved, retried every "
+                      "batch", message, len(self._unsaved))
+        self.store_error = message
+
+    def _publish(self, transitions: list[Transition]) -> None:
+        taps = self.state.taps
+        if taps is not self._published_taps:
+            gone = [t for k, t in self._published_taps.items() if k not in taps]
+            if gone:
+                archive = dict(self._archive)
+                archive.update((t.tap_id, t) for t in gone)
+                self._archive = archive
+            self._published_taps = taps
+        ctx = self.ctx
+        snapshot = Snapshot(
+            at=time.time(), state=self.state, archive=self._archive,
+            policies=ctx.policies if ctx else {}, limits=ctx.limits if ctx else None,
+            last_id=self.store.last_transition_id, started_at=self.started_at,
+            version=__version__, engine=self.engine.status(),
+            controller=self.controller_side.status(), reload=dict(self.reload_info),
+            store={"path": self.store.path, "writable": self.store_error is None,
+                   "error": self.store_error, "unsaved_transitions": len(self._unsaved)},
+            notifications=self.notifier.status() if self.notifier is not None else {},
+            counters={**self.counters, "decisions": self.steps})
+        self.view.publish(snapshot, transitions)
+
+    # -- operator requests (the API and the state file's queue) --------------------------
+
+    def _poll_requests(self, out: _Batch) -> None:
+        now = time.time()
+        try:
+            expired = self.store.expire_requests(now)
+            pending = self.store.pending_requests(now)
+        except StoreError as exc:
+            log.debug("operator queue unreadable: %s", exc)
+            return
+        if expired:
+            log.info("%d queued operator request(s) expired unanswered", expired)
+        handled = {a.ref for a in out.answers} | self._looking_up
+        for request in pending:
+            ref = f"req:{request.id}"
+            if ref in handled:
+                continue
+            ask = self._from_request(request, out)
+            if ask is not None:
+                self._handle_ask(ask, out)
+
+    def _from_request(self, request: OperatorRequest, out: _Batch) -> Ask | None:
+        ref = f"req:{request.id}"
+        if request.kind != "tap":
+            return Ask(kind=request.kind, who=request.who, target=request.target, ref=ref)
+        try:
+            req = TapRequest.from_target(request.target)
+        except ValueError as exc:
+            out.answers.append(Answer(ref, "invalid", "not_tapped", f"not tapped: bad request: "
+                                      f"{exc}"))
+            return None
+        return Ask(kind="tap", who=request.who, policy=req.policy, flow_key=req.flow_key,
+                   hold=req.hold, at=req.at, ref=ref)
+
+    def _handle_ask(self, ask: Ask, out: _Batch) -> None:
+        """Turn an operator's request into the core's input; the core answers it."""
+        self.counters["operator_requests"] += 1
+        if ask.kind == "release":
+            self._step(OperatorRelease(tap_id=ask.target, who=ask.who, ref=ask.ref), out)
+        elif ask.kind == "pause":
+            self._step(PausePolicy(name=ask.target, who=ask.who, ref=ask.ref), out)
+        elif ask.kind == "resume":
+            self._step(ResumePolicy(name=ask.target, who=ask.who, ref=ask.ref), out)
+        elif ask.kind == "tap":
+            self._ask_tap(ask, out)
+        else:
+            out.answers.append(Answer(ask.ref, "invalid", "unknown",
+                                      f"unknown request kind {ask.kind!r}"))
+
+    def _ask_tap(self, ask: Ask, out: _Batch) -> None:
+        """Where the flow enters: the operator's ``at``, else where the daemon last saw
+        it, else the engine's ``/activeflows`` (asked on another thread: the core gets
+        the request when that answer is back)."""
+        assert self.ctx is not None
+        pol = self.ctx.policies.get(ask.policy)
+        base = OperatorTap(policy=ask.policy, flow_key=ask.flow_key, who=ask.who,
+                           hold=ask.hold or (float(pol.duration) if pol else 0.0), ref=ask.ref)
+        if pol is None:
+            self._step(base, out)  # the core answers: no such policy
+            return
+        if ask.at is not None:
+            self._step(replace(base, dpid=ask.at[0], in_port=ask.at[1]), out)
+            return
+        cand = self.state.watch.get((ask.policy, ask.flow_key))
+        if cand is not None:
+            self._step(replace(base, agent=cand.agent, data_source=cand.data_source,
+                               rate_bps=cand.rate_bps), out)
+            return
+        seen = [t for t in self.state.taps.values()
+                if t.policy == ask.policy and t.flow_key == ask.flow_key and t.dpid]
+        if seen:
+            last = max(seen, key=lambda t: t.created_at)
+            self._step(replace(base, dpid=last.dpid, in_port=last.in_port,
+                               rate_bps=last.rate_bps), out)
+            return
+        self._looking_up.add(ask.ref)
+        self.engine.locate(ask, base)
+
+    # -- configuration -------------------------------------------------------------------
+
+    def _prune(self) -> None:
+        """Keep the state file bounded (``limits.history_retain``; 0 keeps all)."""
+        assert self.ctx is not None
+        keep = self.ctx.limits.history_retain
+        if keep <= 0:
+            return
+        try:
+            gone = self.store.prune(self.clock() - keep)
+        except StoreError as exc:
+            self._store_failed(exc)
+            return
+        if any(gone.values()):
+            log.info("pruned from the state file (older than %gs): %d tap(s), %d history "
+                     "entries, %d operator request(s)", keep, gone["taps"], gone["history"],
+                     gone["requests"])
+            try:
+                self._load_view()  # the read model holds what the file holds
+            except StoreError as exc:
+                log.error("cannot re-read the state file after pruning: %s", exc)
+
+    def _reload(self) -> None:
+        from demon.policy import PolicyError
+
+        assert self.ctx is not None
+        old = self.ctx.policies
+        try:
+            policies, limits = load_config(self.policies_dir)
+        except PolicyError as exc:
+            log.error("reload rejected, keeping the %d running polic%s: %s", len(old),
+                      "y" if len(old) == 1 else "ies", exc)
+            self._reloaded(False, str(exc))
+            return
+        try:
+            self.engine.define(policies, old)
+        except SFlowRTError as exc:
+            log.error("reload rejected: the engine refused the definitions (%s); "
+                      "restoring the running set", exc)
+            try:
+                self.engine.define(old, policies)
+            except SFlowRTError:
+                log.exception("could not restore the running definitions")
+            self._reloaded(False, f"the engine refused the definitions: {exc}")
+            return
+        self.engine.policies = policies
+        self.ctx = replace(self.ctx, policies=policies, limits=limits)
+        self._by_threshold = thresholds_of(policies)
+        if self._scheduler is not None:
+            self._schedule_polls()
+        log.info("reloaded %d polic%s: %s", len(policies), "y" if len(policies) == 1 else "ies",
+                 ", ".join(sorted(policies)))
+        self._reloaded(True, None)
+
+    def _reloaded(self, ok: bool, error: str | None) -> None:
+        assert self.ctx is not None
+        self.counters["reloads_ok" if ok else "reloads_rejected"] += 1
+        self.reload_info = {"at": time.time(), "ok": ok, "error": error, "what": "reload",
+                            "policies": sorted(self.ctx.policies)}
+
+    def _redefine(self, why: str) -> None:
+        """The engine forgot our definitions: put back the *running* set (a poll
+        that failed before a reload must not bring back a removed policy's flow)."""
+        assert self.ctx is not None
+        try:
+            self.engine.define(self.ctx.policies, {})
+        except SFlowRTError as exc:
+            log.warning("cannot define the policies again (%s): %s", why, exc)
+            return
+        self.engine.redefinitions += 1
+        log.info("defined the running policies in the engine again (%s)", why)
+
+    # -- shutdown ---------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop producers; with ``on_exit=remove`` remove every live tap; delete our
+        engine definitions; close the controller connections."""
+        self._halt.set()
+        self.engine.stop()
+        if self._scheduler is not None and self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+        if self.notifier is not None:
+            self.notifier.stop()
+        self.controller_side.stop()
+        if self.options.on_exit == "remove" and self.ctx is not None:
+            self._remove_all()
+        if self.ctx is not None:
+            for pol in engine_policies(self.ctx.policies).values():
+                try:
+                    self.engine.undefine(pol)
+                except SFlowRTError as exc:
+                    log.warning("could not delete %s from the engine: %s", pol.flow_name, exc)
+        if self.notifier is not None and self.options.on_exit != "remove":
+            try:  # the sinks' last positions
+                self.store.save(self.state, meta=self.meta_out, now=self.clock())
+            except StoreError as exc:
+                log.error("could not save the final state: %s", exc)
+        for future in self._calls.values():
+            if not future.done():
+                future.set_result(Answer("", "refused", "stopping", "the daemon is stopping"))
+        self._calls.clear()
+        self.controller_side.close()
+        self.view.wake()
+        left = len(self.state.live_taps())
+        log.info("stopped; %d live tap(s)%s", left,
+                 " left to their hard timeouts" if left else "")
+
+    def _remove_all(self) -> None:
+        """Release every live tap through the core and run the removals here."""
+        deadline = time.monotonic() + self.options.exit_timeout
+        out = _Batch()
+        pending: list[Command] = []
+        for tap in self.state.live_taps():
+            if tap.state != "expiring":
+                self._step(OperatorRelease(tap_id=tap.tap_id, who="demon-watch exit"), out)
+            elif tap.inflight is None:
+                out.outbox.append(RemoveMirror(tap.tap_id, "exit"))
+        pending, out.outbox = out.outbox, []
+        while pending and time.monotonic() < deadline:
+            cmd = pending.pop(0)
+            if not isinstance(cmd, RemoveMirror):
+                continue  # nothing new is installed on the way out
+            result = self.controller_side.execute(cmd)
+            if getattr(result, "unreachable", False):
+                log.warning("controller unreachable at exit: taps left to their hard timeouts")
+                break
+            self._step(result, out)
+            pending += out.outbox
+            out.outbox = []
+        self._unsaved.extend(zip(out.entries, out.taps_then))
+        try:
+            self.store.save(self.state, [e for e, _ in self._unsaved], now=self.clock(),
+                            taps_then=[t for _, t in self._unsaved], meta=self.meta_out)
+        except StoreError as exc:
+            log.error("could not save the final state: %s", exc)
