@@ -128,7 +128,7 @@ class Runtime:
         self.engine = EngineSide(engine_url, options, self.inputs.put, timeout=engine_timeout,
                                  retries=engine_retries, embedded=embedded_engine,
                                  sflow_listen=sflow_listen, token=engine_token)
-        self.controller_side = ControllerSide(controller, options, self.inputs.put)
+        self.controller_side = ControllerSide(controller, options, self.inputs.put, clock=clock)
         self.view = ReadModel()
         self.state = State()
         self.ctx: Context | None = None
@@ -465,6 +465,8 @@ class Runtime:
                                                    "detail": dict(entry.detail)})
         for cmd in out.outbox:
             self.controller_side.dispatch(cmd)
+        if self.ctx is not None:
+            self.controller_side.counters_due(core.counters_due(self.state, self.ctx))
 
     def _store_failed(self, exc: StoreError) -> None:
         self.counters["store_errors"] += 1
