@@ -56,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="demon-watch", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Watch sFlow analytics and tap the flows your policies pick.")
-    ap.add_argument("--policies", required=True, metavar="DIR",
-                    help="directory of policy YAML files (and _global.yaml)")
+    ap.add_argument("--policies", metavar="DIR",
+                    help="directory of policy YAML files (and _global.yaml); required unless "
+                         "--init-policies or --demo")
     ap.add_argument("--check", action="store_true",
                     help="validate the policies, print each error on one line, and exit")
     ap.add_argument("--sflow-rt", metavar="URL",
@@ -117,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default: <recording>.fabric.json)")
     ap.add_argument("--json", action="store_true", help="with --replay: JSON lines output")
     rolling.add_arguments(ap)
+    first = ap.add_argument_group("getting started")
+    first.add_argument("--init-policies", metavar="DIR",
+                       help="write the example policy set into DIR (never overwrites) and exit")
+    first.add_argument("--demo", action="store_true",
+                       help="backtest the lab's policies on raw sFlow the project recorded in "
+                            "its lab and print the taps they would have taken and why (no root, "
+                            "no network)")
     return cliopts.add_common(ap, exits=EXITS)
 
 
@@ -136,11 +144,72 @@ def check(directory: str, out: IO[str], err: IO[str]) -> int:
     return EXIT_OK
 
 
+def init_policies(directory: str, out: IO[str], err: IO[str]) -> int:
+    """``--init-policies DIR``: the shipped example policies, to start from."""
+    from pathlib import Path
+
+    from demon.share import POLICIES, ShareError, copy_tree
+
+    try:
+        written = copy_tree(POLICIES, Path(directory))
+    except (ShareError, OSError) as exc:
+        return _fail(err, f"--init-policies: {exc}", EXIT_CONFIG)
+    print(f"{directory}: {len(written)} file(s) written (README.md explains them); check them "
+          f"with: demon-watch --policies {directory} --check", file=out)
+    return EXIT_OK
+
+
+DEMO_INTRO = ("Backtest of the lab's policy set on {name}: raw sFlow the project recorded in "
+              "its lab (three TCP elephants on one switch, against a policy cap of two taps), "
+              "re-run through the embedded engine on the recording's clock. Each line is a "
+              "decision and its cause; the taps it would have taken follow, then why.")
+DEMO_NEXT = ("On your own data: demon-watch --init-policies DIR writes the example policies; "
+             "record your switches' sFlow (tcpdump -w FILE udp port 6343, or demon-sflow "
+             "--record-sflow DIR) and run demon-watch --policies DIR --replay FILE --fabric "
+             "FABRIC.json (docs/backtest.md).")
+
+
+def demo(out: IO[str], err: IO[str], *, as_json: bool = False) -> int:
+    """``--demo``: the backtest a newcomer runs first, from the installed files only."""
+    import textwrap
+
+    from demon.replay import ReplayError, backtest, write_json, write_text
+    from demon.share import DEMO_POLICIES, RECORDING, RECORDING_FABRIC
+
+    try:
+        result = backtest(DEMO_POLICIES, RECORDING, RECORDING_FABRIC, progress=cliopts.progress)
+    except ReplayError as exc:
+        return _fail(err, str(exc), EXIT_CONFIG)
+    if as_json:
+        write_json(result, out)
+        return EXIT_OK
+    print(textwrap.fill(DEMO_INTRO.format(name=RECORDING.name), 88) + "\n", file=out)
+    write_text(result, out)
+    print("why:", file=out)
+    for tap in sorted(result.taps.values(), key=lambda t: (t.created_at, t.tap_id)):
+        cause = next((e.detail.get("cause", "") for e in result.timeline
+                      if e.tap_id == tap.tap_id and e.kind == "created"), "")
+        print(f"  {tap.tap_id}: {tap.policy} tapped {tap.flow_key} on {cause}", file=out)
+    waits = sorted({e.detail.get("cause", "") for e in result.timeline if e.kind == "waiting"})
+    for cause in waits:
+        print(f"  a flow waited: {cause}", file=out)
+    print("\n" + textwrap.fill(DEMO_NEXT, 88), file=out)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None, *, stdout: IO[str] | None = None,
          stderr: IO[str] | None = None) -> int:
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
-    args = cliopts.parse_args(build_parser(), argv, log_stream=err)
+    parser = build_parser()
+    args = cliopts.parse_args(parser, argv, log_stream=err)
+    if args.init_policies:
+        return init_policies(args.init_policies, out, err)
+    if args.demo:
+        return demo(out, err, as_json=args.json)
+    if not args.policies:
+        parser.error("the following arguments are required: --policies (or --init-policies DIR, "
+                     "--demo)")
     if args.check:
         return check(args.policies, out, err)
     if args.record_sflow and (args.sflow_rt or args.replay):
@@ -157,7 +226,7 @@ def main(argv: list[str] | None = None, *, stdout: IO[str] | None = None,
                 return compare_main(args.policies, args.compare, args.replay,
                                     as_json=args.json, fabric=args.fabric, out=out)
             return replay_main(args.policies, args.replay, as_json=args.json,
-                               fabric=args.fabric, out=out)
+                               fabric=args.fabric, out=out, progress=cliopts.progress)
         except ReplayError as exc:
             print(f"demon-watch: {exc}", file=err)
             return EXIT_CONFIG
@@ -242,7 +311,7 @@ def _watch(args: argparse.Namespace, err: IO[str]) -> int:
             return _fail(err, str(exc), EXIT_CONFIG)
     state_path = ":memory:" if args.dry_run else (args.state or default_state_path())
     try:
-        store = Store(state_path)
+        store = Store(state_path, check=True)
     except StoreError as exc:
         return _fail(err, str(exc), EXIT_STATE)
     engine: Any = None

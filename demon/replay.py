@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterable, Mapping
+from typing import IO, Any, Callable, Iterable, Mapping
 
 from demon import core
 from demon.core import Context
@@ -251,13 +251,18 @@ class Recording:
                 f"for other flow definitions, so it cannot show what these policies would "
                 f"have done; backtest them on raw sFlow instead (--replay FILE.pcap)")
 
-    def run(self, policies: Mapping[str, Any], limits: Any) -> ReplayResult:
+    def run(self, policies: Mapping[str, Any], limits: Any,
+            progress: Callable[..., Iterable[Any]] | None = None) -> ReplayResult:
+        """``progress`` wraps the loop (``sflow.cliopts.progress``: a bar on a terminal)."""
         if self.raw:
             from demon.replay_sflow import backtest_capture
-            return backtest_capture(policies, limits, self.switches, self.items, str(self.path))
+            return backtest_capture(policies, limits, self.switches, self.items, str(self.path),
+                                    progress=progress)
         self.check_names(policies)
         run = Backtest(policies, limits, self.switches, self.exchanges[0].t)
-        for exchange in self.exchanges:
+        loop = progress(self.exchanges, total=len(self.exchanges), desc="backtest",
+                        unit="exchange") if progress else self.exchanges
+        for exchange in loop:
             run.feed(exchange)
         return run.result
 
@@ -272,11 +277,12 @@ def load_policies_for_replay(policies_dir: str | Path) -> tuple[Mapping[str, Any
 
 
 def backtest(policies_dir: str | Path, recording: str | Path,
-             fabric: str | Path | None = None) -> ReplayResult:
+             fabric: str | Path | None = None,
+             progress: Callable[..., Iterable[Any]] | None = None) -> ReplayResult:
     """Replay ``recording`` (raw sFlow or an engine's answers) through the policies of
     ``policies_dir``."""
     policies, limits = load_policies_for_replay(policies_dir)
-    return Recording(recording, fabric).run(policies, limits)
+    return Recording(recording, fabric).run(policies, limits, progress)
 
 
 # -- output ------------------------------------------------------------------------
@@ -321,7 +327,8 @@ def write_json(result: ReplayResult, out: IO[str]) -> None:
 
 
 def replay_main(policies_dir: str | Path, recording: str | Path, *, as_json: bool = False,
-                fabric: str | Path | None = None, out: IO[str]) -> int:
-    result = backtest(policies_dir, recording, fabric)
+                fabric: str | Path | None = None, out: IO[str],
+                progress: Callable[..., Iterable[Any]] | None = None) -> int:
+    result = backtest(policies_dir, recording, fabric, progress)
     (write_json if as_json else write_text)(result, out)
     return 0

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import heapq
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from demon.core import awaiting_placement
 from demon.policy import engine_policies
@@ -153,12 +153,16 @@ class RawBacktest:
 
 
 def backtest_capture(policies: Mapping[str, Any], limits: Any, switches: list[dict[str, Any]],
-                     items: list[tuple[float, str, bytes]], source: str = "") -> ReplayResult:
-    """Run the policies over ``items`` (from :func:`datagrams`)."""
+                     items: list[tuple[float, str, bytes]], source: str = "",
+                     progress: Callable[..., Iterable[Any]] | None = None) -> ReplayResult:
+    """Run the policies over ``items`` (from :func:`datagrams`); ``progress`` wraps the
+    loop (``sflow.cliopts.progress``)."""
     if not items:
         raise ReplayError(f"capture {source} holds no UDP datagram")
     run = RawBacktest(policies, limits, switches, items[0][0])
-    for ts, src, payload in items:
+    loop = progress(items, total=len(items), desc="backtest", unit="datagram") if progress \
+        else items
+    for ts, src, payload in loop:
         run.feed(ts, src, payload)
     return run.finish(items[-1][0])
 

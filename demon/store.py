@@ -182,7 +182,7 @@ class Store:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False,
-                 create: bool = True, timeout: float = 10.0) -> None:
+                 create: bool = True, timeout: float = 10.0, check: bool = False) -> None:
         self.path = str(path)
         self.readonly = readonly
         if self.path != ":memory:":
@@ -208,6 +208,8 @@ class Store:
                 self._db.execute("PRAGMA journal_mode=WAL")
             # WAL + NORMAL: a commit survives a process crash (not a power cut) without fsync.
             self._db.execute("PRAGMA synchronous=NORMAL")
+            if check and self.path != ":memory:":
+                self._check()
             self._migrate()
             self._next_id = self._max_history_id() + 1
         except StoreError:
@@ -224,6 +226,15 @@ class Store:
         self._saved_watch: dict[tuple[str, str], Candidate] = {}
         self._saved_holddown: dict[tuple[str, str], float] = {}
         self._saved_meta: dict[str, str] = {}
+
+    def _check(self) -> None:
+        """``PRAGMA quick_check`` (the daemon, once at start): a damaged page is found
+        now, not at the first write hours later."""
+        rows = [str(r[0]) for r in self._db.execute("PRAGMA quick_check(3)")]
+        if rows != ["ok"]:
+            words = " ".join(rows).replace("*** in database main ***", "").split()
+            raise StoreCorrupt(f"state file {self.path} is damaged ({' '.join(words)[:200]}); "
+                               "move it aside to start afresh, or restore it from a backup")
 
     def _corrupt(self, exc: BaseException) -> StoreCorrupt:
         return StoreCorrupt(f"state file {self.path} is damaged ({_reason(exc)}); move it "

@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         EXIT_USAGE: "usage error",
         EXIT_NO_ANSWER: "no answer (the daemon is unreachable, or did not answer within --wait)",
         EXIT_AUTH: "not allowed (no token, a wrong or read-only token)",
-        EXIT_STATE: "the state file cannot be used (missing, damaged)"})
+        EXIT_STATE: "the state file cannot be used (missing, damaged)"}, log_level="warning")
 
 
 def parse_since(text: str, now: float) -> float:
@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None, *, stdout: IO[str] | None = None,
          stderr: IO[str] | None = None) -> int:
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
-    args = build_parser().parse_args(argv)
+    args = cliopts.parse_args(build_parser(), argv, log_stream=err)
     since = None
     if args.command == "history" and args.since:
         try:

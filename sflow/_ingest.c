@@ -1178,12 +1178,16 @@ static PyObject *send_batch(PyObject *self, PyObject *args) {
     if (n > 1024) n = 1024;
     struct mmsghdr msgs[1024];
     struct iovec iov[1024];
+    PyObject *held[1024]; /* the payloads stay alive while the GIL is released */
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *p = PyList_GET_ITEM(list, i);
         if (!PyBytes_Check(p)) {
+            for (Py_ssize_t j = 0; j < i; j++) Py_DECREF(held[j]);
             PyErr_SetString(PyExc_TypeError, "payloads must be bytes");
             return NULL;
         }
+        Py_INCREF(p);
+        held[i] = p;
         iov[i].iov_base = PyBytes_AS_STRING(p);
         iov[i].iov_len = PyBytes_GET_SIZE(p);
         memset(&msgs[i], 0, sizeof msgs[i]);
@@ -1191,7 +1195,7 @@ static PyObject *send_batch(PyObject *self, PyObject *args) {
         msgs[i].msg_hdr.msg_iovlen = 1;
     }
     Py_ssize_t sent = 0;
-    Py_INCREF(list); /* the payloads stay alive while the GIL is released */
+    int err = 0;
     while (sent < n) {
         int r;
         Py_BEGIN_ALLOW_THREADS
@@ -1199,13 +1203,16 @@ static PyObject *send_batch(PyObject *self, PyObject *args) {
         Py_END_ALLOW_THREADS
         if (r < 0) {
             if (errno == EINTR) continue;
-            if (errno == ENOBUFS || errno == EAGAIN) break;
-            Py_DECREF(list);
-            return PyErr_SetFromErrno(PyExc_OSError);
+            if (errno != ENOBUFS && errno != EAGAIN) err = errno;
+            break;
         }
         sent += r;
     }
-    Py_DECREF(list);
+    for (Py_ssize_t i = 0; i < n; i++) Py_DECREF(held[i]);
+    if (err) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
     return PyLong_FromSsize_t(sent);
 }
 

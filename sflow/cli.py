@@ -151,7 +151,10 @@ def _serve(argv: Sequence[str]) -> int:
     logging.getLogger("sflow").info("sFlow on udp %s, API on %s (UDP buffer %d bytes)",
                                     format_listen(host, port), service.url,
                                     service.collector.rcvbuf if service.collector else 0)
-    done.wait()
+    # A bounded wait: a SIGTERM taken by one of the server's threads only sets a flag that
+    # the main thread must come back to Python to act on (systemctl stop would hang).
+    while not done.wait(0.5):
+        pass
     service.stop()
     return 0
 

@@ -76,18 +76,19 @@ def exit_table(exits: Mapping[int, str]) -> str:
 
 
 def add_common(parser: argparse.ArgumentParser, *, exits: Mapping[int, str],
-               config: bool = True) -> argparse.ArgumentParser:
+               config: bool = True, log_level: str = "info") -> argparse.ArgumentParser:
     """Add the shared options to ``parser`` and its exit statuses to its ``--help``.
 
     ``config=False`` for commands that take no ``--config`` (one-shot subcommand
-    parsers such as ``demon-sflow decode``).
+    parsers such as ``demon-sflow decode``); ``log_level="warning"`` for commands
+    whose stderr is for their own one-line messages (operator clients).
     """
     group = parser.add_argument_group("common options")
     group.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     group.add_argument("--log-format", choices=LOG_FORMATS, default="text",
                        help="text (default) or json: one object a line")
-    group.add_argument("--log-level", choices=LOG_LEVELS, default="info", type=str.lower,
-                       help="debug, info (default), warning or error")
+    group.add_argument("--log-level", choices=LOG_LEVELS, default=log_level, type=str.lower,
+                       help=f"debug, info, warning or error (default {log_level})")
     if config:
         group.add_argument("--config", metavar="FILE",
                            help="YAML configuration file: this command's section; options "

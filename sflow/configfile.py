@@ -59,7 +59,7 @@ class Section:
     """What a command's section set: option dest -> converted value."""
 
     values: dict[str, Any] = field(default_factory=dict)
-    keys: dict[str, str] = field(default_factory=dict)  # dest -> key as written
+    keys: dict[str, str] = field(default_factory=dict)  # dest -> "section.key"
 
 
 def option_key(action: argparse.Action) -> str | None:
@@ -118,7 +118,7 @@ def _annotation(action: argparse.Action) -> Any:
     if action.type is int:
         scalar: Any = StrictInt
     elif action.type is float:
-        scalar = Union[StrictInt, StrictFloat]
+        scalar = StrictFloat  # takes ints too, never a bool or a string
     else:  # text, paths, durations, rates: what the command line would take as a word
         scalar = Union[StrictStr, StrictInt, StrictFloat]
     scalar = Annotated[scalar, AfterValidator(_converter(action))]
@@ -225,10 +225,11 @@ def _validate(shown: str, name: str, body: Mapping[Any, Any],
         key, action = by_field[name]
         dest = action.dest
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction,
-                               argparse._StoreConstAction)) and \
-                not isinstance(action, argparse.BooleanOptionalAction):
+                               argparse._StoreConstAction)):
             # a flag in the file: true = given; false = not given (its default)
             value = action.const if value else action.default
+        elif isinstance(action, argparse._AppendConstAction):
+            value = [action.const] if value else action.default
         section.values[dest] = value
         section.keys[dest] = key
     return section

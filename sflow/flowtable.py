@@ -172,12 +172,15 @@ class FlowTables:
         self.tables: dict[str, FlowTable] = {}
         #: the tables in a tuple (what ingest iterates; rebuilt on every change)
         self.active: tuple[FlowTable, ...] = ()
+        self.logging = False
         self.evicted = 0
         self.thresholds: Any = None  # sflow.thresholds.Thresholds, set by the engine
         self.flow_log: FlowLog | None = None  # sflow.flowlog.FlowLog, set by the engine
 
     def _changed(self) -> None:
         self.active = tuple(self.tables.values())
+        #: a definition writes the flow log (sflow.flowlog): ingest stays in Python
+        self.logging = any(table.log_spec is not None for table in self.active)
 
     def set(self, fd: FlowDef, watching: list[ThresholdDef]) -> bool:
         """Define or replace a flow; an identical re-definition keeps its state (False)."""

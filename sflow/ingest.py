@@ -166,7 +166,9 @@ class Ingest:
     def receive_batch(self, batch: Iterable[tuple[bytes, str]], now: float) -> int:
         """Ingest (payload, UDP source address) pairs; how many failed in ingest (bugs:
         counted as ``ingest-error`` and logged, never raised)."""
-        if self.kernel is not None:
+        # the compiled kernel does not feed the flow log: while a definition logs its
+        # flows (log: true), every datagram takes the Python path
+        if self.kernel is not None and not self.flows.logging:
             batch = batch if isinstance(batch, list) else list(batch)
             return self.kernel.ingest(self, batch, now)
         failures = 0

@@ -179,6 +179,7 @@ class WatchSettings:
     api_token_file: Path | None = None
     sflow_host: str = "127.0.0.1"  # where the embedded engine takes sFlow from the switches
     api_host: str = "127.0.0.1"
+    extra: tuple[str, ...] = ()  # more demon-watch options (notifications, ...)
 
 
 def start_watch(settings: WatchSettings, log: Path, timeout: float = 30) -> Proc:
@@ -190,6 +191,7 @@ def start_watch(settings: WatchSettings, log: Path, timeout: float = 30) -> Proc
             "--listen", f"{settings.api_host}:{settings.api_port}"]
     if settings.api_token_file is not None:
         argv += ["--api-token-file", str(settings.api_token_file)]
+    argv += list(settings.extra)
     if settings.sflow_rt:
         argv += ["--sflow-rt", settings.sflow_rt]
     else:

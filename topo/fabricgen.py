@@ -12,9 +12,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from mininet.topo import Topo
+from topo.seed import PortLink
+
+if TYPE_CHECKING:
+    from mininet.topo import Topo
 
 FABRIC_VERSION = 1
 
@@ -35,7 +38,7 @@ class FabricError(ValueError):
 
 
 def _ports(topo: Topo) -> dict[str, list[tuple[int, str]]]:
-    """switch name -> [(its port, the node on the other end)]."""
+    """switch name -> [(its port, the node on the other end)] of a Mininet Topo."""
     ports: dict[str, list[tuple[int, str]]] = {sw: [] for sw in topo.switches()}
     for a, b, info in topo.links(withInfo=True):
         for near, far, port_key in ((a, b, "port1"), (b, a, "port2")):
@@ -49,24 +52,47 @@ def _ports(topo: Topo) -> dict[str, list[tuple[int, str]]]:
 
 def fabric_from_topo(topo: Topo, capture_host: str,
                      static: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The fabric description for ``topo`` with ``capture_host`` behind the aggregation switch."""
-    switches = set(topo.switches())
-    if capture_host not in topo.hosts():
+    """The fabric description for a Mininet ``topo`` with ``capture_host`` behind the
+    aggregation switch."""
+    dpids = {name: int(topo.nodeInfo(name)["dpid"], 16) for name in topo.switches()}
+    return _describe(dpids, set(topo.hosts()), _ports(topo), capture_host, static)
+
+
+def fabric_from_links(dpids: Mapping[str, int], links: Iterable[PortLink], capture_host: str,
+                      static: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The same from a cabling list (no Mininet needed): ``dpids`` names the switches,
+    every other node of ``links`` is a host (its port is ignored)."""
+    ports: dict[str, list[tuple[int, str]]] = {sw: [] for sw in dpids}
+    hosts: set[str] = set()
+    for link in links:
+        for near, port, far in ((link.a, link.a_port, link.b), (link.b, link.b_port, link.a)):
+            if near in ports:
+                ports[near].append((port, far))
+            else:
+                hosts.add(near)
+    return _describe(dpids, hosts, ports, capture_host, static)
+
+
+def _describe(dpids: Mapping[str, int], hosts: set[str], ports: Mapping[str, list[tuple[int, str]]],
+              capture_host: str, static: dict[str, Any] | None) -> dict[str, Any]:
+    switches = set(dpids)
+    if capture_host not in hosts:
         raise FabricError(f"capture_host: {capture_host!r} is not a host of the topology")
     entries = []
-    for name, ports in sorted(_ports(topo).items(), key=lambda kv: int(topo.nodeInfo(kv[0])["dpid"], 16)):
-        dpid = int(topo.nodeInfo(name)["dpid"], 16)
-        uplinks = sorted(p for p, far in ports if far in switches)
-        hosts = sorted(p for p, far in ports if far not in switches and far != capture_host)
-        capture = [p for p, far in ports if far == capture_host]
+    for name, sw_ports in sorted(ports.items(), key=lambda kv: dpids[kv[0]]):
+        dpid = dpids[name]
+        uplinks = sorted(p for p, far in sw_ports if far in switches)
+        host_ports = sorted(p for p, far in sw_ports if far not in switches and far != capture_host)
+        capture = [p for p, far in sw_ports if far == capture_host]
         if capture:
-            if hosts:
-                raise FabricError(f"{name}: aggregation switch also has production hosts on {hosts}")
+            if host_ports:
+                raise FabricError(f"{name}: aggregation switch also has production hosts on "
+                                  f"{host_ports}")
             entries.append({"dpid": dpid, "name": name, "role": "aggregation",
                             "uplinks": uplinks, "capture_port": capture[0]})
         else:
             entries.append({"dpid": dpid, "name": name, "role": "filter",
-                            "host_ports": hosts, "uplinks": uplinks})
+                            "host_ports": host_ports, "uplinks": uplinks})
     if not any(e["role"] == "aggregation" for e in entries):
         raise FabricError("no aggregation switch: the capture host is not on a switch")
     return {"version": FABRIC_VERSION, "switches": entries, "static": static}
@@ -74,9 +100,10 @@ def fabric_from_topo(topo: Topo, capture_host: str,
 
 def seed_fabric(static: bool = False) -> dict[str, Any]:
     """The seed topology's fabric; ``static=True`` adds the prototype's static mode."""
-    from topo.seed import CAPTURE_HOST, SeedTopo
+    from topo.seed import CAPTURE_HOST, seed_links, seed_switches
 
-    return fabric_from_topo(SeedTopo(), CAPTURE_HOST, PROTOTYPE_STATIC if static else None)
+    return fabric_from_links(seed_switches(), seed_links(), CAPTURE_HOST,
+                             PROTOTYPE_STATIC if static else None)
 
 
 def write_fabric(path: Path, fabric: dict[str, Any]) -> Path:

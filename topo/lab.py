@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sflow import cliopts
+from topo.net import mininet_missing
 from topo.scenarios import SCENARIOS, FlowRun, Scenario, run_scenario, scenario
 from topo.session import LAB_POLICIES, LabSession, SessionOptions, TimelineEntry
 
@@ -170,7 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settle", type=float, default=30, help="max seconds to wait for taps to end after traffic")
     p.add_argument("--report", type=Path, help="write the timeline and summary as JSON here")
     p.add_argument("--render", type=Path, help="draw the topology with the mirrors taken (.png/.svg)")
-    p.add_argument("--keep", action="store_true", help="leave the lab up (Mininet CLI) until you exit")
+    p.add_argument("--keep", action="store_true", help="leave the lab up (Mininet CLI) until you exit; "
+                   "the daemon's API keeps serving")
+    p.add_argument("--split-hosts", action="store_true",
+                   help="the daemon, the capture host h11 and an operator namespace share only a "
+                        "management network (192.168.231.0/24): the API and the sFlow collector on "
+                        "the daemon's management address, the capture agent on the API's stream")
     p.add_argument("--no-lock", action="store_true",
                    help="do not take the machine-wide lab lock (the caller holds it)")
     return cliopts.add_common(p, exits={0: "every elephant was tapped once, captured and released, nothing else tapped",
@@ -181,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     args = cliopts.parse_args(build_parser(), argv)
+    missing = mininet_missing("demon-lab")
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
     if os.geteuid() != 0:
         print("demon-lab: needs root (Open vSwitch and Mininet)", file=sys.stderr)
         return 2
@@ -199,7 +209,8 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     t0 = time.time()
     session = LabSession(SessionOptions(out=args.out, controller=args.controller, policies=args.policies,
                                         sflow_rt=args.sflow_rt, sflow_collector=args.sflow_collector,
-                                        sampling=args.sampling, polling=args.polling),
+                                        sampling=args.sampling, polling=args.polling,
+                                        split_hosts=args.split_hosts),
                          progress=Printer(out, t0))
     session.started_at = t0
     print(f"demon-lab: scenario {sc.name}: {sc.description}; output in {session.out}", file=out, flush=True)
@@ -293,9 +304,13 @@ def _render(path: Path, session: LabSession, taps: list[dict[str, Any]]) -> None
 def _keep(session: LabSession, out: TextIO) -> None:
     print("\ndemon-lab: --keep: the lab stays up; exit the Mininet CLI (or Ctrl-C) to tear down", file=out)
     if session.api_url:
+        where = ""
+        token = session.paths["api_token"]
+        if session.options.split_hosts:  # from the operator's machine, over the management network
+            where, token = "ip netns exec dmn-ops ", session.paths["ops_token"]
         print(f"  daemon API:  {session.api_url}/api/v1/status\n"
-              f"  operate:     demon-tap --url {session.api_url} --token-file "
-              f"{session.paths['api_token']} list", file=out, flush=True)
+              f"  operate:     {where}demon-tap --url {session.api_url} --token-file {token} list",
+              file=out, flush=True)
         _print_urls(session, out, "  ")
     try:
         if sys.stdin.isatty():

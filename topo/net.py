@@ -19,16 +19,28 @@ import threading
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from mininet.net import Mininet
-from mininet.node import Host, OVSSwitch, RemoteController
-from mininet.topo import Topo
+if TYPE_CHECKING:  # mininet is imported where a network is built: describing one needs none
+    from mininet.net import Mininet
+    from mininet.node import Host, OVSSwitch
+    from mininet.topo import Topo
 
 log = logging.getLogger(__name__)
 
 OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
 OF_PROTOCOLS = {10: "OpenFlow10", 13: "OpenFlow13"}
+
+
+def mininet_missing(prog: str) -> str | None:
+    """One line saying that ``prog`` needs Mininet, or None when Mininet imports."""
+    try:
+        import mininet.net  # noqa: F401
+    except ImportError as exc:
+        return (f"{prog}: needs Mininet, which this Python cannot import ({exc}); on Debian "
+                "run bash scripts/setup (a venv with --system-site-packages sees Debian's "
+                "mininet)")
+    return None
 
 
 class LabError(RuntimeError):
@@ -73,21 +85,26 @@ def tcp_listening(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-class LoopbackController(RemoteController):
-    """RemoteController whose liveness check is a plain TCP connect.
+def loopback_controller() -> type:
+    """Mininet's RemoteController whose liveness check is a plain TCP connect.
 
     Mininet 2.3.0 sends text to the controller port and decodes the binary
     OpenFlow HELLO as UTF-8, which randomly raises UnicodeDecodeError.
     """
+    from mininet.node import RemoteController
 
-    def checkListening(self) -> None:  # noqa: N802 (Mininet's name)
-        if self.port is None:
-            raise LabError("controller port must be given (POX 6633 and os-ken 6653 differ)")
-        if not tcp_listening(self.ip, self.port):
-            log.info("no controller listening yet on %s:%d; switches will retry", self.ip, self.port)
+    class LoopbackController(RemoteController):
+        def checkListening(self) -> None:  # noqa: N802 (Mininet's name)
+            if self.port is None:
+                raise LabError("controller port must be given (POX 6633 and os-ken 6653 differ)")
+            if not tcp_listening(self.ip, self.port):
+                log.info("no controller listening yet on %s:%d; switches will retry", self.ip,
+                         self.port)
 
-    def isListening(self, ip: str, port: int) -> bool:  # noqa: N802
-        return tcp_listening(ip, port)
+        def isListening(self, ip: str, port: int) -> bool:  # noqa: N802
+            return tcp_listening(ip, port)
+
+    return LoopbackController
 
 
 def lab_switch(of_version: int = 13) -> Callable[..., OVSSwitch]:
@@ -96,6 +113,8 @@ def lab_switch(of_version: int = 13) -> Callable[..., OVSSwitch]:
     ``secure`` matters: the seed topology's parallel uplinks loop, and a switch
     in ``standalone`` mode would flood production traffic around them.
     """
+    from mininet.node import OVSSwitch
+
     if of_version not in OF_PROTOCOLS:
         raise LabError(f"of_version: must be 10 or 13, not {of_version!r}")
     return partial(OVSSwitch, datapath="user", failMode="secure",
@@ -282,13 +301,15 @@ def start_lab(topo: Topo, *, controller_port: int | None, of_version: int = 13,
               controller_ip: str = "127.0.0.1", ipv6_hosts: dict[str, str] | None = None,
               before_start: Callable[[Mininet], None] | None = None) -> Lab:
     """Build and start ``topo`` on userspace OVS; clean up whatever was built if it fails."""
+    from mininet.net import Mininet
+
     ensure_ovs()
     remove_leftovers(topo.switches())
     net = Mininet(topo=topo, switch=lab_switch(of_version), controller=None,
                   build=False, autoSetMacs=False, waitConnected=False)
     try:
         if controller_port is not None:
-            net.addController("c0", controller=LoopbackController,
+            net.addController("c0", controller=loopback_controller(),
                               ip=controller_ip, port=controller_port)
         net.build()
         silence_ipv6_on_switch_ports(net.switches)

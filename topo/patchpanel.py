@@ -12,32 +12,47 @@ link ``k`` with four port-to-port flows; nothing else forwards (secure mode).
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any
 
-from mininet.topo import Topo
-
-from topo.net import Lab, start_lab
+from topo.net import Lab, mininet_missing, start_lab
 
 MAX_SIZE = 120  # host addresses 10.0.0.1..10.0.0.240 and one-byte MAC suffixes
 
 
-class PatchPanelTopo(Topo):
-    def build(self, size: int = 32) -> None:  # type: ignore[override]
-        if not 1 <= size <= MAX_SIZE:
-            raise ValueError(f"size: must be 1..{MAX_SIZE}, got {size}")
-        self.addSwitch("s1", dpid="%016x" % 1)
-        self.addSwitch("s2", dpid="%016x" % 2)
-        for n in range(1, 2 * size + 1):
-            self.addHost(f"h{n}", ip=f"10.0.0.{n}/8", mac="00:00:00:00:00:%02x" % n)
-        for k in range(1, size + 1):
-            self.addLink(f"h{k}", "s1", port1=0, port2=k)
-        for k in range(1, size + 1):
-            self.addLink(f"h{size + k}", "s2", port1=0, port2=k)
-        for k in range(1, size + 1):
-            self.addLink("s1", "s2", port1=size + k, port2=size + k)
+def _patchpanel_topo_class() -> type:
+    """The Mininet Topo (imports mininet; importing this module needs none)."""
+    from mininet.topo import Topo
+
+    class PatchPanelTopo(Topo):
+        def build(self, size: int = 32) -> None:  # type: ignore[override]
+            if not 1 <= size <= MAX_SIZE:
+                raise ValueError(f"size: must be 1..{MAX_SIZE}, got {size}")
+            self.addSwitch("s1", dpid="%016x" % 1)
+            self.addSwitch("s2", dpid="%016x" % 2)
+            for n in range(1, 2 * size + 1):
+                self.addHost(f"h{n}", ip=f"10.0.0.{n}/8", mac="00:00:00:00:00:%02x" % n)
+            for k in range(1, size + 1):
+                self.addLink(f"h{k}", "s1", port1=0, port2=k)
+            for k in range(1, size + 1):
+                self.addLink(f"h{size + k}", "s2", port1=0, port2=k)
+            for k in range(1, size + 1):
+                self.addLink("s1", "s2", port1=size + k, port2=size + k)
+
+    return PatchPanelTopo
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PatchPanelTopo":
+        cls = _patchpanel_topo_class()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_patchpanel(size: int = 32, controller_port: int | None = None, of_version: int = 13) -> Lab:
-    lab = start_lab(PatchPanelTopo(size=size), controller_port=controller_port, of_version=of_version)
+    lab = start_lab(__getattr__("PatchPanelTopo")(size=size), controller_port=controller_port,
+                    of_version=of_version)
     lab.info.update(topology="patchpanel", size=size)
     return lab
 
@@ -68,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patch", action="append", default=[], metavar="A:B:LINK",
                    help="patch s1 port A to s2 port B over link LINK (repeatable)")
     args = p.parse_args(argv)
+    missing = mininet_missing("python -m topo.patchpanel")
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
     from mininet.cli import CLI
     from mininet.log import setLogLevel
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from dataclasses import dataclass
+from typing import Any
 
-from mininet.topo import Topo
-
-from topo.net import Lab, start_lab
+from topo.net import Lab, mininet_missing, start_lab
 from topo.sflowcfg import SflowSettings, enable_sflow
 
 FILTER_HOSTS = 5
@@ -66,18 +66,38 @@ def seed_links() -> list[PortLink]:
     return links
 
 
-class SeedTopo(Topo):
-    """B1 as a Mininet Topo; explicit port numbers so ofports never depend on order."""
+def _seed_topo_class() -> type:
+    """B1 as a Mininet Topo (imports mininet: the description above needs none)."""
+    from mininet.topo import Topo
 
-    def build(self, ipv6: bool = False) -> None:  # type: ignore[override]
-        for dpid in (1, 2, 3):
-            self.addSwitch(f"s{dpid}", dpid="%016x" % dpid)
-        for n in range(1, 2 * FILTER_HOSTS + 2):
-            self.addHost(f"h{n}", ip=f"{host_ip(n)}/8", mac=host_mac(n))
-        for link in seed_links():
-            port_a = link.a_port if link.a.startswith("s") else 0
-            port_b = link.b_port if link.b.startswith("s") else 0
-            self.addLink(link.a, link.b, port1=port_a, port2=port_b)
+    class SeedTopo(Topo):
+        """Explicit port numbers so ofports never depend on order."""
+
+        def build(self, ipv6: bool = False) -> None:  # type: ignore[override]
+            for dpid in (1, 2, 3):
+                self.addSwitch(f"s{dpid}", dpid="%016x" % dpid)
+            for n in range(1, 2 * FILTER_HOSTS + 2):
+                self.addHost(f"h{n}", ip=f"{host_ip(n)}/8", mac=host_mac(n))
+            for link in seed_links():
+                port_a = link.a_port if link.a.startswith("s") else 0
+                port_b = link.b_port if link.b.startswith("s") else 0
+                self.addLink(link.a, link.b, port1=port_a, port2=port_b)
+
+    return SeedTopo
+
+
+def __getattr__(name: str) -> Any:
+    """``SeedTopo`` is built on first use, so that importing this module needs no mininet."""
+    if name == "SeedTopo":
+        cls = _seed_topo_class()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def seed_switches() -> dict[str, int]:
+    """switch name -> dpid."""
+    return {f"s{dpid}": dpid for dpid in (1, 2, 3)}
 
 
 def ipv6_addresses(hosts: int = 2 * FILTER_HOSTS) -> dict[str, str]:
@@ -94,7 +114,7 @@ def build_seed(controller_port: int | None = None, of_version: int = 13,
     mode: nothing forwards until flows are added by hand). ``sflow`` enables
     sFlow on all three bridges once they exist; start its collector first.
     """
-    lab = start_lab(SeedTopo(), controller_port=controller_port, of_version=of_version,
+    lab = start_lab(__getattr__("SeedTopo")(), controller_port=controller_port, of_version=of_version,
                     controller_ip=controller_ip,
                     ipv6_hosts=ipv6_addresses() if ipv6 else None)
     lab.info.update(topology="seed", capture_host=CAPTURE_HOST, capture_port=CAPTURE_PORT)
@@ -119,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--polling", type=int, default=2)
     parser.add_argument("--ipv6", action="store_true", help="give h1..h10 fc00::N/64")
     args = parser.parse_args(argv)
+    missing = mininet_missing("python -m topo.seed")
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
     from mininet.cli import CLI
     from mininet.log import setLogLevel
 

@@ -9,11 +9,20 @@ before a collector listens).
 
 While it runs, :meth:`LabSession.poll` mirrors the daemon's tap store into the
 capture agent's tap table and turns what it sees into a timeline.
+
+With ``split_hosts`` the parts share nothing but the network (the deployment of
+docs/api.md): a management network (``topo.mgmtnet``) joins the daemon (root
+namespace, ``192.168.231.1``), the capture host h11 and an operator namespace; the
+daemon's API and its engine's sFlow collector listen on the management address
+(the switches export there); the capture agent learns taps from the API's
+transition stream (``--daemon``) with its own read-only token, and the session
+itself observes through the API as an operator would, never the state file.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,6 +37,8 @@ from topo.hostproc import HostProc, start_capture_agent
 from topo.net import Lab, ensure_ovs
 from topo.seed import CAPTURE_HOST, build_seed
 from topo.sflowcfg import SflowSettings, enable_sflow
+
+OPS_NAMESPACE = "dmn-ops"
 
 REPO = Path(__file__).resolve().parent.parent
 LAB_POLICIES = REPO / "policies" / "lab"
@@ -47,6 +58,8 @@ class SessionOptions:
     static: bool = False  # add the prototype's static mode to the fabric
     capture_grace: float = 2.0
     watch: bool = True  # False: no demon-watch and no sFlow (static mode, controller-only checks)
+    split_hosts: bool = False  # daemon, capture host and operator share only a management network
+    watch_args: tuple[str, ...] = ()  # more demon-watch options (e.g. notifications)
 
 
 @dataclass
@@ -90,6 +103,11 @@ class LabSession:
             "logs": self.out / "logs",
         }
         self.ports: dict[str, int] = {}
+        self.mgmt: Any = None
+        self.addrs: dict[str, str] = {}
+        self.tokens: dict[str, str] = {}  # name -> secret of the API tokens the lab made
+        self._api: Any = None
+        self._api_cursor = 0
 
     # -- timeline -------------------------------------------------------------------
     def note(self, what: str, tap_id: str | None = None, at: float | None = None, **detail: Any) -> None:
@@ -134,20 +152,66 @@ class LabSession:
         self.lab = build_seed(controller_port=self.ports["openflow"], of_version=ctl.of_version)
         switches = wait_for_switches(self.rpc, SEED_DPIDS)
         self.note("network up", switches=sorted(s["dpid"] for s in switches))
-        self.agent = start_capture_agent(self.lab.host(CAPTURE_HOST), self.paths["captures"],
-                                         self.paths["taps"], grace=opts.capture_grace,
-                                         log=self.paths["logs"] / "capture.log")
-        self.lab.on_stop(self._stop_agent)
-        self.note("capture agent up", host=CAPTURE_HOST, out=str(self.paths["captures"]))
-        if not opts.watch:
-            return
-        self.start_watch()
-        collector = opts.sflow_collector if opts.sflow_rt else f"127.0.0.1:{self.ports['sflow']}"
+        if opts.split_hosts:
+            self._management()
+            self.start_watch()
+            self.agent = start_capture_agent(
+                self.lab.host(CAPTURE_HOST), self.paths["captures"], None,
+                grace=opts.capture_grace, daemon=self.api_url,
+                token_file=self.paths["capture_token"], log=self.paths["logs"] / "capture.log")
+            self.lab.on_stop(self._stop_agent)
+            self.note("capture agent up", host=CAPTURE_HOST, out=str(self.paths["captures"]),
+                      daemon=self.api_url)
+        else:
+            self.agent = start_capture_agent(self.lab.host(CAPTURE_HOST), self.paths["captures"],
+                                             self.paths["taps"], grace=opts.capture_grace,
+                                             log=self.paths["logs"] / "capture.log")
+            self.lab.on_stop(self._stop_agent)
+            self.note("capture agent up", host=CAPTURE_HOST, out=str(self.paths["captures"]))
+            if not opts.watch:
+                return
+            self.start_watch()
+        daemon_host = self.addrs.get("daemon", "127.0.0.1")
+        collector = opts.sflow_collector if opts.sflow_rt else f"{daemon_host}:{self.ports['sflow']}"
         sflow = SflowSettings(collector, opts.sampling, opts.polling)
         enable_sflow(self.lab.switch_names, sflow)
         self.note("sFlow on", collector=sflow.collector, sampling=opts.sampling, polling=opts.polling)
         if not opts.sflow_rt:  # a real sFlow-RT has no /demon/portmap: the daemon reads its topology
             self.await_port_map()
+
+    def _management(self) -> None:
+        """The management network and the API tokens of its members (each its own file)."""
+        import secrets
+
+        from topo.mgmtnet import ManagementNet
+
+        assert self.lab is not None
+        self.mgmt = ManagementNet().create()
+        self.addrs["daemon"] = self.mgmt.daemon_addr
+        self.addrs["capture"] = self.mgmt.attach_host(self.lab.host(CAPTURE_HOST), 11)
+        self.addrs["ops"] = self.mgmt.add_namespace(OPS_NAMESPACE, 21)
+        self.tokens = {name: secrets.token_hex(24) for name in ("lab", "ops", "capture")}
+        lines = [f"lab:{self.tokens['lab']}", f"ops:{self.tokens['ops']}",
+                 f"capture:{self.tokens['capture']}:ro"]
+        files = {"api_token": lines, "capture_token": [f"capture:{self.tokens['capture']}"],
+                 "ops_token": [f"ops:{self.tokens['ops']}"]}
+        self.paths["capture_token"] = self.out / "capture-host" / "api.token"
+        self.paths["ops_token"] = self.out / "ops" / "api.token"
+        for key, content in files.items():
+            path = self.paths[key]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.unlink(missing_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write("\n".join(content) + "\n")
+        self.note("management network up", **self.addrs)
+
+    def ops(self, argv: list[str], timeout: float = 60, **kw: Any) -> Any:
+        """Run a command on the operator's machine (its own namespace)."""
+        import subprocess
+
+        return subprocess.run(["ip", "netns", "exec", OPS_NAMESPACE, *argv], capture_output=True,
+                               text=True, timeout=timeout, **kw)
 
     def await_port_map(self, timeout: float = 20) -> None:
         """Wait until the daemon can place taps: its engine has seen every switch port
@@ -175,10 +239,12 @@ class LabSession:
         self.ports["engine_http"] = free_port()
         if "api" not in self.ports:
             self.ports["api"] = free_port()  # the same across restarts: clients keep their URL
+        host = self.addrs.get("daemon", "127.0.0.1")
         settings = WatchSettings(opts.policies, f"tcp:127.0.0.1:{self.ports['rpc']}", self.paths["token"],
                                  self.paths["state"], self.ports["sflow"], opts.sflow_rt,
                                  self.ports["engine_http"], api_port=self.ports["api"],
-                                 api_token_file=self.paths["api_token"])
+                                 api_token_file=self.paths["api_token"], sflow_host=host,
+                                 api_host=host, extra=tuple(opts.watch_args))
         self.watch = start_watch(settings, self.paths["logs"] / "demon-watch.log")
         # Its engine is bound: the runtime (and its topology refresh timer) starts right after.
         self.note("demon-watch up", pid=self.watch.pid, policies=str(opts.policies), api=self.api_url)
@@ -187,7 +253,9 @@ class LabSession:
     @property
     def api_url(self) -> str | None:
         """The daemon's API (``demon-tap --url``, the capture host), once started."""
-        return f"http://127.0.0.1:{self.ports['api']}" if "api" in self.ports else None
+        if "api" not in self.ports:
+            return None
+        return f"http://{self.addrs.get('daemon', '127.0.0.1')}:{self.ports['api']}"
 
     def metrics_urls(self) -> dict[str, str]:
         """Where each part serves its Prometheus metrics. The capture agent's listener
@@ -224,6 +292,11 @@ class LabSession:
         """Copy the daemon's taps into the agent's tap table; extend the timeline."""
         from demon.model import tap_to_dict
 
+        if self.options.split_hosts:
+            self._poll_api()
+            self._poll_agent()
+            self._poll_mirrors()
+            return
         store = self._open_store()
         if store is not None:
             try:
@@ -246,6 +319,29 @@ class LabSession:
             self._history_seen = max(self._history_seen, len(history))
         self._poll_agent()
         self._poll_mirrors()
+
+    def _poll_api(self) -> None:
+        """Split hosts: the daemon's taps and transitions through its API (never the
+        state file), as an operator sees them."""
+        from demon.api.client import ApiClient, ApiClientError
+
+        if self.api_url is None:
+            return
+        if self._api is None:
+            self._api = ApiClient(self.api_url, self.tokens.get("lab"), timeout=5)
+        try:
+            taps = self._api.get("/api/v1/taps", limit=100000)["taps"]
+            records = list(self._api.transitions(self._api_cursor))
+        except ApiClientError:
+            return  # the daemon is down (restarting): nothing new to see
+        for tap in taps:
+            tap.pop("live", None)
+            self.taps[tap["tap_id"]] = tap
+        for record in records:
+            self.note(f"tap {record['kind']}" if record["tap_id"] else record["kind"],
+                      record["tap_id"], at=record["at"], cause=record["cause"],
+                      **record["detail"])
+            self._api_cursor = max(self._api_cursor, int(record["id"]))
 
     def agent_status(self) -> dict[str, Any]:
         path = self.paths["captures"] / "agent.json"
@@ -334,6 +430,10 @@ class LabSession:
             self.rpc.close()
         if self._store is not None:
             self._store.close()
+        if self._api is not None:
+            self._api.close()
+        if self.mgmt is not None:
+            self.mgmt.remove()
 
     def __enter__(self) -> "LabSession":
         return self.start()

@@ -32,6 +32,7 @@ log = logging.getLogger("demon.runtime.engine")
 
 FLOW_PREFIX = "demon_"
 OPERATOR_LOOKUP_FLOWS = 10000  # /activeflows rows searched for an operator's flow
+MIN_EMPTY_POLL = 0.1  # seconds between two event polls that both came back empty at once
 
 
 # -- configuration helpers (also used by ``demon.replay``) ------------------------------
@@ -219,6 +220,7 @@ class EngineSide:
         assert self._stream is not None
         backoff, failing = 0.2, False
         while not self._halt.is_set():
+            began = time.monotonic()
             try:
                 events = self._stream.poll()
             except SFlowRTError as exc:
@@ -235,6 +237,10 @@ class EngineSide:
                          self._stream.last_event_id)
                 self._ok()
             failing, backoff = False, 0.2
+            if not events and time.monotonic() - began < MIN_EMPTY_POLL:
+                # An engine that answers a long poll at once with nothing (no events
+                # yet, or no long-poll support) must not make this a busy loop.
+                self._halt.wait(MIN_EMPTY_POLL)
             if events and not self._halt.is_set():
                 self.events_received += len(events)
                 skip_before = None

@@ -44,9 +44,9 @@ from demon.rpc.client import RpcClient
 from demon.runtime.controller_side import ControllerSide
 from demon.runtime.engine_side import (EngineSide, engine_policies, load_config, threshold_event,
                                        thresholds_of)
-from demon.runtime.items import (Ask, _Call, _ControllerBack, _Events, _Located, _NewTopology,
-                                 _PollRequests, _PortMap, _Prune, _Redefine, _Reload, _Stop,
-                                 _Switches)
+from demon.runtime.items import (Ask, _Call, _ControllerBack, _Events, _Flush, _Located,
+                                 _NewTopology, _PollRequests, _PortMap, _Prune, _Redefine,
+                                 _Reload, _Stop, _Switches)
 from demon.runtime.options import RuntimeOptions, StartupError
 from demon.runtime.view import ReadModel, Snapshot, Transition, tap_record
 from demon.store import OperatorRequest, Store, StoreError
@@ -257,8 +257,10 @@ class Runtime:
         self.notifier.start()
 
     def _keep_cursor(self, name: str, transition_id: int) -> None:
-        """A sink handled ``transition_id`` (its thread): saved with the next batch."""
+        """A sink handled ``transition_id`` (its thread): saved at once (a batch of its
+        own), so that a daemon killed just after a delivery does not repeat it."""
         self.meta_out[f"notify:{name}"] = str(transition_id)
+        self.inputs.put(_Flush())
 
     def _load_view(self) -> None:
         """The read model from the state file: every tap and transition it holds."""
@@ -377,6 +379,8 @@ class Runtime:
                 self._redefine(item.why)
             elif isinstance(item, _Prune):
                 self._prune()
+            elif isinstance(item, _Flush):
+                pass  # the save below writes it
             elif isinstance(item, _Stop):
                 log.info("stopping: %s", item.why)
                 self._stopping = True

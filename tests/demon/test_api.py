@@ -44,9 +44,16 @@ class Api:
         return self.http.post(path, headers=bearer(token) if token else {}, **kw)
 
     def tapped(self, flow: str = FLOW_A) -> str:
-        """Fire the elephant's event for ``flow``; the active tap's id."""
-        self.h.engine.set_flows("demon_elephant", [(flow, 400_000.0, "101")])
+        """Fire the elephant's event for ``flow`` (then keep the flow hot in the
+        engine's activeflows: the event, not a poll, is what tapped it); the active
+        tap's id."""
+        hot = [(flow, 400_000.0, "101")] + [
+            (r["key"], r["value"], r["dataSource"])
+            for r in self.h.engine.flow_tables.get("demon_elephant", []) if r["key"] != flow]
         self.h.engine.fire("demon_elephant", flow)
+        wait_for(lambda: any(t["flow_key"] == flow for t in self.get("/api/v1/taps").json()[
+            "taps"]), what=f"created tap of {flow}")
+        self.h.engine.set_flows("demon_elephant", hot)
         return wait_for(lambda: next((t["tap_id"] for t in self.get(
             "/api/v1/taps", params={"state": "active"}).json()["taps"]
             if t["flow_key"] == flow), None), what=f"tap of {flow}")
@@ -445,8 +452,9 @@ def test_metrics_follow_what_the_daemon_does(api: Api) -> None:
                                                              ("state", "removed")))] == 1,
              what="removed tap counted")
     after = scrape(api)
-    assert after[("pytapdemon_daemon_transitions_total", (("cause", "event"),
-                                                          ("kind", "created")))] == 1
+    assert sum(after.get(("pytapdemon_daemon_transitions_total", (("cause", cause),
+                                                                  ("kind", "created"))), 0)
+               for cause in ("event", "poll")) == 1  # the event or the poll saw it first
     assert after[("pytapdemon_daemon_transitions_total", (("cause", "operator"),
                                                           ("kind", "expiring")))] == 1
     assert after[("pytapdemon_daemon_events_received_total", ())] >= 1
@@ -475,3 +483,12 @@ def test_reloads_are_counted_ok_or_rejected(api: Api) -> None:
                                   (("outcome", "rejected"),))] == 1, what="reload rejected")
     status = api.get("/api/v1/status").json()["policies"]["last_reload"]
     assert status["ok"] is False and "bad.yaml" in status["error"]
+
+
+def test_the_api_listener_is_a_tcp_socket_so_answers_are_not_held_by_nagle(api: Api) -> None:
+    """asyncio sets TCP_NODELAY on accepted connections only when the listening socket
+    says IPPROTO_TCP; with proto 0 every keep-alive answer waited ~40 ms (delayed ACK)."""
+    import socket
+
+    sock = api.server.http._sock
+    assert sock is not None and sock.proto == socket.IPPROTO_TCP

@@ -153,3 +153,81 @@ def test_crash_and_restart_reconciles_without_a_duplicate_and_ends_on_time(
             second.stop()
     finally:
         controller.stop()
+
+
+def test_a_reload_leaves_no_removed_policys_definition_in_the_engine(
+        make: Callable[..., Harness]) -> None:
+    """Issue 14 #11: 50 policies polled every second, reload to 1: the polls in flight
+    during the reload found their flows deleted and defined all 50 again (51 left)."""
+    many = {f"p{n}": ELEPHANT.replace("name: elephant", f"name: p{n}").format(max_taps=1)
+            for n in range(50)}
+    h = make(many)
+    wait_for(lambda: len(h.engine.flows) == 50, what="50 definitions")
+    time.sleep(0.5)  # polls of all 50 under way
+    for path in h.policies_dir.glob("p*.yaml"):
+        if path.stem != "p7":
+            path.unlink()
+    h.runtime.request_reload()
+    wait_for(lambda: set(h.runtime.ctx.policies) == {"p7"}, what="reload")
+    time.sleep(1.5)  # every poll that was in flight has ended
+    assert set(h.engine.flows) == {"demon_p7"}
+    assert set(h.engine.thresholds) == {"demon_p7"}
+
+
+LONG = ELEPHANT.replace("max_duration: 20s", "max_duration: 300s")
+
+
+def removes(h: Harness) -> list[str]:
+    return [t for m, t in h.controller.writes() if m == "remove_mirror"]
+
+
+def test_after_a_daemon_outage_a_tap_whose_flow_still_runs_continues(
+        tmp_path: Path, mock: responses.RequestsMock) -> None:
+    """Issue 14 #4: after a 6.5 s outage the tap was released ~1 s after the restart,
+    then re-tapped after the hold-down (a capture gap). The engine's activeflows is
+    asked first: a flow still above its threshold keeps its tap."""
+    clock = accelerated_clock(SPEED)
+    engine, controller = ScriptedEngine().register(mock), FakeController().start()
+    policies = {"elephant": LONG.format(max_taps=4)}
+    try:
+        first = Harness(tmp_path, mock, policies, controller=controller, engine=engine,
+                        clock=clock).start()
+        engine.set_flows("demon_elephant", [(FLOW_A, 400_000.0, "101")])  # stays hot
+        engine.fire("demon_elephant", FLOW_A)
+        wait_for(lambda: controller.mirrors, what="install")
+        first.crash()
+        time.sleep(1.3)  # 13 simulated seconds down: more than twice the 5 s duration
+        second = Harness(tmp_path, mock, policies, controller=controller, engine=engine,
+                         clock=clock).start()
+        try:
+            time.sleep(2.5)  # 25 simulated seconds: the engine's rates have settled
+            assert second.live() == ["elephant.1"] and list(controller.mirrors) == ["elephant.1"]
+            assert removes(second) == [] and "elephant.2" not in second.runtime.state.taps
+            # Not kept for ever: once the engine no longer shows the flow, it ends.
+            engine.set_flows("demon_elephant", [])
+            wait_for(lambda: not controller.mirrors, timeout=5, what="release")
+            assert second.store.tap("elephant.1").reason.startswith("condition cleared")
+        finally:
+            second.stop()
+    finally:
+        controller.stop()
+
+
+def test_an_engine_pause_never_passes_for_a_cleared_condition(
+        make: Callable[..., Harness]) -> None:
+    """Issue 14 #4: a 20 s engine pause released the tap (a ~20 s capture gap)."""
+    h = make({"elephant": LONG.format(max_taps=4)})
+    h.engine.set_flows("demon_elephant", [(FLOW_A, 400_000.0, "101")])
+    h.engine.fire("demon_elephant", FLOW_A)
+    wait_for(lambda: h.controller.mirrors, what="install")
+    time.sleep(0.7)  # settled and polled
+    h.engine.up = False
+    time.sleep(2.0)  # 20 simulated seconds: four times the policy's duration
+    assert h.live() == ["elephant.1"] and removes(h) == []
+    assert not h.runtime.view.snapshot().engine["reachable"]
+    h.engine.up = True
+    time.sleep(1.5)
+    assert h.live() == ["elephant.1"] and removes(h) == []
+    assert [t for m, t in h.controller.writes() if m == "install_mirror"] == ["elephant.1"]
+    h.engine.set_flows("demon_elephant", [])
+    wait_for(lambda: not h.controller.mirrors, timeout=5, what="release once it is gone")

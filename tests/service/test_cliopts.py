@@ -116,10 +116,12 @@ def test_legacy_logging_module_still_imports() -> None:
 
 
 def test_entry_modules_carry_the_completion_marker() -> None:
+    from importlib.util import find_spec
+
     for target in console_scripts().values():
-        module = target.split(":")[0]
-        path = REPO / (module.replace(".", "/") + ".py")
-        assert "PYTHON_ARGCOMPLETE_OK" in path.read_text()[:1024], path
+        spec = find_spec(target.split(":")[0])
+        assert spec is not None and spec.origin is not None
+        assert "PYTHON_ARGCOMPLETE_OK" in Path(spec.origin).read_text()[:1024], spec.origin
 
 
 def test_completion_offers_the_commands_options(tmp_path: Path) -> None:
@@ -211,3 +213,19 @@ def test_missing_module_names_it() -> None:
 
 def test_threads_left_over_are_daemons() -> None:
     assert all(t.daemon for t in threading.enumerate() if t.name == "sd-notify")
+
+
+@pytest.mark.parametrize("name", sorted(set(COMMANDS) | {"demon-sflow"}))
+def test_every_main_reads_the_config_file(name: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Each command's main parses through cliopts: a bad file stops it with status 2."""
+    from sflow.configfile import SECTIONS
+
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(f"{SECTIONS[name]}:\n  no-such-option: 1\n")
+    module = importlib.import_module(COMMANDS.get(name, ("sflow.cli", ""))[0])
+    with pytest.raises(SystemExit) as exc:
+        module.main(["--config", str(cfg)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{name}: {cfg}: {SECTIONS[name]}.no-such-option: unknown option" in err

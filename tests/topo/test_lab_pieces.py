@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from topo.fabricgen import FabricError, fabric_from_topo, main as fabric_main, seed_fabric
-from topo.render import DrawnMirror, render, seed_dot
 from topo.seed import SeedTopo, seed_links
 from topo.sflowcfg import SflowConfigError, SflowSettings
 from topo.traffic import build_parser, parse_rate
@@ -41,17 +39,6 @@ def test_seed_links_are_the_prototypes_port_map() -> None:
     uplinks = {(l.a, l.a_port): (l.b, l.b_port) for l in seed_links() if l.a.startswith("s")}
     assert uplinks[("s1", 6)] == ("s3", 1) and uplinks[("s2", 10)] == ("s3", 10)
     assert len(uplinks) == 10
-
-
-def test_render_draws_the_mirror_path(tmp_path: Path) -> None:
-    dot = seed_dot([DrawnMirror(2, 3, 8, "t1")])
-    red = [line for line in dot.splitlines() if "color=red" in line and "--" in line]
-    assert len(red) == 3  # h8 -> s2 port 3, s2 port 8 -> s3 port 8, s3 port 11 -> h11
-    assert any("h8" in l for l in red) and any("taillabel=\"8\"" in l and "s2 -- s3" in l for l in red)
-    assert "color=red" not in seed_dot([]).split("{", 1)[1].replace('"', "")
-    if shutil.which("dot"):
-        png = render(tmp_path / "x.png", [DrawnMirror(1, 1, 6)])
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_sflow_settings_name_the_bad_field() -> None:
