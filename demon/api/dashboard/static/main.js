@@ -77,15 +77,16 @@ function restartStream() {
 }
 
 function setupToken() {
-  $("token-form").addEventListener("submit", (ev) => {
+  $("token-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const value = $("token-input").value.trim();
     if (!value) return;
     api.token.set(value);
     $("token-input").value = "";
     showToken();
+    await refreshAll();
+    if (!state.lastId) await loadTimeline();  // reads were refused until now
     restartStream();
-    refreshAll();
   });
   $("token-forget").addEventListener("click", () => {
     api.token.forget();
