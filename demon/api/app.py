@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from concurrent.futures import Future
 from typing import Any, AsyncIterator, Callable, Mapping, Protocol
 
@@ -395,6 +394,3 @@ def create_app(daemon: Daemon, auth: Auth, *, api_info: Mapping[str, Any] | None
     add_dashboard(app, daemon, auth, snapshot, ApiError)
     return app
 
-
-def elapsed_ms(start: float) -> float:
-    return round((time.perf_counter() - start) * 1000, 3)

@@ -87,13 +87,14 @@ class EngineSide:
 
     def __init__(self, url: str, options: RuntimeOptions, put: Callable[[Any], None], *,
                  timeout: float = 5.0, retries: int = 2, embedded: bool = False,
-                 sflow_listen: str | None = None) -> None:
+                 sflow_listen: str | None = None, token: str | None = None) -> None:
         self.url = url
         self.options = options
         self.embedded = embedded
         self.sflow_listen = sflow_listen
         self._put = put
         self._timeout, self._retries = timeout, retries
+        self._token = token  # for an engine whose API asks writes for one (exposed)
         # One client (one requests.Session) per thread: sessions are not thread-safe,
         # and scheduler jobs run on a pool.
         self._local = threading.local()
@@ -126,7 +127,8 @@ class EngineSide:
     def client(self) -> SFlowRTClient:
         client = getattr(self._local, "client", None)
         if client is None:
-            client = SFlowRTClient(self.url, timeout=self._timeout, retries=self._retries)
+            client = SFlowRTClient(self.url, timeout=self._timeout, retries=self._retries,
+                                   token=self._token)
             self._local.client = client
         return client
 

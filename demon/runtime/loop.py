@@ -116,7 +116,8 @@ class Runtime:
                  store: Store, options: RuntimeOptions = RuntimeOptions(), *,
                  clock: Callable[[], float] = time.time, engine_timeout: float = 5.0,
                  engine_retries: int = 2, embedded_engine: bool = False,
-                 sflow_listen: str | None = None, notify: Sequence[Any] = ()) -> None:
+                 sflow_listen: str | None = None, notify: Sequence[Any] = (),
+                 engine_token: str | None = None) -> None:
         self.policies_dir = Path(policies_dir)
         self.engine_url = engine_url
         self.controller = controller
@@ -126,7 +127,7 @@ class Runtime:
         self.inputs: "queue.Queue[Any]" = queue.Queue()
         self.engine = EngineSide(engine_url, options, self.inputs.put, timeout=engine_timeout,
                                  retries=engine_retries, embedded=embedded_engine,
-                                 sflow_listen=sflow_listen)
+                                 sflow_listen=sflow_listen, token=engine_token)
         self.controller_side = ControllerSide(controller, options, self.inputs.put, clock=clock)
         self.view = ReadModel()
         self.state = State()

@@ -72,6 +72,12 @@ def test_flows_give_each_polled_flow_over_time_with_the_threshold_and_its_tap(da
     assert all(body["as_of"] - 60 <= t <= body["as_of"] for t, _ in elephant["points"])
     assert body["flows"][0]["flow_key"] == FLOW  # by peak rate
     assert body["polled_at"] == sorted(body["polled_at"])
+    # Ended within the window: the chart still names its tap, as ended.
+    assert daemon.post(f"/api/v1/taps/{tap_id}/release", OPERATOR).status_code == 200
+    wait_for(lambda: daemon.runtime.state.taps.get(tap_id) is None
+             or daemon.runtime.state.taps[tap_id].state == "removed", what="removed")
+    (row,) = [f for f in daemon.get("/api/v1/policies/elephant/flows").json()["flows"] if f["flow_key"] == FLOW]
+    assert (row["tap_id"], row["tap_state"]) == (tap_id, "removed")
 
 
 def test_flows_cost_the_engine_nothing(daemon: Daemon) -> None:

@@ -144,3 +144,43 @@ def test_the_page_sends_no_write_without_a_token_and_a_bad_token_is_refused(daem
     # The only console errors: the API's 401 answers to the bad token.
     errors = browser.errors()
     assert errors and all("401" in e["message"] for e in errors), errors
+
+
+def test_on_an_exposed_api_the_page_shows_nothing_until_given_a_token(daemon: Daemon, browser: Browser) -> None:
+    """Reads need a token there: the page asks for one, and a read-only token is
+    enough to see (not to act)."""
+    from selenium.webdriver.common.by import By
+
+    from demon.api.app import create_app
+    from demon.api.auth import Auth
+    from sflow.webserve import BackgroundServer
+    from tests.dashboard.harness import READER
+
+    tap_id = daemon.elephant()
+    app = create_app(daemon.runtime, Auth([OPERATOR, READER], reads_need_token=True))
+    server = BackgroundServer(app, "127.0.0.1", 0, name="exposed").start()
+    try:
+        browser.open(server.url + "/")
+        browser.wait(lambda: "reads refused" in browser.js(
+            "return document.getElementById('messages').textContent"), what="the page asking for a token")
+        browser.wait(lambda: browser.js("return document.getElementById('stream').dataset.state") == "unauthorized",
+                     what="the stream refused")
+        assert tap_row(browser, tap_id) is None
+        browser.driver.find_element(By.ID, "token-input").send_keys(READER.secret)
+        browser.driver.find_element(By.ID, "token-use").click()
+        browser.wait(lambda: tap_row(browser, tap_id), what="the tap once the token is given")
+        browser.wait(lambda: browser.js("return document.getElementById('stream').dataset.state") == "live",
+                     what="the stream with the token")
+        button = browser.driver.find_element(By.CSS_SELECTOR, f'#taps tr[data-tap-id="{tap_id}"] button')
+        browser.wait(button.is_enabled, what="the button enabled (a token is set)")
+        button.click()  # a read-only token: the API says no
+        browser.wait(lambda: "is read-only" in browser.js(
+            "return document.getElementById('messages').textContent"), what="the refusal")
+        assert daemon.runtime.state.taps[tap_id].state == "active"
+        errors = browser.errors()
+        assert all(" 401 " in e["message"] or " 403 " in e["message"] or "(Unauthorized)" in e["message"]
+                   or "(Forbidden)" in e["message"] for e in errors), errors
+    finally:
+        browser.open("about:blank")  # closes the page's stream before the server stops
+        server.stop()
+        app.state.dashboard_detach()

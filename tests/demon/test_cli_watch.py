@@ -344,3 +344,34 @@ def test_watch_serves_its_api_and_the_engines_metrics_on_one_page(tmp_path: Path
     body = json.loads(seen["status"])
     assert body["engine"]["embedded"] is True and body["engine"]["sflow_listen"].startswith(
         "127.0.0.1:")
+
+
+def test_an_engine_that_asks_writes_for_a_token_gets_the_daemons(tmp_path: Path) -> None:
+    """The embedded engine bound beyond loopback takes writes only with a token:
+    demon-watch makes one for itself and its runtime sends it with every write."""
+    from demon.rpc.client import RpcClient
+    from demon.runtime import Runtime, RuntimeOptions, StartupError
+    from sflow.auth import Tokens
+    from sflow.embedded import EmbeddedEngine
+
+    secret = "engine-secret-0123456789abcdef"
+    engine = EmbeddedEngine(sflow_addr=("127.0.0.1", 0), http_addr=("127.0.0.1", 0),
+                            tokens=Tokens({"demon-watch": secret})).start()
+    try:
+        with FakeController() as controller:
+            for token, ok in ((None, False), (secret, True)):
+                store = Store(tmp_path / f"{ok}.sqlite")
+                runtime = Runtime(REPO / "policies", engine.url,
+                                  RpcClient(controller.address, token=TOKEN), store,
+                                  RuntimeOptions(), engine_token=token)
+                try:
+                    runtime.start()
+                except StartupError as exc:
+                    assert not ok and exc.status == cli.EXIT_ENGINE and "refused" in str(exc)
+                else:
+                    assert ok and "demon_elephant_tcp" in engine.engine.flows()
+                    runtime.request_stop("test over")
+                    runtime.run()
+                store.close()
+    finally:
+        engine.stop()

@@ -80,7 +80,7 @@ class FlowHistory:
         last = polls[-1] if polls else None
         latest = {key: bps for key, bps, _, _ in last.flows} if last else {}
         flows = [{"flow_key": key, "agent": where[key][0], "data_source": where[key][1],
-                  "last_bps": latest.get(key, 0.0),
+                  "last_bps": latest.get(key),  # None: not in the last poll
                   "peak_bps": max(v for _, v in points[key]), "points": points[key]}
                  for key in ranked]
         return {"polled_at": [round(p.at, 3) for p in polls], "flows": flows,

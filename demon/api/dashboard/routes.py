@@ -118,14 +118,18 @@ def add_dashboard(app: FastAPI, daemon: Any, auth: Auth, snapshot: Callable[[], 
         now = time.time()
         since = now - window
         body = history.series(name, since, top)
+        wanted = {row["flow_key"] for row in body["flows"]}
         taps: dict[str, Any] = {}
-        for tap in snap.taps():  # newest first: the first one seen of a flow wins, live first
-            if tap.policy != name:
+        # Each charted flow's live tap, else its newest one that ended within the window
+        # (one pass, no sort: the state file may keep many ended taps).
+        for tap in (*snap.state.taps.values(), *snap.archive.values()):
+            if tap.policy != name or tap.flow_key not in wanted:
                 continue
             if tap.ended_at is not None and tap.ended_at < since:
                 continue
             have = taps.get(tap.flow_key)
-            if have is None or (have.state not in LIVE_STATES and tap.state in LIVE_STATES):
+            if have is None or (tap.state in LIVE_STATES, tap.created_at) > (
+                    have.state in LIVE_STATES, have.created_at):
                 taps[tap.flow_key] = tap
         for row in body["flows"]:
             tap = taps.get(row["flow_key"])

@@ -85,7 +85,7 @@ export function legend(data) {
     sw.style.background = colourOf(f.flow_key);
     return h("tr", { dataset: { flowKey: f.flow_key } },
       h("td", {}, sw), h("td", { class: "key", text: f.flow_key }),
-      h("td", { text: `now ${rate(f.last_bps)}` }), h("td", { text: `peak ${rate(f.peak_bps)}` }),
+      h("td", { text: f.last_bps === null ? "now: not in the last poll" : `now ${rate(f.last_bps)}` }), h("td", { text: `peak ${rate(f.peak_bps)}` }),
       h("td", { class: "tapbadge", text: f.tap_id ? `${f.tap_id} (${f.tap_state})` : "" }));
   });
   return h("table", { class: "legend" }, h("tbody", {}, rows));

@@ -77,15 +77,16 @@ function restartStream() {
 }
 
 function setupToken() {
-  $("token-form").addEventListener("submit", (ev) => {
+  $("token-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const value = $("token-input").value.trim();
     if (!value) return;
     api.token.set(value);
     $("token-input").value = "";
     showToken();
+    await refreshAll();
+    if (!state.lastId) await loadTimeline();  // reads were refused until now
     restartStream();
-    refreshAll();
   });
   $("token-forget").addEventListener("click", () => {
     api.token.forget();
@@ -278,22 +279,51 @@ function policyState(p) {
   return p.paused ? "paused" : "active";
 }
 
+// Rows are updated in place (a button being clicked is never swapped under the pointer).
+const policyRows = new Map();
 function renderPolicies(body) {
   const tbody = $("policies").tBodies[0];
-  replaceChildren(tbody, body.policies.map((p) => {
+  const names = new Set(body.policies.map((p) => p.name));
+  for (const [name, row] of policyRows) {
+    if (!names.has(name)) {
+      row.remove();
+      policyRows.delete(name);
+    }
+  }
+  body.policies.forEach((p, i) => {
     const d = p.definition || {};
     const st = policyState(p);
-    const path = `/api/v1/policies/${encodeURIComponent(p.name)}`;
-    return h("tr", { dataset: { policy: p.name, state: st } },
-      h("td", { class: "key", text: p.name, title: p.description || "" }),
-      h("td", { text: p.kind || "" }),
-      h("td", {}, h("span", { class: "state", dataset: { state: st }, text: st })),
-      h("td", { text: `${p.live_taps} / ${p.max_taps ?? "–"}` }),
-      h("td", { text: typeof d.threshold === "number" ? rate(d.threshold) : "–" }),
-      h("td", {}, p.paused
-        ? actionButton("Resume", `${path}/resume`, `resume ${p.name}`, true)
-        : actionButton("Pause", `${path}/pause`, `pause ${p.name}`, p.enabled)));
-  }));
+    let row = policyRows.get(p.name);
+    if (!row) {
+      row = h("tr", { dataset: { policy: p.name } });
+      for (let k = 0; k < 6; k++) row.append(h("td"));
+      row.cells[0].className = "key";
+      policyRows.set(p.name, row);
+    }
+    if (tbody.rows[i] !== row) tbody.insertBefore(row, tbody.rows[i] || null);
+    row.dataset.state = st;
+    const set = (k, text) => { if (row.cells[k].textContent !== text) row.cells[k].textContent = text; };
+    set(0, p.name);
+    row.cells[0].title = p.description || "";
+    set(1, p.kind || "");
+    const badge = row.cells[2].firstChild;
+    if (!badge || badge.dataset.state !== st) {
+      replaceChildren(row.cells[2], h("span", { class: "state", dataset: { state: st }, text: st }));
+    }
+    set(3, `${p.live_taps} / ${p.max_taps ?? "–"}`);
+    set(4, typeof d.threshold === "number" ? rate(d.threshold) : "–");
+    const action = p.paused ? "resume" : "pause";
+    const button = row.cells[5].firstChild;
+    if (!button || button.dataset.action !== action) {
+      const path = `/api/v1/policies/${encodeURIComponent(p.name)}/${action}`;
+      replaceChildren(row.cells[5], p.paused
+        ? actionButton("Resume", path, `resume ${p.name}`, true)
+        : actionButton("Pause", path, `pause ${p.name}`, p.enabled));
+    } else {
+      button.dataset.idle = p.paused || p.enabled ? "yes" : "no";
+      button.disabled = !api.token.get() || button.dataset.idle === "no";
+    }
+  });
   const r = body.reload || {};
   $("reload").textContent = r.at
     ? `last ${r.what || "load"} ${clock(r.at)}: ${r.ok ? "ok" : `rejected — ${r.error}`}`
