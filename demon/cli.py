@@ -329,8 +329,12 @@ def _watch(args: argparse.Namespace, err: IO[str]) -> int:
             engine_url = args.sflow_rt
         else:
             try:
-                engine = _start_embedded(sflow_addr, engine_addr, rolling.from_args(args),
-                                         engine_token)
+                recorder = rolling.from_args(args)
+            except OSError as exc:
+                return _fail(err, f"--record-sflow {args.record_sflow}: "
+                                  f"{exc.strerror or exc}", EXIT_CONFIG)
+            try:
+                engine = _start_embedded(sflow_addr, engine_addr, recorder, engine_token)
             except OSError as exc:
                 return _fail(err, f"cannot start the embedded engine (sFlow on "
                                   f"{format_listen(*sflow_addr)}, API on "
