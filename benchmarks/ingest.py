@@ -6,8 +6,11 @@ Usage (serialise with other sessions' benchmarks):
 
 Data: generated sFlow v5 datagrams (7 compact flow samples each, sampled
 Ethernet/IPv4/TCP headers from a pool of distinct 5-tuples; ~920 bytes, an
-Open vSwitch-like shape) and the captured ../shared/captures/ovs-seed-elephant.pcap
-(flow and counter samples).
+Open vSwitch-like shape; datagram and sample sequence numbers in order from 1,
+so each pass through the 20,000 datagrams looks like an agent restart) and the
+captured ../shared/captures/ovs-seed-elephant.pcap (flow and counter samples;
+looped, its sequence numbers go back at each pass, so after the first pass
+the engine counts its samples as out of order, a little extra work).
 
 Receivers, each fed the very same datagrams at the same increasing rates
 (10,000 to 300,000 dg/s, past sfcapd's knee), from a sender in this process
@@ -130,7 +133,10 @@ def iter_datagrams(count: int, distinct_flows: int, seed: int = 1,
                 hdr = headers[flow % len(headers)]
             flow = (flow + 1) % distinct_flows
             record = struct.pack(">IIII", 1, 1518, 4, len(hdr)) + hdr
-            body = struct.pack(">IIIIIIII", seq * 8 + k, (2 << 24) | 1000, 100, seq * 800, 0,
+            # sample sequence numbers run on without gaps from 1, so a cycle through the
+            # list looks like an agent restart, then in-order traffic (as a switch sends)
+            sample_seq = (seq - 1) * SAMPLES_PER_DATAGRAM + k + 1
+            body = struct.pack(">IIIIIIII", sample_seq, (2 << 24) | 1000, 100, sample_seq * 100, 0,
                                1 + k % 5, 2, 1) + struct.pack(">II", 1, len(record)) + record
             samples.append(struct.pack(">II", 1, len(body)) + body)
         yield struct.pack(">II4sIIII", 5, 1, b"\x7f\x00\x00\x01", 0, seq, seq * 10,

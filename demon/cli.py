@@ -316,13 +316,21 @@ def _watch(args: argparse.Namespace, err: IO[str]) -> int:
         return _fail(err, str(exc), EXIT_STATE)
     engine: Any = None
     api: Any = None
+    engine_token = None
+    if not args.sflow_rt and not is_loopback(engine_addr[0]):
+        import secrets
+
+        # The embedded engine's API reachable from other hosts takes writes only with a
+        # token: this process's own, never written anywhere.
+        engine_token = secrets.token_hex(32)
     previous: dict[int, Any] = {}
     try:
         if args.sflow_rt:
             engine_url = args.sflow_rt
         else:
             try:
-                engine = _start_embedded(sflow_addr, engine_addr, rolling.from_args(args))
+                engine = _start_embedded(sflow_addr, engine_addr, rolling.from_args(args),
+                                         engine_token)
             except OSError as exc:
                 return _fail(err, f"cannot start the embedded engine (sFlow on "
                                   f"{format_listen(*sflow_addr)}, API on "
@@ -333,6 +341,7 @@ def _watch(args: argparse.Namespace, err: IO[str]) -> int:
         runtime = Runtime(args.policies, engine_url, controller, store,
                           RuntimeOptions(on_exit=args.on_exit, dry_run=args.dry_run),
                           embedded_engine=engine is not None, notify=sinks,
+                          engine_token=engine_token,
                           sflow_listen=None if engine is None else format_listen(
                               *engine.sflow_address))
         registry = None if engine is None else (getattr(engine, "metrics_registry", None)
@@ -371,11 +380,13 @@ def _watch(args: argparse.Namespace, err: IO[str]) -> int:
 
 
 def _start_embedded(sflow_addr: tuple[str, int], http_addr: tuple[str, int],
-                    recorder: Any = None) -> Any:
+                    recorder: Any = None, token: str | None = None) -> Any:
+    from sflow.auth import Tokens
     from sflow.embedded import EmbeddedEngine
     from sflow.webserve import format_listen, is_loopback
 
-    engine = EmbeddedEngine(sflow_addr=sflow_addr, http_addr=http_addr, recorder=recorder)
+    engine = EmbeddedEngine(sflow_addr=sflow_addr, http_addr=http_addr, recorder=recorder,
+                            tokens=Tokens({"demon-watch": token}) if token else None)
     try:
         engine.start()
     except OSError:
@@ -389,7 +400,8 @@ def _start_embedded(sflow_addr: tuple[str, int], http_addr: tuple[str, int],
         log.warning("embedded engine's sFlow collector exposed beyond loopback on %s (it takes "
                     "datagrams from any host that can reach it)", format_listen(host, port))
     if not is_loopback(http_addr[0]):
-        log.warning("embedded engine's API exposed beyond loopback on %s",
+        log.warning("embedded engine's API exposed beyond loopback on %s (reads open to "
+                    "sFlow-RT clients; writes only with the daemon's own token)",
                     format_listen(*http_addr))
     return engine
 

@@ -629,7 +629,8 @@ def _on_install(w: _Work, res: InstallResult) -> None:
         tap = w.put(tap, state="active", attempts=0, next_attempt_at=0.0, reason="")
         if budget.has_budget(tap) and not tap.counters_at:
             packet_rate, byte_rate = budget.initial_rates(tap)
-            tap = w.put(tap, counters_at=w.now, packet_rate=packet_rate, byte_rate=byte_rate)
+            tap = w.put(tap, counters_at=w.now, counted_at=w.now, packet_rate=packet_rate,
+                        byte_rate=byte_rate)
         w.record_tap(tap, "active", "controller confirmed the install", cookie=res.cookie)
         return
     if res.unreachable:
@@ -709,29 +710,49 @@ def _on_counters(w: _Work, read: MirrorCounters) -> None:
             if (packets, octets) != (tap.packets, tap.bytes):
                 w.put(tap, packets=packets, bytes=octets)
             continue
-        packet_rate, byte_rate = budget.measured(tap, packets, octets, at)
-        tap = w.put(tap, packets=packets, bytes=octets, counters_at=max(at, tap.counters_at),
-                    packet_rate=packet_rate, byte_rate=byte_rate)
-        _check_budget(w, tap)
+        refresh = w.ctx.limits.counter_refresh
+        change = budget.changed(tap, packets, octets, at, refresh)
+        if change is None:  # not moved: as stale as it was (or the flow paused)
+            tap = w.put(tap, counters_at=max(at, tap.counters_at))
+        elif budget.settles(tap, change[0], refresh):  # credit from before it was live
+            tap = w.put(tap, packets=packets, bytes=octets, counters_at=max(at, tap.counters_at),
+                        counted_at=change[0], base_packets=packets, base_bytes=octets)
+        else:
+            when, rates = change
+            if rates is None:  # nothing to measure a rate over: only the counts move
+                tap = w.put(tap, packets=packets, bytes=octets,
+                            counters_at=max(at, tap.counters_at), counted_at=when)
+            else:
+                prior = {} if not tap.rate_measured else {
+                    "prior_packets": tap.packets, "prior_bytes": tap.bytes,
+                    "prior_at": tap.counted_at, "prior_packet_rate": tap.packet_rate,
+                    "prior_byte_rate": tap.byte_rate}
+                tap = w.put(tap, packets=packets, bytes=octets,
+                            counters_at=max(at, tap.counters_at), counted_at=when,
+                            packet_rate=rates[0], byte_rate=rates[1], rate_measured=True,
+                            **prior)
+        _check_budget(w, tap, at)
     for tap_id in list(w.idx.budgeted):
         tap = w.taps[tap_id]
         if tap_id not in seen and tap.state == "active" and at > tap.counters_at:
-            w.put(tap, counters_at=at)  # not on the switch (yet): read again in due course
+            # not on the switch (yet): read again, but not at once
+            w.put(tap, counters_at=at + budget.READ_MIN - budget.READ_FLOOR)
 
 
-def _check_budget(w: _Work, tap: Tap) -> None:
-    hit = budget.reached(tap)
+def _check_budget(w: _Work, tap: Tap, at: float) -> None:
+    hit = budget.reached(tap, at, w.ctx.limits.counter_refresh)
     if hit is not None and tap.state in ("pending", "active"):
         limit, cause = hit
         _release(w, tap, cause, limit=limit, packets=tap.packets, bytes=tap.bytes)
 
 
-def counters_due(state: State) -> float | None:
+def counters_due(state: State, ctx: Context) -> float | None:
     """When the runtime must next read the mirrors' counters (``list_mirrors``) and
     feed them as ``MirrorCounters`` (None: no active tap has a budget)."""
     index = state.index[2] if state.index is not None and state.index[0] is state.taps \
         else TapIndex.build(state.taps.values(), ())
-    return budget.reads_due(state.taps[tap_id] for tap_id in index.budgeted)
+    return budget.reads_due((state.taps[tap_id] for tap_id in index.budgeted),
+                            ctx.limits.counter_refresh)
 
 
 def _on_controller(w: _Work, status: ControllerStatus) -> None:
@@ -886,9 +907,11 @@ def _on_reconcile(w: _Work, rec: Reconcile) -> None:
             w.record(tap_id, "orphan", f"reconcile: switch holds an orphan mirror ({why}), "
                      "removing it", dpid=mirror.get("dpid"))
             continue
+        if (counters["packets"], counters["bytes"]) != (tap.packets, tap.bytes):
+            counters["counted_at"] = w.now  # first seen now (the rates stay as measured)
         tap = w.put(tap, **counters)
-        if tap.state == "active":
-            _check_budget(w, tap)
+        if tap.state == "active" and budget.has_budget(tap):
+            _check_budget(w, tap, w.now)
             tap = w.taps[tap_id]
         if tap.state == "pending" and tap.inflight is None:
             tap = w.put(tap, state="active", sent=True, attempts=0, reason="",

@@ -81,11 +81,28 @@ class Tap:
     # Budget: released once the switch's counters reach either (None: no limit).
     max_packets: int | None = None
     max_bytes: float | None = None
-    # The last counter read (``MirrorCounters``) and the rates measured between reads,
-    # which say when the next read is due (``demon.budget``).
+    # The last counter read (``MirrorCounters``), when the counters last changed (a
+    # switch refreshes them periodically) and the rates measured between changes,
+    # which say when the next read is due and what the counters stand for now
+    # (``demon.budget``).
     counters_at: float = 0.0
+    counted_at: float = 0.0
     packet_rate: float = 0.0
     byte_rate: float = 0.0
+    rate_measured: bool = False  # False: the rates are the sFlow guess (plan reads only)
+    # What the switch credited the mirror with before it was live (OVS revalidates at
+    # once when its table changes and credits the new entry with what its datapath
+    # forwarded since its last refresh); budgets count above it.
+    base_packets: int = 0
+    base_bytes: int = 0
+    # The change of the counters before the last one, and the rates that led to it:
+    # a refresh that shows much less than it should (Open vSwitch sometimes pushes
+    # part of its statistics) is caught up by extrapolating from the one before.
+    prior_packets: int = 0
+    prior_bytes: int = 0
+    prior_at: float = 0.0
+    prior_packet_rate: float = 0.0
+    prior_byte_rate: float = 0.0
     # What ended it: "duration" (condition cleared), "max_duration", "max_packets",
     # "max_bytes", "window" (a schedule's), "hold" (an operator's); "" otherwise.
     limit: str = ""

@@ -103,6 +103,9 @@ class GlobalLimits(_Strict):
     retain: Annotated[float, bounded(0, 30 * DAY)] = 600.0
     history_retain: Annotated[float, bounded(0, 3650 * DAY)] = 30 * DAY
     max_waiting: int = Field(default=1000, ge=0, le=1_000_000)
+    #: How stale a switch's mirror counters can be (Open vSwitch refreshes its OpenFlow
+    #: statistics about every 500 ms): budgets extrapolate that far (demon.budget).
+    counter_refresh: Annotated[float, bounded(0, 10)] = 0.5
     #: An explicit yes to a directory with no policy (a reload to it deletes every
     #: engine definition of ours); without it an empty set is an error.
     allow_empty: bool = False

@@ -7,8 +7,10 @@ Two ways to reach the daemon, with the same subcommands and the same output:
   that can reach it, with ``--token-file`` (or ``$DEMON_TOKEN_FILE``) for the
   operator actions (and for reads when the API is exposed beyond loopback).
   The daemon decides each action at once and this command prints its answer.
-* ``--state FILE`` (the default when no URL is given): the daemon's state
-  file, for a daemon that is *down* (or on its own host). Reads work as they
+* ``--state FILE``: the daemon's state file, for a daemon that is *down*.
+  With neither option, ``demon-tap`` asks the API at demon-watch's default
+  address (``http://127.0.0.1:8734``) when a daemon answers there, and reads
+  the default state file otherwise. Reads work as they
   are. An action is queued in the file's ``requests`` table with an expiry:
   a running daemon takes it within a second and answers; if no answer comes
   within ``--wait``, the request is withdrawn, so a daemon started later never
@@ -40,6 +42,7 @@ from demon.units import UnitError, format_rate, parse_duration
 from sflow import cliopts
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NO_ANSWER, EXIT_AUTH, EXIT_STATE = 0, 1, 2, 3, 4, 5
+DEFAULT_URL = "http://127.0.0.1:8734"  # demon-watch's default --listen
 _POSITIVE = ("release requested", "paused", "resumed", "already paused", "not paused")
 _WRITES = ("tap", "release", "pause", "resume")
 
@@ -59,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--url", metavar="URL", default=os.environ.get("DEMON_URL") or None,
                        help="the daemon's API, e.g. http://127.0.0.1:8734 ($DEMON_URL)")
     where.add_argument("--state", metavar="FILE", default=None,
-                       help="the state file of a daemon that is down (default: demon-watch's "
-                            "default, when no --url is given)")
+                       help="the state file of a daemon that is down (default when neither is "
+                            f"given: the API at {DEFAULT_URL} if a daemon answers there, else "
+                            "demon-watch's default state file)")
     ap.add_argument("--token-file", metavar="FILE",
                     default=os.environ.get("DEMON_TOKEN_FILE") or None,
                     help="with --url: an API token file (its first token is sent; "
@@ -406,6 +410,20 @@ def _queue(store: Store, kind: str, target: str, wait: float, as_json: bool,
                         {"request": request_id, "outcome_code": answer.code})
 
 
+def _answers(url: str) -> bool:
+    """Something accepts connections at ``url``'s address (a quick look, no request)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80),
+                                      timeout=0.3):
+            return True
+    except OSError:
+        return False
+
+
 def main(argv: list[str] | None = None, *, stdout: IO[str] | None = None,
          stderr: IO[str] | None = None) -> int:
     out = stdout if stdout is not None else sys.stdout
@@ -430,6 +448,8 @@ def main(argv: list[str] | None = None, *, stdout: IO[str] | None = None,
             return EXIT_USAGE
         target = TapRequest(args.policy, args.flow_key, hold, at).to_target()
     try:
+        if not args.url and not args.state and _answers(DEFAULT_URL):
+            args.url = DEFAULT_URL  # a daemon runs here: ask it, not its state file
         if args.url:
             return run_api(args, since, out, err)
         return run_state(args, since, target, out, err)

@@ -23,7 +23,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#define KERNEL_VERSION 2 /* bump with any change of what the kernel reads or writes */
+#define KERNEL_VERSION 3 /* bump with any change of what the kernel reads or writes */
 #define CACHE_MAX 8192
 #define MAX_SAMPLES 256
 #define MAX_NAME_SETS 4096
@@ -37,7 +37,7 @@ static PyObject *s_stats, *s_agents, *s_flows, *s_active, *s_thresholds, *s_fire
     *s_subagents, *s_samplers, *s_counter_sources, *s_flow_drops, *s_agent, *s_agent_fn,
     *s_first_sequence, *s_compute_key, *s_exceeded, *s_shrink, *s_put, *s_slow, *s_fail,
     *s_value_of, *s_names, *s_where, *s_datasource, *s_empty, *s_put_new, *s_counter_watch,
-    *s_counter_sample;
+    *s_counter_sample, *s_log_spec, *s_flow_log, *s_observe;
 
 /* Python helpers, imported on first use */
 static PyObject *py_account_sequence, *py_context, *py_make_header, *py_sample_names;
@@ -52,6 +52,7 @@ typedef struct {
 typedef struct {
     PyObject *obj, *uid, *sources; /* owned */
     PyObject *thresholds;           /* owned tuple */
+    PyObject *log_spec;             /* owned; NULL unless the definition logs (flow log) */
     int scope, kind, nthr;
     double factor, t, scale, min_impulse;
     long max_flows;
@@ -499,6 +500,7 @@ typedef struct {
     Table *tables;
     Py_ssize_t ntables;
     int counter_watch;
+    PyObject *flow_log;
     double now;
     PyObject *now_obj;
     long long datagrams, bytes, decoded, samples, flow_samples, counter_samples;
@@ -563,6 +565,15 @@ static int update_flow(Batch *b, Table *tb, CtxRef *ctx, PyObject *key, double v
         PyObject *v = PyFloat_FromDouble(stored);
         if (!v || PyDict_SetItem(flows, key, v) < 0) { Py_XDECREF(v); return -1; }
         Py_DECREF(v);
+    }
+    if (tb->log_spec && b->flow_log != Py_None) { /* sflow.flowlog, as FlowTables.update */
+        PyObject *v = PyFloat_FromDouble(value * scaled);
+        PyObject *r = v ? PyObject_CallMethodObjArgs(b->flow_log, s_observe, tb->log_spec,
+                                                     ctx->agent, ctx->ds, key, v, b->now_obj,
+                                                     NULL) : NULL;
+        Py_XDECREF(v);
+        if (!r) return -1;
+        Py_DECREF(r);
     }
     if (!tb->nthr) return 0;
     double rate = stored / scale;
@@ -902,6 +913,7 @@ static void release_tables(Batch *b) {
         Py_XDECREF(tb->uid);
         Py_XDECREF(tb->sources);
         Py_XDECREF(tb->thresholds);
+        Py_XDECREF(tb->log_spec);
         PyMem_Free(tb->thr);
     }
     PyMem_Free(b->tables);
@@ -937,6 +949,9 @@ static int load_tables(Batch *b) {
         tb->max_flows = attr_long(obj, s_max_flows, &err);
         tb->min_impulse = attr_double(obj, s_min_impulse, &err);
         if (err || !tb->uid || !tb->sources || !tb->thresholds) goto fail;
+        PyObject *spec = PyObject_GetAttr(obj, s_log_spec);
+        if (!spec) goto fail;
+        if (spec == Py_None) Py_DECREF(spec); else tb->log_spec = spec;
         tb->scale = NAN;
         PyObject *thr = PySequence_Fast(tb->thresholds, "thresholds");
         if (!thr) goto fail;
@@ -1005,6 +1020,8 @@ static PyObject *ingest(PyObject *self, PyObject *args) {
         !b.seen || !b.skip || !b.now_obj || !b.fired || !b.store || !b.agents_dict)
         goto out;
     if (load_tables(&b) < 0) goto out;
+    b.flow_log = PyObject_GetAttr(b.flows_obj, s_flow_log);
+    if (!b.flow_log) goto out;
     PyObject *watch = PyObject_GetAttr(b.thresholds_obj, s_counter_watch);
     if (!watch) goto out;
     b.counter_watch = PyObject_IsTrue(watch) > 0;
@@ -1083,6 +1100,7 @@ out:
     Py_XDECREF(b.fired);
     Py_XDECREF(b.store);
     Py_XDECREF(b.agents_dict);
+    Py_XDECREF(b.flow_log);
     return result;
 }
 
@@ -1178,12 +1196,16 @@ static PyObject *send_batch(PyObject *self, PyObject *args) {
     if (n > 1024) n = 1024;
     struct mmsghdr msgs[1024];
     struct iovec iov[1024];
+    PyObject *held[1024]; /* the payloads stay alive while the GIL is released */
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *p = PyList_GET_ITEM(list, i);
         if (!PyBytes_Check(p)) {
+            for (Py_ssize_t j = 0; j < i; j++) Py_DECREF(held[j]);
             PyErr_SetString(PyExc_TypeError, "payloads must be bytes");
             return NULL;
         }
+        Py_INCREF(p);
+        held[i] = p;
         iov[i].iov_base = PyBytes_AS_STRING(p);
         iov[i].iov_len = PyBytes_GET_SIZE(p);
         memset(&msgs[i], 0, sizeof msgs[i]);
@@ -1191,7 +1213,7 @@ static PyObject *send_batch(PyObject *self, PyObject *args) {
         msgs[i].msg_hdr.msg_iovlen = 1;
     }
     Py_ssize_t sent = 0;
-    Py_INCREF(list); /* the payloads stay alive while the GIL is released */
+    int err = 0;
     while (sent < n) {
         int r;
         Py_BEGIN_ALLOW_THREADS
@@ -1199,13 +1221,16 @@ static PyObject *send_batch(PyObject *self, PyObject *args) {
         Py_END_ALLOW_THREADS
         if (r < 0) {
             if (errno == EINTR) continue;
-            if (errno == ENOBUFS || errno == EAGAIN) break;
-            Py_DECREF(list);
-            return PyErr_SetFromErrno(PyExc_OSError);
+            if (errno != ENOBUFS && errno != EAGAIN) err = errno;
+            break;
         }
         sent += r;
     }
-    Py_DECREF(list);
+    for (Py_ssize_t i = 0; i < n; i++) Py_DECREF(held[i]);
+    if (err) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
     return PyLong_FromSsize_t(sent);
 }
 
@@ -1243,6 +1268,7 @@ PyMODINIT_FUNC PyInit__ingest(void) {
     INTERN(s_names, "names"); INTERN(s_where, "where"); INTERN(s_datasource, "datasource");
     INTERN(s_empty, ""); INTERN(s_put_new, "put");
     INTERN(s_counter_watch, "counter_watch"); INTERN(s_counter_sample, "counter_sample");
+    INTERN(s_log_spec, "log_spec"); INTERN(s_flow_log, "flow_log"); INTERN(s_observe, "observe");
     INTERN(s_lost[0], "datagrams_lost"); INTERN(s_lost[1], "flow_lost");
     INTERN(s_lost[2], "counter_lost");
     INTERN(s_dup[0], "datagrams_duplicates"); INTERN(s_dup[1], "flow_duplicates");

@@ -566,7 +566,11 @@ class EngineAPI:
         return await self.engine_json(self.engine.flow_keys, self.clock())
 
     async def portmap(self, request: Request) -> Response:
-        return await self.engine_json(self.engine.port_map, self.clock())
+        # issue 14 #6: only the copy under the lock; decoding the records outside it
+        snapshot = await self.engine_call(self.engine.counter_snapshot)
+        now = self.clock()
+        body = await run_in_threadpool(lambda: json.dumps(port_map_rows(snapshot, now)).encode())
+        return Response(body, media_type="application/json")
 
     async def analyzer(self, request: Request) -> Response:
         return json_response(await self.analyzer_body())

@@ -51,7 +51,7 @@ COMPILED_ENV = "DEMON_SFLOW_COMPILED"
 FLOW_KEYS_TTL = 3600.0
 _MAX_NAME_SETS = 4096
 #: the compiled kernel's interface version this code expects (sflow/_ingest.c)
-KERNEL_VERSION = 2
+KERNEL_VERSION = 3
 _stale: list[bool] = []
 
 
@@ -166,9 +166,7 @@ class Ingest:
     def receive_batch(self, batch: Iterable[tuple[bytes, str]], now: float) -> int:
         """Ingest (payload, UDP source address) pairs; how many failed in ingest (bugs:
         counted as ``ingest-error`` and logged, never raised)."""
-        # the compiled kernel does not feed the flow log: while a definition logs its
-        # flows (log: true), every datagram takes the Python path
-        if self.kernel is not None and not self.flows.logging:
+        if self.kernel is not None:  # it feeds the flow log (log: true) as update() does
             batch = batch if isinstance(batch, list) else list(batch)
             return self.kernel.ingest(self, batch, now)
         failures = 0

@@ -94,7 +94,10 @@ def is_loopback(host: str) -> bool:
 def bind_tcp(host: str, port: int, backlog: int = 1024) -> socket.socket:
     """A listening TCP socket (IPv4 or IPv6 by the address's form)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only when the
+    # listening socket says TCP; without it every keep-alive answer waits ~40 ms for a
+    # delayed ACK (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
@@ -109,18 +112,73 @@ def bind_tcp(host: str, port: int, backlog: int = 1024) -> socket.socket:
     return sock
 
 
+def _request_head_deadline(seconds: float) -> type:
+    """uvicorn's h11 protocol with a deadline for each request's head.
+
+    uvicorn closes a keep-alive connection that stays silent after a response,
+    but a fresh connection that sends nothing, or a request line and headers a
+    byte at a time (slowloris), is kept for ever: a few thousand of them fill the
+    connection limit and every later client gets 503. Here a connection must
+    deliver a complete request head within ``seconds`` of opening (and of each
+    response, for the next request), or it is closed.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadDeadlineH11(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def _arm_head_deadline(self) -> None:
+            self._disarm_head_deadline()
+            self._head_timer = self.loop.call_later(seconds, self._head_overdue)
+
+        def _disarm_head_deadline(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_overdue(self) -> None:
+            self._head_timer = None
+            busy = self.cycle is not None and not self.cycle.response_complete
+            if not busy and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_head_deadline()
+
+        def handle_events(self) -> None:
+            cycle = self.cycle
+            super().handle_events()
+            if self.cycle is not cycle:  # a complete request head arrived
+                self._disarm_head_deadline()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm_head_deadline()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_head_deadline()
+            super().connection_lost(exc)
+
+    return HeadDeadlineH11
+
+
 class BackgroundServer:
     """Serve ``app`` (ASGI) on ``host:port`` from a daemon thread.
 
     ``limit_concurrency``: above this many open connections plus tasks, new
     requests get 503 instead of eating threads or memory. ``timeout_keep_alive``
-    closes idle keep-alive connections. uvicorn's own access log is off (each
-    app logs what matters); its errors go to the ``uvicorn.error`` logger.
+    closes idle keep-alive connections; ``head_timeout`` closes a connection
+    that has not sent a complete request head that long after opening or after
+    its last response (idle and slowloris floods). uvicorn's own access log is
+    off (each app logs what matters); its errors go to the ``uvicorn.error``
+    logger.
     """
 
     def __init__(self, app: Any, host: str = DEFAULT_HOST, port: int = 0, *,
                  name: str = "http", limit_concurrency: int | None = 1000,
-                 timeout_keep_alive: int = 5, backlog: int = 1024,
+                 timeout_keep_alive: int = 5, head_timeout: float = 10.0, backlog: int = 1024,
                  timeout_graceful_shutdown: int = 2) -> None:
         self.app = app
         self.name = name
@@ -130,6 +188,7 @@ class BackgroundServer:
         self._options = dict(limit_concurrency=limit_concurrency,
                              timeout_keep_alive=timeout_keep_alive,
                              timeout_graceful_shutdown=timeout_graceful_shutdown)
+        self._head_timeout = head_timeout
         self._sock: socket.socket | None = None
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -141,6 +200,7 @@ class BackgroundServer:
         self._sock = bind_tcp(self._host, self._port, self._backlog)
         config = uvicorn.Config(self.app, log_config=None, access_log=False,
                                 lifespan="off", server_header=False,
+                                http=_request_head_deadline(self._head_timeout),
                                 backlog=self._backlog, **self._options)
         self._server = uvicorn.Server(config)
         sock = self._sock

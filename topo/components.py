@@ -98,6 +98,11 @@ class ControllerSettings:
     rpc_port: int
     token_file: Path
     fabric_file: Path
+    metrics_port: int | None = None  # Prometheus metrics on 127.0.0.1 (None: the component's default)
+
+    @property
+    def metrics_url(self) -> str | None:
+        return None if self.metrics_port is None else f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     @property
     def rpc_address(self) -> str:
@@ -114,6 +119,8 @@ def start_controller(settings: ControllerSettings, log: Path, timeout: float = 3
         argv = [PY, "-m", "demon.controller.launcher", "--of-host", "127.0.0.1",
                 "--of-port", str(settings.of_port), "--rpc", settings.rpc_address,
                 "--token-file", str(settings.token_file), "--fabric", str(settings.fabric_file)]
+        if settings.metrics_port is not None:
+            argv += ["--metrics-listen", f"127.0.0.1:{settings.metrics_port}"]
         env = None
     elif settings.kind == "pox":
         from demon.controller.poxhome import pox_home as find_pox
@@ -127,6 +134,8 @@ def start_controller(settings: ControllerSettings, log: Path, timeout: float = 3
         argv = [PY, str(Path(pox_home) / "pox.py"), "openflow.of_01", "--address=127.0.0.1",
                 f"--port={settings.of_port}", "demon.controller.pox_tap", f"--rpc={settings.rpc_address}",
                 f"--token-file={settings.token_file}", f"--fabric={settings.fabric_file}"]
+        if settings.metrics_port is not None:
+            argv.append(f"--metrics-listen=127.0.0.1:{settings.metrics_port}")
         env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     else:
         raise ComponentError(f"controller: must be os-ken or pox, not {settings.kind!r}")

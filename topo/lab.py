@@ -222,8 +222,8 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
             return 3
         if session.api_url:
             print(f"demon-lab: daemon API at {session.api_url}/api/v1/ (token file "
-                  f"{session.paths['api_token']}); metrics at {session.api_url}/metrics",
-                  file=out, flush=True)
+                  f"{session.paths['api_token']})", file=out, flush=True)
+            _print_urls(session, out, "demon-lab: ")
         runs = run_scenario(session, sc, args.settle)
         if args.keep:
             # Say what happened first: the lab then stays up until the operator leaves.
@@ -276,6 +276,19 @@ def _take_lab_lock(out: TextIO) -> Any:
     return handle
 
 
+def _print_urls(session: LabSession, out: TextIO, indent: str) -> None:
+    """The dashboard and every part's Prometheus metrics (docs/dashboard.md)."""
+    print(f"{indent}dashboard:   {session.api_url}/  (paste the token from {session.paths['api_token']} "
+          "to release, pause, resume)", file=out)
+    urls = session.metrics_urls()
+    for part, label in (("daemon", "daemon + embedded engine"), ("engine", "engine HTTP"),
+                        ("controller", "controller"), ("capture", "capture agent, in h11's network namespace "
+                                                                   "(Mininet CLI: h11 curl -s URL)")):
+        if part in urls:
+            print(f"{indent}metrics:     {urls[part]}  {label}", file=out)
+    out.flush()
+
+
 def _interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -295,9 +308,10 @@ def _keep(session: LabSession, out: TextIO) -> None:
         token = session.paths["api_token"]
         if session.options.split_hosts:  # from the operator's machine, over the management network
             where, token = "ip netns exec dmn-ops ", session.paths["ops_token"]
-        print(f"  daemon API:  {session.api_url}/api/v1/status (metrics: {session.api_url}/metrics)\n"
+        print(f"  daemon API:  {session.api_url}/api/v1/status\n"
               f"  operate:     {where}demon-tap --url {session.api_url} --token-file {token} list",
               file=out, flush=True)
+        _print_urls(session, out, "  ")
     try:
         if sys.stdin.isatty():
             from mininet.cli import CLI

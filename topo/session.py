@@ -140,9 +140,10 @@ class LabSession:
         write_fabric(self.paths["fabric"], seed_fabric(static=opts.static))
         token = ensure_token(self.paths["token"])
         write_tap_table(self.paths["taps"], [])
-        self.ports = {"openflow": free_port(), "rpc": free_port()}
+        self.ports = {"openflow": free_port(), "rpc": free_port(), "controller_metrics": free_port()}
         ctl = ControllerSettings(opts.controller, self.ports["openflow"], self.ports["rpc"],
-                                 self.paths["token"], self.paths["fabric"])
+                                 self.paths["token"], self.paths["fabric"],
+                                 metrics_port=self.ports["controller_metrics"])
         self.controller = start_controller(ctl, self.paths["logs"] / "controller.log")
         self.note("controller up", component=opts.controller, openflow=self.ports["openflow"],
                   rpc=ctl.rpc_address)
@@ -255,6 +256,21 @@ class LabSession:
         if "api" not in self.ports:
             return None
         return f"http://{self.addrs.get('daemon', '127.0.0.1')}:{self.ports['api']}"
+
+    def metrics_urls(self) -> dict[str, str]:
+        """Where each part serves its Prometheus metrics. The capture agent's listener
+        is in h11's network namespace (reach it from there, e.g. the Mininet CLI)."""
+        urls = {}
+        if self.api_url:
+            urls["daemon"] = f"{self.api_url}/metrics"  # the embedded engine's follow on the same page
+        if "engine_http" in self.ports and not self.options.sflow_rt:
+            urls["engine"] = f"http://127.0.0.1:{self.ports['engine_http']}/metrics"
+        if "controller_metrics" in self.ports:
+            urls["controller"] = f"http://127.0.0.1:{self.ports['controller_metrics']}/metrics"
+        capture = self.agent_status().get("metrics")
+        if capture:
+            urls["capture"] = f"{capture}/metrics"
+        return urls
 
     def _on_event(self, event: Any) -> None:
         if event.event == "mirror_removed":

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from concurrent.futures import Future
 from typing import Any, AsyncIterator, Callable, Mapping, Protocol
 
@@ -56,6 +55,14 @@ class ApiError(Exception):
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+class FastJSON(JSONResponse):
+    """The read endpoints' bodies are plain JSON types already: ``json.dumps`` them as
+    they are (FastAPI's encoder walks every value first: ~30 ms for 1,000 taps)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":"), default=str).encode()
 
 
 def _field(loc: tuple[Any, ...]) -> str:
@@ -160,7 +167,7 @@ def create_app(daemon: Daemon, auth: Auth, *, api_info: Mapping[str, Any] | None
                answer_timeout: float = 20.0) -> FastAPI:
     """The ASGI app; serve it with ``sflow.webserve.BackgroundServer``."""
     app = FastAPI(title="pytapdemon", version="1", docs_url=None, redoc_url=None,
-                  openapi_url="/api/v1/openapi.json")
+                  openapi_url="/api/v1/openapi.json", default_response_class=FastJSON)
     view = daemon.view
     wakeup = _Wakeup(view)
     app.state.wakeup = wakeup
@@ -213,17 +220,18 @@ def create_app(daemon: Daemon, auth: Auth, *, api_info: Mapping[str, Any] | None
     # -- reads --------------------------------------------------------------------------
 
     @app.get("/api/v1")
-    def index(_: Identity = Depends(reader)) -> dict[str, Any]:
-        return {"api": "pytapdemon", "version": 1, "endpoints": [
+    def index(_: Identity = Depends(reader)) -> FastJSON:
+        return FastJSON({"api": "pytapdemon", "version": 1, "endpoints": [
             "GET /api/v1/status", "GET /api/v1/taps", "GET /api/v1/taps/{id}",
             "GET /api/v1/policies", "GET /api/v1/transitions",
             "GET /api/v1/transitions/stream", "POST /api/v1/taps",
             "POST /api/v1/taps/{id}/release", "POST /api/v1/policies/{name}/pause",
-            "POST /api/v1/policies/{name}/resume", "GET /metrics"]}
+            "POST /api/v1/policies/{name}/resume", "GET /metrics",
+            "GET /api/v1/fabric", "GET /api/v1/policies/{name}/flows", "GET / (dashboard)"]})
 
     @app.get("/api/v1/status")
-    def status(_: Identity = Depends(reader)) -> dict[str, Any]:
-        return status_json(snapshot(), info)
+    def status(_: Identity = Depends(reader)) -> FastJSON:
+        return FastJSON(status_json(snapshot(), info))
 
     @app.get("/api/v1/taps")
     def taps(_: Identity = Depends(reader),
@@ -234,7 +242,7 @@ def create_app(daemon: Daemon, auth: Auth, *, api_info: Mapping[str, Any] | None
                                          description="taps alive at or after (epoch s)"),
              until: float | None = Query(default=None, ge=0,
                                          description="taps created at or before (epoch s)"),
-             limit: int = Query(default=1000, ge=1, le=100000)) -> dict[str, Any]:
+             limit: int = Query(default=1000, ge=1, le=100000)) -> FastJSON:
         snap = snapshot()
         wanted: set[str] | None = None
         if state:
@@ -259,31 +267,31 @@ def create_app(daemon: Daemon, auth: Auth, *, api_info: Mapping[str, Any] | None
             out.append(tap_json(tap))
             if len(out) >= limit:
                 break
-        return {"taps": out, "count": len(out), "as_of": snap.at}
+        return FastJSON({"taps": out, "count": len(out), "as_of": snap.at})
 
     @app.get("/api/v1/taps/{tap_id}")
-    def tap(tap_id: str, _: Identity = Depends(reader)) -> dict[str, Any]:
+    def tap(tap_id: str, _: Identity = Depends(reader)) -> FastJSON:
         snap = snapshot()
         found = snap.tap(tap_id)
         if found is None:
             raise ApiError(404, f"no tap {tap_id!r}")
-        return story_json(snap, found, view.transitions_of(tap_id))
+        return FastJSON(story_json(snap, found, view.transitions_of(tap_id)))
 
     @app.get("/api/v1/policies")
-    def policies(_: Identity = Depends(reader)) -> dict[str, Any]:
-        return policies_json(snapshot())
+    def policies(_: Identity = Depends(reader)) -> FastJSON:
+        return FastJSON(policies_json(snapshot()))
 
     @app.get("/api/v1/transitions")
     async def transitions(_: Identity = Depends(reader),
                           after: int = Query(default=0, ge=0),
                           limit: int = Query(default=100, ge=1, le=1000),
                           timeout: float = Query(default=0.0, ge=0, le=MAX_WAIT)
-                          ) -> dict[str, Any]:
+                          ) -> FastJSON:
         if not view.ready:
             raise ApiError(503, "the daemon is starting")
         items = await wakeup.after(after, timeout, limit)
         last = items[-1].id if items else min(after, view.last_id)
-        return {"transitions": [t.to_json() for t in items], "last_id": last}
+        return FastJSON({"transitions": [t.to_json() for t in items], "last_id": last})
 
     @app.get("/api/v1/transitions/stream")
     async def stream(request: Request, _: Identity = Depends(reader),
@@ -380,8 +388,9 @@ def create_app(daemon: Daemon, auth: Auth, *, api_info: Mapping[str, Any] | None
         body, content_type = render()
         return Response(body, media_type=content_type)
 
+    # The dashboard (demon/api/dashboard/): the page at /, its two reads.
+    from demon.api.dashboard.routes import add_dashboard
+
+    add_dashboard(app, daemon, auth, snapshot, ApiError)
     return app
 
-
-def elapsed_ms(start: float) -> float:
-    return round((time.perf_counter() - start) * 1000, 3)

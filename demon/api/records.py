@@ -5,14 +5,17 @@ from __future__ import annotations
 import time
 from typing import Any, Iterable, Mapping
 
-from demon.model import LIVE_STATES, Tap, tap_to_dict
+from demon.model import LIVE_STATES, Tap
 from demon.runtime.view import Snapshot, Transition, tap_record
 
 STATES = ("pending", "active", "expiring", "removed", "failed")
 
 
 def tap_json(tap: Tap) -> dict[str, Any]:
-    data = tap_to_dict(tap)
+    """``tap_to_dict`` plus ``live``; a shallow copy of the fields (``asdict`` deep-copies
+    every value: 25x slower, which 1,000 taps feel)."""
+    data = dict(vars(tap))
+    data["match"] = dict(tap.match)
     data["live"] = tap.state in LIVE_STATES
     return data
 

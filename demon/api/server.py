@@ -43,4 +43,5 @@ class ApiServer:
 
     def stop(self) -> None:
         self.app.state.wakeup.detach()
+        self.app.state.dashboard_detach()
         self.http.stop()

@@ -99,8 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-slack", type=float, default=STOP_SLACK,
                    help=f"seconds after a tap's stop its late copies are still its own (default {STOP_SLACK})")
     p.add_argument("--keep-noise", action="store_true", help="keep IPv6 link-local chatter")
-    p.add_argument("--ring-mb", type=int, default=32, help="kernel ring per tap, MiB (default 32)")
-    p.add_argument("--catchall-mb", type=int, default=16, help="kernel ring for frames of no known tap, MiB")
+    p.add_argument("--ring-mb", type=int, default=64,
+                   help="kernel ring per tap, MiB (default 64: about 0.5 s of 1 Gbit/s if the agent is held up)")
+    p.add_argument("--catchall-mb", type=int, default=32,
+                   help="kernel ring for frames of no known tap, MiB (default 32)")
     p.add_argument("--block-timeout-ms", type=int, default=20,
                    help="the kernel hands over a ring block at the latest after this (default 20)")
     p.add_argument("--max-rings", type=int, default=64, help="rings at most (taps beyond: the Python path)")

@@ -118,7 +118,7 @@ def file_block(ring: Ring, block: int, sink: Sink) -> int:
 class LiveCapture:
     """Ring 0 plus tap rings on one interface, feeding one :class:`CaptureAgent`."""
 
-    def __init__(self, agent: CaptureAgent, interface: str, *, ring_mb: int = 32, catchall_mb: int = 16,
+    def __init__(self, agent: CaptureAgent, interface: str, *, ring_mb: int = 64, catchall_mb: int = 32,
                  block_kb: int = 1024, block_timeout_ms: int = 20, max_rings: int = 64,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.agent = agent

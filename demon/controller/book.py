@@ -69,6 +69,9 @@ class MirrorBook:
             raise ValueError("openflow must be 1.0 or 1.3")
         self.fabric = fabric
         self.openflow = openflow
+        # OpenFlow 1.3 copies an entry's counters to the one an ADD puts in its place (unless
+        # OFPFF_RESET_COUNTS); 1.0 clears them (Open vSwitch does both as written).
+        self._add_keeps_counters = openflow == "1.3"
         self.static = static if static is not None else fabric.static
         self.switches: dict[int, SwitchView] = {}
         self.rules: dict[int, dict[RuleKey, MirrorRule]] = {}
@@ -143,7 +146,7 @@ class MirrorBook:
             else:  # one of ours in an older shape: replaced, its counters still the tap's
                 mods.append(sw.delete(key, entry, {tap.spec.tap_id: min(tap.live)}, now, out))
         out.add(dpid, mods)
-        sw.push(wanted, now, out)
+        sw.push(wanted, now, out, self._add_keeps_counters)
         return out
 
     def switch_down(self, dpid: int, now: float) -> Outcome:
@@ -203,7 +206,7 @@ class MirrorBook:
                 other.strays = {k: e for k, e in other.strays.items() if e.cookie != cookie}
         if old is not None and old.spec.dpid != spec.dpid:
             self._sync(old.spec.dpid, now, out)
-        sw.push(wanted, now, out)
+        sw.push(wanted, now, out, self._add_keeps_counters)
         entries = sum(1 for c in sw.installed.values() if any(k[0] == spec.tap_id for k in c.members))
         tap.result = {"tap_id": spec.tap_id, "dpid": spec.dpid, "cookie": cookie, "entries": entries,
                       "replaced": old is not None, "installed_at": round(now, 3)}
@@ -427,7 +430,7 @@ class MirrorBook:
         return of13.compile_mirrors(rules, now, forward, uses_l2_table(self.fabric, dpid, "1.3"))
 
     def _sync(self, dpid: int, now: float, out: Outcome) -> None:
-        self.switches[dpid].push(self._compile(dpid, now), now, out)
+        self.switches[dpid].push(self._compile(dpid, now), now, out, self._add_keeps_counters)
 
     def _credit(self, credit: Mapping[str, str], removed: Removed) -> None:
         """Add a departed entry's final counters to each tap that had its copy."""

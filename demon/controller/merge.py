@@ -21,8 +21,9 @@ Lifetimes: the entry whose match equals a tap's own match ("owned" entry)
 carries the tap's idle timeout; every entry's hard timeout is the earliest hard
 deadline of its members, so the switch itself removes copies for an expired
 tap. After any change the mirror book (:mod:`demon.controller.book`) recompiles
-and applies the difference (:func:`diff`): ADD for new entries, DELETE_STRICT then
-ADD for changed ones, DELETE_STRICT (match + priority) for entries no longer wanted. A tap's idle timer only sees packets
+and applies the difference (:func:`diff`; how each difference is sent so that no
+counter is lost: :meth:`demon.controller.switchview.SwitchView.push`). A tap's idle
+timer only sees packets
 that hit its owned entry, so when that entry idles out the component first asks
 :func:`kept_alive` whether the tap's merged sub-regions counted packets since it
 last looked; if so the tap lives on and its entry is re-added.
@@ -288,17 +289,15 @@ def ended_rules(removed: CompiledEntry, reason: str, rules: Mapping[RuleKey, Mir
 
     Idle timeout or an external delete: the entry's owners (their own traffic
     stopped, or an operator removed it). Hard timeout: the members whose
-    deadline has come (within ``slack`` s of clock skew); the others get the
-    entry back on recompilation.
+    deadline has come (within ``slack`` s of clock skew). The entry's hard
+    timeout is only a fail-safe that may end before its members do (a tap
+    extended without rewriting its entry, a deadline beyond the 16-bit
+    timeout): members not yet due end nothing, and get the entry back, re-armed
+    with what is left of their time, on recompilation.
     """
     if reason != "hard_timeout":
         return set(removed.owners)
-    members = [rules[k] for k in removed.members if k in rules]
-    due = {r.key for r in members if r.expires_at <= now + slack}
-    if not due and members:  # the switch's clock ran ahead of ours: the earliest deadline is the one
-        earliest = min(r.expires_at for r in members)
-        due = {r.key for r in members if r.expires_at == earliest}
-    return due
+    return {k for k in removed.members if k in rules and rules[k].expires_at <= now + slack}
 
 
 def kept_alive(removed: CompiledEntry, installed: Mapping[EntryKey, CompiledEntry],

@@ -130,7 +130,14 @@ def action_to_string(action: Action) -> str:
 
 
 def flow_mod(entry: Entry, command: str = "add") -> dict[str, Any]:
-    """The FlowMod for adding ``entry`` (``command`` ``add`` or ``delete_strict``)."""
+    """The FlowMod for adding ``entry`` (``command`` ``add``) or deleting exactly it
+    (``delete_strict``: table, priority and match name it; no instructions, which a switch
+    would otherwise check, e.g. an output to a port it refused)."""
+    if command == "delete_strict":
+        return {"command": command, "table_id": entry.table_id, "priority": entry.priority, "cookie": 0,
+                "cookie_mask": 0, "idle_timeout": 0, "hard_timeout": 0, "flags": 0,
+                "match": match_to_oxm(entry.match), "actions": [], "goto_table": None, "out_port": OFPP_ANY,
+                "out_group": OFPG_ANY}
     return {
         "command": command,
         "table_id": entry.table_id,

@@ -49,6 +49,12 @@ def credit_of(compiled: CompiledEntry) -> dict[str, str]:
     return out
 
 
+def _only_later(held: CompiledEntry, wanted: CompiledEntry) -> bool:
+    """Is the one difference a later deadline for the same taps (nothing to send now)?"""
+    return (held.members == wanted.members and wanted.expires_at >= held.expires_at
+            and same_mirror(held.entry, wanted.entry))
+
+
 def mirror_table(rows: list[Row]) -> dict[EntryKey, Entry]:
     """Table 0's mirror entries of a flow-table read, by (priority, match)."""
     return {merge.entry_key(e.priority, e.match): e for e, *_ in rows
@@ -105,21 +111,37 @@ class SwitchView:
             if not self.deleting[key]:
                 del self.deleting[key]
 
-    def push(self, wanted: list[CompiledEntry], now: float, out: Outcome) -> None:
-        """Changes from what a connected switch holds to ``wanted``: new entries first (a bigger
-        region's copy never lapses), changed ones deleted and added (their final counters
-        come back), stale ones deleted last."""
+    def push(self, wanted: list[CompiledEntry], now: float, out: Outcome, add_keeps_counters: bool) -> None:
+        """Changes from what a connected switch holds to ``wanted``, keeping every entry's counters:
+
+        * new entries are added first (a bigger region's copy never lapses), stale ones
+          deleted last (their FlowRemoved brings their final counters);
+        * an entry whose only change is a later deadline is left as it is (its hard
+          timeout, a fail-safe, is re-armed when it fires: see ``merge.ended_rules``);
+        * an entry whose content changes for the same taps is replaced by ADD where
+          that keeps its counters (OpenFlow 1.3 without RESET_COUNTS,
+          ``add_keeps_counters``), else deleted and added again; when its taps
+          change it is always deleted and added, so its counters go to the taps
+          that had its copies.
+        """
         if not self.connected:
             return
         to_add, to_delete = merge.diff(self.installed, wanted)
+        kept: dict[EntryKey, CompiledEntry] = {}
         mods: list[Change] = [FlowMod("add", c.entry) for c in to_add if c.key not in self.installed]
         for c in to_add:
-            if c.key in self.installed:
-                old = self.installed[c.key]
+            old = self.installed.get(c.key)
+            if old is None:
+                self.seen.pop(c.key, None)
+            elif _only_later(old, c):
+                kept[c.key] = old
+            elif old.members == c.members and add_keeps_counters:
+                mods.append(FlowMod("add", c.entry))
+            else:
                 mods += [self.delete(c.key, old.entry, credit_of(old), now, out), FlowMod("add", c.entry)]
-            self.seen.pop(c.key, None)  # counters restart with the entry
+                self.seen.pop(c.key, None)  # counters restart with the entry
         mods += [self.delete(c.key, c.entry, credit_of(c), now, out) for c in to_delete]
-        self.installed = {c.key: c for c in wanted}
+        self.installed = {c.key: kept.get(c.key, c) for c in wanted}
         out.add(self.dpid, mods)
 
     def adopt(self, table: Mapping[EntryKey, Entry], wanted: list[CompiledEntry]) -> dict[EntryKey, Entry]:

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from demon.model import (Command, ControllerStatus, InstallMirror, InstallResult, MirrorRemoved,
                          RemoveMirror, RemoveResult)
+from demon.counter_reader import CounterReader
 from demon.rpc.client import ControllerUnreachable, RpcClient, RpcTimeout
 from demon.rpc.protocol import RpcError
 from demon.runtime.items import _ControllerBack, _Switches
@@ -70,10 +71,15 @@ class ControllerSide:
     """The RPC client's users. ``put`` is the mutator's queue."""
 
     def __init__(self, client: RpcClient, options: RuntimeOptions,
-                 put: Callable[[Any], None]) -> None:
+                 put: Callable[[Any], None], clock: Callable[[], float] = time.time) -> None:
         self.client = client
         self.options = options
         self._put = put
+        self._clock = clock
+        # budgets: the mirrors' counters, read when the core says on a connection of
+        # their own (never behind an install); none in a dry run (nothing installed)
+        self._counter_client: RpcClient | None = None
+        self.counters: CounterReader | None = None
         self.up = False
         self.changed_at = time.time()
         self.switches: list[dict[str, Any]] = []
@@ -120,12 +126,28 @@ class ControllerSide:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._rpc_loop, name="demon-rpc", daemon=True)
         self._thread.start()
+        if not self.options.dry_run:
+            self._counter_client = RpcClient(self.client.address, token=self.client.token,
+                                             timeout=self.client.timeout)
+            self.counters = CounterReader(self._read_counters, self._put, clock=self._clock,
+                                          speed=self.options.speed).start()
         self._subscription = self.client.subscribe(self._on_event,
                                                    on_connection=self._on_connection)
+
+    def counters_due(self, when: float | None) -> None:
+        """When the core wants the mirrors' counters next (``core.counters_due``)."""
+        if self.counters is not None:
+            self.counters.due(when)
+
+    def _read_counters(self) -> list[dict[str, Any]]:
+        assert self._counter_client is not None
+        return self._call("list_mirrors", self._counter_client.list_mirrors)
 
     def stop(self) -> None:
         """Stop the subscription and let the worker finish what it was given."""
         self._halt.set()
+        if self.counters is not None:
+            self.counters.stop()
         if self._subscription is not None:
             self._subscription.close()
         self._queue.put(None)
@@ -134,6 +156,8 @@ class ControllerSide:
 
     def close(self) -> None:
         self.client.close()
+        if self._counter_client is not None:
+            self._counter_client.close()
 
     def _mark(self, up: bool) -> None:
         if up != self.up:

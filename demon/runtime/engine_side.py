@@ -87,13 +87,14 @@ class EngineSide:
 
     def __init__(self, url: str, options: RuntimeOptions, put: Callable[[Any], None], *,
                  timeout: float = 5.0, retries: int = 2, embedded: bool = False,
-                 sflow_listen: str | None = None) -> None:
+                 sflow_listen: str | None = None, token: str | None = None) -> None:
         self.url = url
         self.options = options
         self.embedded = embedded
         self.sflow_listen = sflow_listen
         self._put = put
         self._timeout, self._retries = timeout, retries
+        self._token = token  # for an engine whose API asks writes for one (exposed)
         # One client (one requests.Session) per thread: sessions are not thread-safe,
         # and scheduler jobs run on a pool.
         self._local = threading.local()
@@ -117,13 +118,17 @@ class EngineSide:
         self.polls_failed = 0
         self.polls_unsettled = 0
         self.redefinitions = 0
+        #: ``(policy name, policy, flows, at, settled)`` after each good ``/activeflows``
+        #: poll (the dashboard's rate history: no extra request to the engine).
+        self.poll_listeners: list[Callable[[str, Any, list[ActiveFlow], float, bool], None]] = []
 
     # -- plumbing ----------------------------------------------------------------------
 
     def client(self) -> SFlowRTClient:
         client = getattr(self._local, "client", None)
         if client is None:
-            client = SFlowRTClient(self.url, timeout=self._timeout, retries=self._retries)
+            client = SFlowRTClient(self.url, timeout=self._timeout, retries=self._retries,
+                                   token=self._token)
             self._local.client = client
         return client
 
@@ -286,6 +291,11 @@ class EngineSide:
         if not complete:
             self.polls_unsettled += 1
         self._put(top_flows(name, flows, complete))
+        for listener in list(self.poll_listeners):
+            try:
+                listener(name, pol, flows, time.time(), complete)
+            except Exception:  # noqa: BLE001 - a reader's hook never stops the polls
+                log.exception("poll listener failed")
 
     def refresh_topology(self) -> None:
         """Every second while the map is empty or a flow waits for its port to

@@ -40,6 +40,11 @@ class _Prune:
 
 
 @dataclass(frozen=True)
+class _Flush:
+    """Nothing to decide: save what other threads asked to keep (``meta_out``) now."""
+
+
+@dataclass(frozen=True)
 class _NewTopology:
     """Kept for callers that hand the mutator a whole topology (tests, benchmarks)."""
 

@@ -44,9 +44,9 @@ from demon.rpc.client import RpcClient
 from demon.runtime.controller_side import ControllerSide
 from demon.runtime.engine_side import (EngineSide, engine_policies, load_config, threshold_event,
                                        thresholds_of)
-from demon.runtime.items import (Ask, _Call, _ControllerBack, _Events, _Located, _NewTopology,
-                                 _PollRequests, _PortMap, _Prune, _Redefine, _Reload, _Stop,
-                                 _Switches)
+from demon.runtime.items import (Ask, _Call, _ControllerBack, _Events, _Flush, _Located,
+                                 _NewTopology, _PollRequests, _PortMap, _Prune, _Redefine,
+                                 _Reload, _Stop, _Switches)
 from demon.runtime.options import RuntimeOptions, StartupError
 from demon.runtime.view import ReadModel, Snapshot, Transition, tap_record
 from demon.store import OperatorRequest, Store, StoreError
@@ -116,7 +116,8 @@ class Runtime:
                  store: Store, options: RuntimeOptions = RuntimeOptions(), *,
                  clock: Callable[[], float] = time.time, engine_timeout: float = 5.0,
                  engine_retries: int = 2, embedded_engine: bool = False,
-                 sflow_listen: str | None = None, notify: Sequence[Any] = ()) -> None:
+                 sflow_listen: str | None = None, notify: Sequence[Any] = (),
+                 engine_token: str | None = None) -> None:
         self.policies_dir = Path(policies_dir)
         self.engine_url = engine_url
         self.controller = controller
@@ -126,8 +127,8 @@ class Runtime:
         self.inputs: "queue.Queue[Any]" = queue.Queue()
         self.engine = EngineSide(engine_url, options, self.inputs.put, timeout=engine_timeout,
                                  retries=engine_retries, embedded=embedded_engine,
-                                 sflow_listen=sflow_listen)
-        self.controller_side = ControllerSide(controller, options, self.inputs.put)
+                                 sflow_listen=sflow_listen, token=engine_token)
+        self.controller_side = ControllerSide(controller, options, self.inputs.put, clock=clock)
         self.view = ReadModel()
         self.state = State()
         self.ctx: Context | None = None
@@ -257,8 +258,10 @@ class Runtime:
         self.notifier.start()
 
     def _keep_cursor(self, name: str, transition_id: int) -> None:
-        """A sink handled ``transition_id`` (its thread): saved with the next batch."""
+        """A sink handled ``transition_id`` (its thread): saved at once (a batch of its
+        own), so that a daemon killed just after a delivery does not repeat it."""
         self.meta_out[f"notify:{name}"] = str(transition_id)
+        self.inputs.put(_Flush())
 
     def _load_view(self) -> None:
         """The read model from the state file: every tap and transition it holds."""
@@ -377,6 +380,8 @@ class Runtime:
                 self._redefine(item.why)
             elif isinstance(item, _Prune):
                 self._prune()
+            elif isinstance(item, _Flush):
+                pass  # the save below writes it
             elif isinstance(item, _Stop):
                 log.info("stopping: %s", item.why)
                 self._stopping = True
@@ -460,6 +465,8 @@ class Runtime:
                                                    "detail": dict(entry.detail)})
         for cmd in out.outbox:
             self.controller_side.dispatch(cmd)
+        if self.ctx is not None:
+            self.controller_side.counters_due(core.counters_due(self.state, self.ctx))
 
     def _store_failed(self, exc: StoreError) -> None:
         self.counters["store_errors"] += 1

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-from demon.model import LIVE_STATES, HistoryEntry, State, Tap, tap_to_dict
+from demon.model import LIVE_STATES, HistoryEntry, State, Tap
 
 
 def tap_record(tap: Tap | Mapping[str, Any]) -> dict[str, Any]:
@@ -30,7 +30,11 @@ def tap_record(tap: Tap | Mapping[str, Any]) -> dict[str, Any]:
     fields) plus its counters."""
     from demon.capture.taptable import tap_table_entry
 
-    data = tap_to_dict(tap) if isinstance(tap, Tap) else dict(tap)
+    if isinstance(tap, Tap):  # shallow (asdict deep-copies every value: per transition)
+        data = dict(vars(tap))
+        data["match"] = dict(tap.match)
+    else:
+        data = dict(tap)
     record = tap_table_entry(data)
     record["packets"] = int(data.get("packets") or 0)
     record["bytes"] = int(data.get("bytes") or 0)

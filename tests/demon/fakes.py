@@ -69,10 +69,18 @@ class FakeController:
         self.clock = clock
         self.mirrors: dict[str, dict[str, Any]] = {}
         self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.removed: dict[str, dict[str, Any]] = {}  # removed mirrors, counters as at removal
         self.fail_installs = 0          # answer this many installs with -32004
         self.install_delay = 0.0        # seconds each install takes...
         self.slow_installs = -1         # ...for this many installs (-1: all)
         self.max_concurrent = 0         # most mirrors held at once
+        # Traffic through every mirror, as a switch's counters would show it: each
+        # installed mirror counts ``pps`` packets of ``packet_size`` bytes a second
+        # (of ``clock``) from its install; ``counter_reads`` counts list_mirrors calls.
+        self.pps = 0.0
+        self.packet_size = 1500
+        self.refresh = 0.0  # > 0: counters as of the last refresh, like OVS (every ~0.5 s)
+        self.counter_reads = 0
         self.lock = threading.Lock()
         self.server: RpcServer | None = None
 
@@ -123,7 +131,19 @@ class FakeController:
                    if now >= m["installed_at"] + m["hard_timeout"]]
         return [tap_id for tap_id in due if self.expire(tap_id)]
 
+    def _count(self, mirror: dict[str, Any], now: float) -> dict[str, Any]:
+        """The mirror with its counters as of ``now`` (frozen once it is removed)."""
+        if self.pps and "removed_at" not in mirror:
+            elapsed = max(0.0, now - mirror["installed_at"])
+            if self.refresh > 0:
+                elapsed = self.refresh * int(elapsed / self.refresh)
+            packets = int(elapsed * self.pps)
+            mirror["packets"], mirror["bytes"] = packets, packets * self.packet_size
+        return mirror
+
     def _publish_removed(self, mirror: dict[str, Any], reason: str) -> None:
+        mirror = self._count(mirror, self.clock())
+        mirror["removed_at"] = self.clock()
         if self.server is not None:
             self.server.publish("mirror_removed", {
                 "tap_id": mirror["tap_id"], "dpid": mirror["dpid"], "reason": reason,
@@ -176,6 +196,8 @@ class FakeController:
         tap_id = parse_tap_id(params.get("tap_id"))
         with self.lock:
             mirror = self.mirrors.pop(tap_id, None)
+            if mirror is not None:
+                self.removed[tap_id] = self._count(mirror, self.clock())
         if mirror is None:
             return {"tap_id": tap_id, "removed": False, "packets": 0, "bytes": 0}
         self._publish_removed(mirror, "delete")
@@ -185,8 +207,9 @@ class FakeController:
     def _list_mirrors(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         now = self.clock()
         with self.lock:
-            return [{**m, "duration_s": now - m["installed_at"]} for m in self.mirrors.values()
-                    if params.get("dpid") in (None, m["dpid"])]
+            self.counter_reads += 1
+            return [{**self._count(m, now), "duration_s": now - m["installed_at"]}
+                    for m in self.mirrors.values() if params.get("dpid") in (None, m["dpid"])]
 
 
 class ScriptedEngine:

@@ -43,10 +43,23 @@ class Api:
     def post(self, path: str, token: ApiToken | None = ALICE, **kw: Any) -> httpx.Response:
         return self.http.post(path, headers=bearer(token) if token else {}, **kw)
 
+    def cool(self, flow: str = FLOW_A) -> None:
+        """The engine no longer shows ``flow`` (so it is not tapped again after a release)."""
+        self.h.engine.set_flows("demon_elephant", [
+            (r["key"], r["value"], r["dataSource"])
+            for r in self.h.engine.flow_tables.get("demon_elephant", []) if r["key"] != flow])
+
     def tapped(self, flow: str = FLOW_A) -> str:
-        """Fire the elephant's event for ``flow``; the active tap's id."""
-        self.h.engine.set_flows("demon_elephant", [(flow, 400_000.0, "101")])
+        """Fire the elephant's event for ``flow`` (then keep the flow hot in the
+        engine's activeflows: the event, not a poll, is what tapped it); the active
+        tap's id."""
+        hot = [(flow, 400_000.0, "101")] + [
+            (r["key"], r["value"], r["dataSource"])
+            for r in self.h.engine.flow_tables.get("demon_elephant", []) if r["key"] != flow]
         self.h.engine.fire("demon_elephant", flow)
+        wait_for(lambda: any(t["flow_key"] == flow for t in self.get("/api/v1/taps").json()[
+            "taps"]), what=f"created tap of {flow}")
+        self.h.engine.set_flows("demon_elephant", hot)
         return wait_for(lambda: next((t["tap_id"] for t in self.get(
             "/api/v1/taps", params={"state": "active"}).json()["taps"]
             if t["flow_key"] == flow), None), what=f"tap of {flow}")
@@ -79,6 +92,7 @@ def test_status_says_engine_controller_policies_version_uptime(api: Api) -> None
 
 def test_taps_are_listed_and_filtered_by_state_policy_and_time(api: Api) -> None:
     first = api.tapped(FLOW_A)
+    api.cool(FLOW_A)
     api.post(f"/api/v1/taps/{first}/release")
     wait_for(lambda: api.h.store.tap(first).state == "removed", what="release")
     second = api.tapped(FLOW_B)
@@ -221,6 +235,7 @@ def test_a_release_without_a_valid_token_changes_nothing(api: Api) -> None:
 
 def test_release_is_recorded_with_who_and_is_idempotent(api: Api) -> None:
     tap_id = api.tapped()
+    api.cool()
     resp = api.post(f"/api/v1/taps/{tap_id}/release")
     assert resp.status_code == 200
     body = resp.json()
@@ -438,6 +453,7 @@ def test_metrics_follow_what_the_daemon_does(api: Api) -> None:
     assert before[("pytapdemon_daemon_controller_up", ())] == 1
     assert before[("pytapdemon_daemon_taps", (("policy", "elephant"), ("state", "active")))] == 0
     tap_id = api.tapped()
+    api.cool()  # not tapped again after the hold-down
     api.post(f"/api/v1/taps/{tap_id}/release")
     wait_for(lambda: not api.h.controller.mirrors, what="release")
     api.post("/api/v1/policies/top/pause")
@@ -445,8 +461,9 @@ def test_metrics_follow_what_the_daemon_does(api: Api) -> None:
                                                              ("state", "removed")))] == 1,
              what="removed tap counted")
     after = scrape(api)
-    assert after[("pytapdemon_daemon_transitions_total", (("cause", "event"),
-                                                          ("kind", "created")))] == 1
+    assert sum(after.get(("pytapdemon_daemon_transitions_total", (("cause", cause),
+                                                                  ("kind", "created"))), 0)
+               for cause in ("event", "poll")) == 1  # the event or the poll saw it first
     assert after[("pytapdemon_daemon_transitions_total", (("cause", "operator"),
                                                           ("kind", "expiring")))] == 1
     assert after[("pytapdemon_daemon_events_received_total", ())] >= 1
@@ -475,3 +492,31 @@ def test_reloads_are_counted_ok_or_rejected(api: Api) -> None:
                                   (("outcome", "rejected"),))] == 1, what="reload rejected")
     status = api.get("/api/v1/status").json()["policies"]["last_reload"]
     assert status["ok"] is False and "bad.yaml" in status["error"]
+
+
+def test_the_api_listener_is_a_tcp_socket_so_answers_are_not_held_by_nagle(api: Api) -> None:
+    """asyncio sets TCP_NODELAY on accepted connections only when the listening socket
+    says IPPROTO_TCP; with proto 0 every keep-alive answer waited ~40 ms (delayed ACK)."""
+    import socket
+
+    sock = api.server.http._sock
+    assert sock is not None and sock.proto == socket.IPPROTO_TCP
+
+
+def test_demon_tap_asks_a_daemon_that_answers_at_the_default_address(
+        api: Api, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither --url nor --state: a running daemon is asked, its state file left alone."""
+    import io
+
+    from demon import tapctl
+
+    tap_id = api.tapped()
+    monkeypatch.setattr(tapctl, "DEFAULT_URL", api.server.url)
+    monkeypatch.setenv("DEMON_STATE", str(tmp_path / "elsewhere.sqlite"))  # not this one
+    out, err = io.StringIO(), io.StringIO()
+    assert tapctl.main(["--json", "list"], stdout=out, stderr=err) == 0, err.getvalue()
+    assert [t["tap_id"] for t in json.loads(out.getvalue())] == [tap_id]
+    monkeypatch.setattr(tapctl, "DEFAULT_URL", "http://127.0.0.1:9")  # nobody there
+    out, err = io.StringIO(), io.StringIO()
+    assert tapctl.main(["list"], stdout=out, stderr=err) == tapctl.EXIT_STATE
+    assert "elsewhere.sqlite does not exist" in err.getvalue()

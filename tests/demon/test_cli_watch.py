@@ -304,3 +304,74 @@ def test_tap_pause_gets_the_daemons_answer(state_file: Path) -> None:
 def test_tap_on_a_missing_state_file(tmp_path: Path) -> None:
     status, _, err = run(tapctl.main, ["--state", str(tmp_path / "none.sqlite"), "list"])
     assert status == tapctl.EXIT_STATE and "does not exist" in err
+
+
+def test_watch_serves_its_api_and_the_engines_metrics_on_one_page(tmp_path: Path,
+                                                                   token_file: Path) -> None:
+    import re
+    import urllib.request
+
+    err = io.StringIO()
+    seen: dict[str, str] = {}
+
+    def probe() -> None:
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                found = re.search(r"API at (http://127\.0\.0\.1:\d+)/api/v1/", err.getvalue())
+                if found and "started:" in err.getvalue():
+                    url = found.group(1)
+                    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
+                        seen["metrics"] = resp.read().decode()
+                    with urllib.request.urlopen(f"{url}/api/v1/status", timeout=5) as resp:
+                        seen["status"] = resp.read().decode()
+                    return
+                time.sleep(0.05)
+        finally:
+            signal.raise_signal(signal.SIGINT)
+
+    with FakeController() as controller:
+        prober = threading.Thread(target=probe)
+        prober.start()
+        status = cli.main(["--policies", str(REPO / "policies"), "--sflow-listen", "127.0.0.1:0",
+                           "--listen", "127.0.0.1:0", "--controller", controller.address,
+                           "--token-file", str(token_file), "--state",
+                           str(tmp_path / "s.sqlite")], stdout=io.StringIO(), stderr=err)
+        prober.join()
+    assert status == 0, err.getvalue()
+    assert "pytapdemon_daemon_controller_up 1.0" in seen["metrics"]
+    assert "pytapdemon_engine_" in seen["metrics"]  # the embedded engine's own registry
+    body = json.loads(seen["status"])
+    assert body["engine"]["embedded"] is True and body["engine"]["sflow_listen"].startswith(
+        "127.0.0.1:")
+
+
+def test_an_engine_that_asks_writes_for_a_token_gets_the_daemons(tmp_path: Path) -> None:
+    """The embedded engine bound beyond loopback takes writes only with a token:
+    demon-watch makes one for itself and its runtime sends it with every write."""
+    from demon.rpc.client import RpcClient
+    from demon.runtime import Runtime, RuntimeOptions, StartupError
+    from sflow.auth import Tokens
+    from sflow.embedded import EmbeddedEngine
+
+    secret = "engine-secret-0123456789abcdef"
+    engine = EmbeddedEngine(sflow_addr=("127.0.0.1", 0), http_addr=("127.0.0.1", 0),
+                            tokens=Tokens({"demon-watch": secret})).start()
+    try:
+        with FakeController() as controller:
+            for token, ok in ((None, False), (secret, True)):
+                store = Store(tmp_path / f"{ok}.sqlite")
+                runtime = Runtime(REPO / "policies", engine.url,
+                                  RpcClient(controller.address, token=TOKEN), store,
+                                  RuntimeOptions(), engine_token=token)
+                try:
+                    runtime.start()
+                except StartupError as exc:
+                    assert not ok and exc.status == cli.EXIT_ENGINE and "refused" in str(exc)
+                else:
+                    assert ok and "demon_elephant_tcp" in engine.engine.flows()
+                    runtime.request_stop("test over")
+                    runtime.run()
+                store.close()
+    finally:
+        engine.stop()

@@ -12,8 +12,6 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import datetime, timezone
 import socket
 import threading
 import time
@@ -225,3 +226,35 @@ def test_record_sflow_is_for_the_embedded_engine_only(tmp_path: Path) -> None:
                      "--record-sflow", str(tmp_path / "rec")], stdout=io.StringIO(),
                     stderr=err) == cli.EXIT_CONFIG
     assert "--record-sflow records the embedded engine's datagrams" in err.getvalue()
+
+
+def test_the_new_kinds_on_the_lab_recording(tmp_path: Path) -> None:
+    """Real sFlow: a watch list taps h5->h2 on its first sampled packet (before the
+    elephant policy's threshold would); a fan-in sees 10.0.0.2 receive from h1 and
+    h5; a /24 fan-in sees the subnet; a scheduled policy needs no sFlow at all."""
+    d = tmp_path / "kinds"
+    d.mkdir()
+    (d / "w.yaml").write_text(
+        "name: port5203\nkind: watch_list\nkeys: ipsource,ipdestination,tcpsourceport,"
+        "tcpdestinationport\nfilter: tcpdestinationport=5203\ninterval: 1s\nduration: 3s\n")
+    (d / "f.yaml").write_text("name: h2\nkind: fan_in\nthreshold: 100Mbps\nmin_sources: 2\n"
+                              "interval: 1s\nduration: 3s\n")
+    (d / "p.yaml").write_text("name: subnet\nkind: fan_in\ntarget: mask:ipdestination:24\n"
+                              "threshold: 200Mbps\nmin_sources: 3\ninterval: 1s\nduration: 3s\n")
+    items = datagrams(LAB)
+    start = datetime.fromtimestamp(items[0][0] + 5, timezone.utc).isoformat()
+    (d / "s.yaml").write_text(f"name: sched\nkind: scheduled\nkeys: ipsource\nflow: 10.0.0.9\n"
+                              f"at: 2/4\nstart: '{start}'\nduration: 2s\nmax_duration: 2s\n")
+    result = backtest(d, LAB)
+    taps = {t.policy: t for t in result.taps.values()}
+    watch, elephant = taps["port5203"], backtest(REPO / "policies" / "lab", LAB)
+    assert watch.flow_key == "10.0.0.5,10.0.0.2,51794,5203" and "first sighting" in watch.trigger
+    first_elephant = min(t.created_at for t in elephant.taps.values()
+                         if t.flow_key == watch.flow_key)
+    assert watch.created_at < first_elephant - 0.3
+    assert (taps["h2"].flow_key, taps["h2"].match) == ("10.0.0.2", {"ipv4_dst": "10.0.0.2"})
+    assert "fan-in to 10.0.0.2: 2 sources" in taps["h2"].trigger
+    assert taps["subnet"].match == {"ipv4_dst": "10.0.0.0/24"}
+    sched = taps["sched"]
+    assert sched.created_at == pytest.approx(items[0][0] + 5, abs=1.0)
+    assert (sched.dpid, sched.in_port, sched.limit) == (2, 4, "window")

@@ -31,6 +31,8 @@ def build(use_compiled: bool) -> Engine:
     engine.set_threshold(parse_threshold("fast", {"metric": "bps", "value": 10,
                                                   "filter": {"ifspeed": ["10000000000"]}}))
     engine.set_threshold(parse_threshold("util", {"metric": "ifinutilization", "value": 0.5}))
+    engine.set_flow(parse_flow("logged", {"keys": "ipsource,ipdestination", "value": "bytes",
+                                          "log": True, "activeTimeout": 1}))
     assert engine.compiled == use_compiled
     return engine
 
@@ -40,7 +42,8 @@ def state(engine: Engine, now: float) -> tuple[Any, ...]:
             engine.events(max_events=10_000),
             {n: engine.active_flows(n, now, max_flows=1000) for n in FLOWS},
             {n: engine.flow_metric(n, now) for n in FLOWS}, engine.port_map(now),
-            [tuple(s) for s in engine.counter_snapshot()], dict(engine._fired))
+            [tuple(s) for s in engine.counter_snapshot()], dict(engine._fired),
+            engine.flow_log.select(-1, 100_000), engine.flow_log.open_flows)
 
 
 def same_state(payloads: list[bytes], times: list[float], batch: int = 7) -> tuple[Engine, Engine]:

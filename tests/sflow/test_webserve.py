@@ -111,3 +111,51 @@ def test_stop_is_idempotent() -> None:
     server.stop()
     server.stop()
     assert not server.running
+
+
+def _served(port: int) -> bool:
+    try:
+        return b'"method":"GET"' in _request(port, "GET")
+    except (OSError, AssertionError):
+        return False
+
+
+def test_silent_and_slowloris_connections_are_closed_and_others_served() -> None:
+    """Idle connections and request heads sent a byte at a time are dropped after the
+    head deadline, so they cannot hold the connection limit for ever."""
+    with BackgroundServer(_app(), "127.0.0.1", 0, head_timeout=0.5,
+                          limit_concurrency=20) as server:
+        port = server.address[1]
+        flood = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(30)]
+        slow = socket.create_connection(("127.0.0.1", port), timeout=5)
+        slow.sendall(b"GET /echo HTTP/1.1\r\n")
+        closed = 0
+        for sock in flood + [slow]:
+            sock.settimeout(3)
+            try:
+                if sock.recv(1) == b"":  # the server closed it
+                    closed += 1
+            except socket.timeout:  # still open: not closed
+                pass
+            except ConnectionResetError:
+                closed += 1
+            finally:
+                sock.close()
+        assert closed == len(flood) + 1
+        assert _served(port)
+
+
+def test_a_request_slower_than_the_head_deadline_is_not_cut() -> None:
+    """The deadline is for the head only: a handler that takes longer still answers."""
+    import asyncio
+
+    async def slow(request: Request) -> JSONResponse:
+        await asyncio.sleep(1.0)
+        return JSONResponse({"slow": True})
+
+    app = Starlette(routes=[Route("/slow", slow)])
+    with BackgroundServer(app, "127.0.0.1", 0, head_timeout=0.3) as server:
+        conn = http.client.HTTPConnection("127.0.0.1", server.address[1], timeout=5)
+        conn.request("GET", "/slow")
+        assert conn.getresponse().read() == b'{"slow":true}'
+        conn.close()

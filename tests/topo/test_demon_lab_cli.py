@@ -4,6 +4,7 @@ clean teardown both at the end and when interrupted."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -40,6 +41,10 @@ def test_demon_lab_reports_the_loop_and_leaves_nothing_behind(tmp_path: Path) ->
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + log_tails(out)
     assert "OK: the loop worked" in proc.stdout
+    # where to look while it runs: the dashboard and every part's metrics
+    assert re.search(r"^demon-lab: dashboard: +http://127\.0\.0\.1:\d+/ ", proc.stdout, re.M), proc.stdout[:2000]
+    for part in ("daemon \\+ embedded engine", "engine HTTP", "controller", "capture agent"):
+        assert re.search(rf"^demon-lab: metrics: +http://127\.0\.0\.1:\d+/metrics +{part}", proc.stdout, re.M), part
     report = json.loads((tmp_path / "report.json").read_text())
     (tap,) = report["taps"]
     assert tap["flow_key"] == "10.0.0.1,10.0.0.2,51792,5201" and (tap["switch"], tap["in_port"]) == (1, 1)

@@ -27,9 +27,25 @@ from typing import Any, Iterator
 import pytest
 
 from tests.conftest import held_lab_lock
-from tests.topo.test_loop_end_to_end import (TcpFlow, pcap_fields, run_flows, switch_packets,
-                                             taps_of)
-from topo.session import LabSession, SessionOptions
+from tests.topo.test_loop_end_to_end import (TcpFlow, pcap_fields, read_capture, run_flows,
+                                             switch_packets, taps_of)
+from topo.session import LAB_POLICIES, LabSession, SessionOptions
+
+RATE = "30M"  # the policies below tap above 10 Mbit/s: long flows, small captures
+
+
+def flow_bytes(seconds: float) -> int:
+    return int(30e6 / 8 * seconds)
+
+
+def lab_policies(where: Path) -> Path:
+    """policies/lab with the elephant threshold at 10 Mbit/s."""
+    where.mkdir()
+    for src in LAB_POLICIES.glob("*.yaml"):
+        (where / src.name).write_text(src.read_text().replace("threshold: 50Mbps",
+                                                              "threshold: 10Mbps"))
+    assert "threshold: 10Mbps" in (where / "elephant-tcp.yaml").read_text()
+    return where
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow,
               pytest.mark.filterwarnings("ignore::DeprecationWarning:mininet.*")]
@@ -85,7 +101,8 @@ def split(module_lab_lock: None, tmp_path_factory: pytest.TempPathFactory) -> It
     script.write_text(NOTIFY_SCRIPT)
     notified = out / "notified.jsonl"
     hook = Webhook()
-    session = LabSession(SessionOptions(out=out / "lab", split_hosts=True, watch_args=(
+    session = LabSession(SessionOptions(out=out / "lab", split_hosts=True,
+                                        policies=lab_policies(out / "policies"), watch_args=(
         "--notify-command", f"{sys.executable} {script} {notified}",
         "--notify-webhook", hook.url, "--notify-retries", "10")))
     session.start()
@@ -137,7 +154,7 @@ def test_the_parts_share_nothing_but_the_network(split: dict[str, Any]) -> None:
 def test_an_elephant_is_tapped_and_the_capture_hosts_manifest_tells_why(
         split: dict[str, Any]) -> None:
     session: LabSession = split["session"]
-    flow = TcpFlow(session, 1, 2, 42001, 5401, nbytes=100_000_000, rate="100M")  # ~8 s
+    flow = TcpFlow(session, 1, 2, 42001, 5401, nbytes=flow_bytes(8), rate=RATE)
     run_flows(session, [flow])
     sent, got = flow.results()
     assert sent["bytes_sent"] == got["bytes_received"] == flow.nbytes
@@ -152,10 +169,16 @@ def test_an_elephant_is_tapped_and_the_capture_hosts_manifest_tells_why(
     assert 0.5 * flow.nbytes / 1500 < len(frames) <= switch_packets(session, tap["tap_id"])
 
 
+def capture_gaps(session: LabSession, tap_id: str) -> tuple[float, int]:
+    """The longest silence between two captured copies of the tap, and their number."""
+    times = sorted(t for p in session.capture_files(tap_id) for t, _f, _l in read_capture(p))
+    return max((b - a for a, b in zip(times, times[1:])), default=0.0), len(times)
+
+
 def test_an_operator_releases_a_tap_from_another_machine_and_the_switch_entry_goes(
         split: dict[str, Any]) -> None:
     session: LabSession = split["session"]
-    flow = TcpFlow(session, 6, 7, 42002, 5402, nbytes=125_000_000, rate="100M")  # ~10 s on s2
+    flow = TcpFlow(session, 6, 7, 42002, 5402, nbytes=flow_bytes(10), rate=RATE)  # on s2
     assert session.wait(lambda s: any(t["state"] == "active" for t in taps_of(s, flow.key)), 20)
     (tap,) = taps_of(session, flow.key)
     assert len(s_entries(session, "s2", 42002)) == 1
@@ -178,9 +201,15 @@ def test_a_killed_daemon_loses_no_transition_on_the_capture_host_nor_the_notific
         split: dict[str, Any]) -> None:
     session: LabSession = split["session"]
     hook, notified = split["hook"], split["notified"]
-    flow = TcpFlow(session, 3, 4, 42003, 5403, nbytes=150_000_000, rate="100M")  # ~12 s
+    flow = TcpFlow(session, 3, 4, 42003, 5403, nbytes=flow_bytes(12), rate=RATE)
     assert session.wait(lambda s: any(t["state"] == "active" for t in taps_of(s, flow.key)), 20)
-    time.sleep(2)  # the sinks and the state file have caught up
+
+    def caught_up(s: LabSession) -> bool:
+        status = s._api.get("/api/v1/status")
+        return all(n["behind"] == 0 for n in status["notifications"].values())
+
+    assert session.wait(caught_up, 20)  # every sink has handled every transition so far
+    time.sleep(0.5)
     session.watch.kill()  # SIGKILL: no clean-up
     time.sleep(2)
     session.start_watch()  # same state file, same addresses
@@ -207,3 +236,29 @@ def test_a_killed_daemon_loses_no_transition_on_the_capture_host_nor_the_notific
     assert [n["id"] for n in lines] == every  # once each, in order, across the kill
     assert [b["id"] for b in hook.bodies] == every
     assert lines[0]["argv"] == [lines[0]["kind"], "-"]
+
+
+def test_a_daemon_down_for_6_5_s_keeps_the_tap_of_a_flow_that_still_runs(
+        split: dict[str, Any]) -> None:
+    """Issue 14 #4: the tap was released ~1 s after the restart, an 11 s capture gap
+    followed (hold-down), then a second tap of the same flow. Now the restarted daemon
+    (its embedded engine re-learning the rates) keeps the tap: one tap, no gap."""
+    session: LabSession = split["session"]
+    flow = TcpFlow(session, 8, 9, 42004, 5404, nbytes=flow_bytes(30), rate=RATE)  # on s2
+    assert session.wait(lambda s: any(t["state"] == "active" for t in taps_of(s, flow.key)), 20)
+    (tap,) = taps_of(session, flow.key)
+    time.sleep(2)
+    session.watch.kill()
+    time.sleep(6.5)  # more than twice the policy's 3 s duration
+    session.start_watch()
+    run_flows(session, [flow], timeout=90)
+    flow.results()
+    assert session.wait(lambda s: all(t["state"] in ("removed", "failed")
+                                      for t in taps_of(s, flow.key)), 30)
+    (after,) = taps_of(session, flow.key)  # no second tap
+    assert after["tap_id"] == tap["tap_id"]
+    story = session._api.get(f"/api/v1/taps/{tap['tap_id']}")
+    released = next(t for t in story["transitions"] if t["kind"] in ("expiring", "removed"))
+    assert released["at"] >= flow.ended_at - 1.0, released  # not before the flow ended
+    gap, copies = capture_gaps(session, tap["tap_id"])
+    assert copies > 0.5 * flow.nbytes / 1500 and gap < 1.0, (gap, copies)

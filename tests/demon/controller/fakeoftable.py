@@ -2,7 +2,8 @@
 
 It does what a switch does with the neutral changes the mirror book emits
 (:mod:`demon.controller.changes`): ADD replaces an entry of equal table, priority
-and match (its counters start again), DELETE_STRICT removes exactly one, an entry
+and match (OpenFlow 1.0 clears its counters, 1.3 copies them over, as Open vSwitch
+does; its timeouts start again), DELETE_STRICT removes exactly one, an entry
 with ``send_flow_rem`` reports its removal (reason and final counters); idle and
 hard timeouts run on the clock the test passes; an output to a port the switch
 does not have is refused. And it answers what a packet would do: the single
@@ -79,7 +80,10 @@ class FakeFlowTable:
                 if bad:
                     refused = refused or Refused(2, 4)  # OFPET_BAD_ACTION / OFPBAC_BAD_OUT_PORT
                     continue
-                self.held[key_of(entry)] = Held(entry, now, now)
+                old = self.held.get(key_of(entry))
+                held = self.held[key_of(entry)] = Held(entry, now, now)
+                if old is not None and self.openflow == "1.3":  # 1.3 copies the counters over
+                    held.packets, held.bytes = old.packets, old.bytes
             elif change.command == "delete_strict":
                 self._remove(key_of(entry), "delete")
             else:

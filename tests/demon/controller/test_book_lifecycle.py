@@ -61,11 +61,34 @@ def test_replace_changes_the_copy_silently_and_keeps_the_counters(openflow: str)
     h.tables[1].send(packet(), 7)
     changed = h.install("t1", copy_port=7, vlan_tag=9)
     assert changed["replaced"] is True and changed["cookie"] == first["cookie"]
+    # 1.3 copies counters to an entry ADD puts in the place of another; 1.0 clears them, so
+    # there the old entry is deleted first and its FlowRemoved brings its final counters
+    want = ["add"] if openflow == "1.3" else ["delete_strict", "add"]
+    assert [c.command for c in h.ios[1].batches[-1]] == want
     (entry,) = h.mirrors().values()
     assert h.tables[1].send(packet(), 3) == (forward(openflow), [(7, 9)])
     assert h.removed() == []  # replacing is not removing
     (listed,) = h.call("list_mirrors", dpid=1)
     assert (listed["copy_port"], listed["packets"], listed["bytes"]) == (7, 10, 1000)  # 7 before + 3 after
+
+
+def test_an_extension_leaves_the_entry_alone_and_its_fail_safe_is_re_armed(openflow: str) -> None:
+    h = Harness(openflow)
+    h.install("t1", idle_timeout=0, hard_timeout=10)
+    h.tables[1].send(packet(), 3)
+    mods = h.flow_mods()
+    extended = h.install("t1", idle_timeout=0, hard_timeout=100)  # the daemon holds the tap longer
+    assert extended["replaced"] is True and h.flow_mods() == mods  # nothing sent: no copy lost
+    h.tables[1].send(packet(), 2)
+    h.advance(10)  # the entry's own hard timeout fires: the tap is not due, its entry comes back
+    assert h.removed() == []
+    (entry,) = h.mirrors().values()
+    assert entry.hard_timeout == 90 and h.tables[1].send(packet()) == (forward(openflow), [(6, None)])
+    (listed,) = h.call("list_mirrors", dpid=1)
+    assert listed["packets"] == 6
+    h.advance(90)
+    (event,) = h.removed()
+    assert (event["reason"], event["packets"]) == ("hard_timeout", 6) and h.mirrors() == {}
 
 
 def test_remove_deletes_and_reports_the_counters(openflow: str) -> None:

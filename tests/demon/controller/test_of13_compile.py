@@ -57,3 +57,14 @@ def test_action_strings_round_trip(text: str) -> None:
 def test_unknown_action_is_refused() -> None:
     with pytest.raises(ValueError, match="unsupported action"):
         of13.action_from_string("meter:1")
+
+
+def test_a_strict_delete_names_the_entry_only() -> None:
+    """Nothing the switch would check beyond table, priority and match (an output to a port
+    it refused must not make the delete that undoes it fail too)."""
+    entry = Entry(40000, {"eth_type": 0x0800, "ipv4_src": "10.0.0.1"}, ("output:4294967039", "goto_table:1"),
+                  0xDE30_8000_0001, 30, 300, True)
+    mod = of13.flow_mod(entry, "delete_strict")
+    assert (mod["command"], mod["table_id"], mod["priority"], mod["match"]) == (
+        "delete_strict", 0, 40000, {"eth_type": 0x0800, "ipv4_src": "10.0.0.1"})
+    assert (mod["actions"], mod["goto_table"], mod["cookie_mask"], mod["flags"]) == ([], None, 0, 0)
