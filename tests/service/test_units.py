@@ -93,6 +93,16 @@ def test_systemd_analyze_verify_accepts_the_units(tmp_path: Path) -> None:
 # -- readiness ------------------------------------------------------------------------
 
 
+def stop(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM, then SIGKILL: a test never leaves a server behind."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
 class NotifySocket:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -120,9 +130,9 @@ def notify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def test_demon_sflow_is_ready_once_both_listeners_are_bound(notify: NotifySocket) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "sflow.cli", "--sflow-port", "0", "--http-port",
-                             "0", "--log-level", "warning"], cwd=REPO, stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "sflow.cli", "--sflow-listen", "127.0.0.1:0",
+                             "--http-listen", "127.0.0.1:0", "--log-level", "warning"], cwd=REPO,
+                            stdout=subprocess.PIPE, text=True)
     try:
         bound = json.loads(proc.stdout.readline())  # printed once both sockets are bound
         ready = notify.receive(30)
@@ -131,8 +141,7 @@ def test_demon_sflow_is_ready_once_both_listeners_are_bound(notify: NotifySocket
         with socket.create_connection(("127.0.0.1", int(bound["http"].rsplit(":", 1)[1])), 5):
             pass
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop(proc)
 
 
 def test_demon_watch_is_ready_once_started(notify: NotifySocket, tmp_path: Path) -> None:
@@ -175,12 +184,16 @@ def test_demon_controller_is_ready_once_openflow_listens(notify: NotifySocket,
         of_port = probe.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "demon.controller.launcher", "--fabric",
                              str(fabric), "--of-port", str(of_port), "--rpc", "tcp:127.0.0.1:0",
-                             "--token-file", str(tmp_path / "rpc.token"), "--log-level",
-                             "warning", "--metrics-listen", ""],  # no fixed port: other checkouts test too
-                            cwd=REPO, stdout=subprocess.PIPE, text=True)
+                             "--token-file", str(tmp_path / "rpc.token"), "--metrics-listen", "",
+                             "--log-level", "warning"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
         ready = notify.receive(60)
-        assert ready is not None and ready["READY"] == "1", "no readiness within 60 s"
+        if ready is None:
+            stop(proc)
+            pytest.fail(f"no readiness within 60 s (exit {proc.returncode}): "
+                        f"{proc.stdout.read()[-500:]} {proc.stderr.read()[-1500:]}")
+        assert ready["READY"] == "1"
         # ready means the OpenFlow port accepts connections now
         with socket.create_connection(("127.0.0.1", of_port), 5):
             pass
@@ -188,23 +201,25 @@ def test_demon_controller_is_ready_once_openflow_listens(notify: NotifySocket,
     finally:
         # os-ken's hub may sleep through a SIGTERM another thread took (as the controller
         # tests know): stopping it is not what this test checks
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        stop(proc)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="an AF_PACKET socket needs root")
 def test_demon_capture_is_ready_once_its_socket_is_open(notify: NotifySocket,
                                                         tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "demon.capture.agent", "-i", "lo", "-o",
-                             str(tmp_path / "out"), "--log-level", "warning"], cwd=REPO)
+                             str(tmp_path / "out"), "--metrics-listen", "", "--log-level",
+                             "warning"], cwd=REPO)
     try:
         ready = notify.receive(30)
         assert ready is not None and ready["READY"] == "1"
         assert "capturing on lo" in ready["STATUS"]
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        try:
+            status = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+            raise
+    assert status == 0  # a clean stop on SIGTERM
