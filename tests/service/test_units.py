@@ -176,7 +176,8 @@ def test_demon_controller_is_ready_once_openflow_listens(notify: NotifySocket,
     proc = subprocess.Popen([sys.executable, "-m", "demon.controller.launcher", "--fabric",
                              str(fabric), "--of-port", str(of_port), "--rpc", "tcp:127.0.0.1:0",
                              "--token-file", str(tmp_path / "rpc.token"), "--log-level",
-                             "warning"], cwd=REPO, stdout=subprocess.PIPE, text=True)
+                             "warning", "--metrics-listen", ""],  # not the machine-wide 8735
+                            cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         ready = notify.receive(60)
         assert ready is not None and ready["READY"] == "1", "no readiness within 60 s"
