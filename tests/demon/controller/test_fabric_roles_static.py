@@ -148,7 +148,8 @@ def test_launcher_exits_when_an_address_is_busy(tmp_path: Path, busy: str) -> No
         rpc = f"tcp:127.0.0.1:{port if busy == 'rpc' else 0}"
         of_port = port if busy == "openflow" else free
         done = subprocess.run([sys.executable, "-m", "demon.controller.launcher", "--fabric", str(fabric),
-                               "--token-file", str(tmp_path / "tok"), "--rpc", rpc, "--of-port", str(of_port)],
+                               "--token-file", str(tmp_path / "tok"), "--rpc", rpc, "--of-port", str(of_port),
+                               "--metrics-listen", ""],  # not the machine-wide 8735
                               capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert f"127.0.0.1:{port}: Address already in use" in done.stderr

@@ -18,7 +18,6 @@ const state = {
   transitions: [],         // newest last
   lastId: 0,
   stopStream: null,
-  readsRefused: false,
   window: 300,
 };
 
@@ -39,14 +38,9 @@ function say(text, level = "info") {
 
 async function read(path) {
   try {
-    const body = await api.get(path);
-    if (state.readsRefused) {
-      state.readsRefused = false;
-    }
-    return body;
+    return await api.get(path);
   } catch (err) {
     if (err.status === 401) {
-      state.readsRefused = true;
       say(`reads refused: ${err.message}. Paste a token.`, "error");
     } else if (err.status !== 503) {
       say(`${path}: ${err.message}`, "error");
