@@ -48,7 +48,8 @@ The rules (each transition emits a ``Record`` naming its cause):
   When it is back, pending installs and expiring removes are sent (once each).
   ``Reconcile`` (the controller's ``list_mirrors``) starts a new controller
   session: calls in flight before it are forgotten; it removes orphan mirrors
-  (tap unknown or ended), re-installs live taps the switches lost, confirms
+  (tap unknown or ended; entries listed without a tap id through the tap id
+  their cookie maps to, or recorded once when none does), re-installs live taps the switches lost, confirms
   pending taps the switches already hold, and expires overdue ones. On start-up
   and on every reconnect the runtime feeds ``Reconcile`` first, then
   ``ControllerStatus(up=True)``: each outstanding install/remove is then sent
@@ -77,6 +78,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Mapping
 
 from demon import budget
+from demon.controller.spec import cookie_for_tap
 from demon.flowmatch import FlowMatchError, flow_key_to_match
 from demon.model import (BASE_OF_PRIORITY, Answer, Candidate, Command, ControllerStatus,
                          FlowSighting, HistoryEntry, Input, InstallMirror, InstallResult,
@@ -130,6 +132,7 @@ class _Work:
         self.controller_up = state.controller_up
         self.next_seq = state.next_seq
         self.observed = state.observed
+        self.strays = state.strays
         self.commands: list[Command] = []
         # Why the last admission attempt did not tap (code, reason), for operator answers.
         self.refusal: tuple[str, str] | None = None
@@ -143,7 +146,8 @@ class _Work:
     def freeze(self) -> State:
         return State(taps=self.taps, holddown=self.holddown, paused=frozenset(self.paused),
                      controller_up=self.controller_up, watch=self.watch, next_seq=self.next_seq,
-                     observed=self.observed, index=(self.taps, self.watch, self.idx))
+                     observed=self.observed, strays=self.strays,
+                     index=(self.taps, self.watch, self.idx))
 
     def _own(self, name: str) -> dict:
         if name not in self._owned:
@@ -893,10 +897,14 @@ def _on_reconcile(w: _Work, rec: Reconcile) -> None:
         if tap.live and tap.inflight is not None:
             w.put(tap, inflight=None)
     held: dict[str, Mapping[str, Any]] = {}
+    strays: list[Mapping[str, Any]] = []
     for mirror in rec.mirrors:
-        tap_id = str(mirror.get("tap_id", ""))
-        if tap_id:
-            held[tap_id] = mirror
+        tap_id = mirror.get("tap_id")
+        if tap_id is None or tap_id == "":
+            strays.append(mirror)
+        else:
+            held[str(tap_id)] = mirror
+    _reconcile_strays(w, strays, held)
     for tap_id, mirror in held.items():
         tap = w.taps.get(tap_id)
         counters = {"packets": max(tap.packets, int(mirror.get("packets") or 0)),
@@ -932,6 +940,39 @@ def _on_reconcile(w: _Work, rec: Reconcile) -> None:
                  release_reason=tap.reason)
     _sweep(w)
     _admit_waiting(w)
+
+
+def _reconcile_strays(w: _Work, strays: list[Mapping[str, Any]],
+                      held: dict[str, Mapping[str, Any]]) -> None:
+    """Mirror entries the component lists with ``"tap_id": null`` (it does not know
+    them: it restarted without its state file). ``remove_mirror`` takes only a tap id
+    and removes such entries by that id's deterministic cookie, so a stray whose
+    cookie is the cookie of a tap we know is handled as that tap's mirror: an ended
+    tap's is removed, a live tap's is left to its re-install (which adopts the
+    entries). Any other stray cannot be removed over RPC: it is recorded once while
+    it stays on its switch (its hard timeout ends it), never "removed" in a loop."""
+    ours = {cookie_for_tap(tap_id): tap_id for tap_id in w.taps}
+    reported: set[tuple[int, int]] = set()
+    for mirror in strays:
+        cookie, dpid = mirror.get("cookie"), mirror.get("dpid")
+        tap_id = ours.get(cookie) if isinstance(cookie, int) else None
+        if tap_id is not None:
+            if not w.taps[tap_id].live:
+                held.setdefault(tap_id, mirror)
+            continue
+        key = (int(dpid) if isinstance(dpid, int) else -1,
+               cookie if isinstance(cookie, int) else -1)
+        reported.add(key)
+        if key in w.strays:
+            continue
+        shown = f"{cookie:#x}" if isinstance(cookie, int) else repr(cookie)
+        w.record(None, "orphan", f"reconcile: switch {dpid} holds mirror entries with cookie "
+                 f"{shown} that no tap of the daemon owns; the controller's RPC cannot remove "
+                 "them (remove_mirror takes a tap id): they end at their hard timeout, or "
+                 f"delete them on the switch (ovs-ofctl del-flows BRIDGE cookie={shown}/-1)",
+                 dpid=dpid, cookie=cookie, packets=mirror.get("packets"),
+                 bytes=mirror.get("bytes"))
+    w.strays = frozenset(reported)
 
 
 _HANDLERS: dict[type, Any] = {

@@ -181,6 +181,10 @@ class State:
     watch: Mapping[tuple[str, str], Candidate] = field(default_factory=dict)
     next_seq: int = 1
     observed: Mapping[str, float] | None = None
+    #: (dpid, cookie) of mirror entries no tap of ours owns and the RPC protocol cannot
+    #: remove, already reported: each is recorded once while it stays on its switch.
+    #: Not persisted (a restarted daemon says it once more).
+    strays: frozenset[tuple[int, int]] = frozenset()
     # The core's derived lookups (demon.tapindex), valid only for these very
     # taps/watch objects; never persisted, rebuilt when missing.
     index: Any = field(default=None, compare=False, repr=False)

@@ -28,8 +28,10 @@ from demon.flowmatch import FlowMatchError, check_keys, flow_key_to_match, split
 from demon.model import FlowSighting
 from demon.policy_base import (FieldProblem, Policy, Rate, ValueKind, bounded, _rate)
 from demon.schedule import Schedule, ScheduleError, zone
-from demon.sflowterms import TermError, check_filter, check_key_name
+from demon.sflowterms import TermError, check_definition, check_filter
+from demon.sflowterms import check_keys as check_key_terms
 from demon.units import UnitError, format_rate, parse_percent
+from sflow.flowdef import MAX_FS_LENGTH
 
 #: The watch list's threshold: above 0 so that the very first sample fires it
 #: (a rate is never below one sample's impulse, bytes x sampling rate / t).
@@ -39,11 +41,10 @@ WATCH_THRESHOLD = 1e-3
 def _check_key_list(keys: list[str]) -> list[str]:
     if len(keys) > 16:
         raise ValueError(f"{len(keys)} keys (at most 16)")
-    for key in keys:
-        try:
-            check_key_name(key)
-        except TermError as exc:
-            raise ValueError(str(exc)) from None
+    try:
+        check_key_terms(keys)
+    except TermError as exc:
+        raise ValueError(str(exc)) from None
     try:
         check_keys(keys)
     except FlowMatchError as exc:
@@ -78,7 +79,7 @@ class EnginePolicy(Policy):
     value: ValueKind = "bytes"
     filter: str | None = None
     t: Annotated[float, bounded(0.2, 600, "sFlow-RT's smoothing range")] = 2.0
-    fs: str = Field(default=",", min_length=1, max_length=16)
+    fs: str = Field(default=",", min_length=1, max_length=MAX_FS_LENGTH)
     interval: Annotated[float, bounded(0.2, 3600)] = 2.0
 
     @field_validator("filter")
@@ -90,6 +91,16 @@ class EnginePolicy(Policy):
             except TermError as exc:
                 raise ValueError(f"does not parse: {exc}") from None
         return text
+
+    @model_validator(mode="after")
+    def _engine_takes_it(self) -> "EnginePolicy":
+        """The definitions exactly as the daemon will send them, through the engine's
+        parser (the fields were checked one by one above; this catches the rest)."""
+        try:
+            check_definition(self.flow_name, self.flow_spec(), self.threshold_spec())
+        except TermError as exc:
+            raise FieldProblem(exc.field or "(policy)", str(exc)) from None
+        return self
 
     def flow_spec(self) -> dict[str, Any]:
         keys: list[str] = getattr(self, "keys")  # a field, or derived by the kind

@@ -1,15 +1,30 @@
-"""sFlow-RT vocabulary for validating policies: flow key names and a light filter check.
+"""sFlow-RT vocabulary for validating policies, over the embedded engine's own parser.
 
-Not a full sFlow-RT filter parser: it checks the shape (``key op value`` terms
-joined by ``&``/``|``, balanced parentheses) and that every key exists, which
-catches the typos that would otherwise only show as an HTTP 400 from the engine
-at start-up.
+The flow and threshold definitions a policy makes are parsed by the engine's
+parser (``sflow.flowdef``, compiled as the engine's HTTP API compiles them), so
+``demon-watch --check`` refuses exactly what the engine would refuse at start or
+reload: RE2 regular expressions (no backreferences or lookaround), the nesting
+and length limits, each key function's arguments. There is no second parser here
+to disagree with it. On top of the engine's checks, the key names a definition
+reads are checked against sFlow-RT's vocabulary: the engine takes any name (a key
+a sample lacks is missing), so a typo would make a flow that never matches.
+
+Key functions that read the engine's HTTP API state (``group:``, ``map:``,
+``link:``, ``node:``) are checked against an empty state, as the daemon's
+embedded engine starts; ``country:``/``asn:`` need a table the daemon's engine
+is not given, so they are refused as it refuses them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
+from typing import Any, Iterator, Mapping, Sequence
+
+from sflow import keyfuncs
+from sflow.filterexpr import recording_key_names
+from sflow.flowdef import DefinitionError, parse_flow, parse_threshold
 
 KNOWN_KEYS: frozenset[str] = frozenset("""
 agent inputifindex outputifindex direction stack bytes frames stripped ip_offset
@@ -27,104 +42,82 @@ vxlanvni genevevni grevsid dnsqname dnsqtypename dnsqr arpoperation arpipsender
 requests duration tcprtt
 """.split())
 
-# key function → positions (after the function name) that hold key names.
-KEY_FUNCTIONS: dict[str, tuple[int, ...]] = {
-    "group": (0,), "country": (0,), "asn": (0,), "oui": (0,), "host": (0,),
-    "prefix": (0,), "suffix": (0,), "mask": (0,), "null": (0,), "range": (0,),
-    "map": (0,), "eq": (0, 1), "or": (), "link": (0,), "node": (0,),
-}
-
 _SUFFIX = re.compile(r"\.\d+$")
-#: Bounds on a filter (a policy file is operator input: a filter nested a thousand
-#: levels deep must be one error line, not a RecursionError).
-MAX_FILTER_LENGTH = 4096
-MAX_FILTER_DEPTH = 32
-_OPS = ("!=", "!~", "=", "~")
+#: a flow name for checking a single attribute (the engine wants a valid one)
+_CHECK_NAME = "demon_check"
 
 
 class TermError(ValueError):
-    """An sFlow-RT key or filter that cannot be right."""
+    """An sFlow-RT key or filter that cannot be right; ``field`` names the
+    definition attribute the engine refused (``keys``, ``filter``...) when known."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
-def check_key_name(key: str) -> None:
-    """Raise TermError unless ``key`` is a known flow key or key function over known keys."""
-    key = key.strip()
-    if not key:
-        raise TermError("empty key")
-    if ":" in key:
-        func, *args = key.split(":")
-        if func not in KEY_FUNCTIONS:
-            raise TermError(f"unknown key function {func!r} in {key!r}")
-        positions = range(len(args)) if func == "or" else KEY_FUNCTIONS[func]
-        if not args:
-            raise TermError(f"key function {key!r} has no arguments")
-        for pos in positions:
-            if pos >= len(args):
-                raise TermError(f"key function {key!r} misses an argument")
-            check_key_name(args[pos].strip("[]"))
-        return
-    base = _SUFFIX.sub("", key)
-    if base not in KNOWN_KEYS:
-        close = difflib.get_close_matches(base, KNOWN_KEYS, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise TermError(f"{key!r} is not an sFlow-RT flow key{hint}")
+@contextlib.contextmanager
+def _as_the_engine() -> Iterator[set[str]]:
+    """Compile as the daemon's embedded engine does; yields the key names read."""
+    keyfuncs.register()
+    with keyfuncs.bound(keyfuncs.KeyContext()), recording_key_names() as names:
+        yield names
 
 
-def _split_top(text: str) -> list[str]:
-    """Split on top-level ``&``/``|`` (outside parentheses)."""
-    parts, depth, start = [], 0, 0
-    for i, ch in enumerate(text):
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-            if depth < 0:
-                raise TermError(f"unbalanced ')' at position {i + 1}")
-        elif ch in "&|" and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    if depth != 0:
-        raise TermError("unbalanced '(': missing ')'")
-    parts.append(text[start:])
-    return parts
+def _refused(exc: DefinitionError, fields: Mapping[str, str] | None = None) -> TermError:
+    """The engine's ``field: message`` as a TermError of that field."""
+    field, sep, message = str(exc).partition(": ")
+    if not sep:
+        return TermError(str(exc))
+    return TermError(message, (fields or {}).get(field, field))
 
 
-def _depth(text: str) -> int:
-    depth = deepest = 0
-    for ch in text:
-        if ch == "(":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch == ")":
-            depth -= 1
-    return deepest
+def _check_vocabulary(names: set[str]) -> None:
+    for name in sorted(names):
+        base = _SUFFIX.sub("", name)
+        if base not in KNOWN_KEYS:
+            close = difflib.get_close_matches(base, KNOWN_KEYS, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise TermError(f"{name!r} is not an sFlow-RT flow key{hint}")
+
+
+def _check_attribute(body: dict[str, Any]) -> None:
+    with _as_the_engine() as names:
+        try:
+            parse_flow(_CHECK_NAME, body)
+        except DefinitionError as exc:
+            raise _refused(exc) from None
+    _check_vocabulary(names)
+
+
+def check_keys(keys: Sequence[str]) -> None:
+    """Raise TermError unless the engine takes ``keys`` and they read known flow keys."""
+    _check_attribute({"keys": list(keys)})
 
 
 def check_filter(text: str) -> None:
-    """Raise TermError when ``text`` is not a plausible sFlow-RT filter expression."""
-    if len(text) > MAX_FILTER_LENGTH:
-        raise TermError(f"{len(text)} characters long (at most {MAX_FILTER_LENGTH})")
-    deepest = _depth(text)
-    if deepest > MAX_FILTER_DEPTH:
-        raise TermError(f"parentheses nest {deepest} deep (at most {MAX_FILTER_DEPTH})")
-    _check_terms(text)
-
-
-def _check_terms(text: str) -> None:
-    if not text.strip():
+    """Raise TermError unless the engine takes the filter ``text`` and it reads known keys."""
+    if not text:  # the engine reads "" as no filter; a policy that names one means one
         raise TermError("empty filter")
-    for part in _split_top(text):
-        term = part.strip()
-        if not term:
-            raise TermError(f"empty term in {text!r} (a dangling '&' or '|')")
-        if term.startswith("(") and term.endswith(")"):
-            _check_terms(term[1:-1])
-            continue
-        positions = [(term.find(op), op) for op in _OPS if term.find(op) > 0]
-        if not positions:
-            raise TermError(f"term {term!r} has no operator (=, !=, ~, !~)")
-        index, op = min(positions, key=lambda p: (p[0], -len(p[1])))
-        lhs, rhs = term[:index].strip(), term[index + len(op):].strip()
-        if not rhs:
-            raise TermError(f"term {term!r} has no value after {op!r}")
-        check_key_name(lhs)
+    _check_attribute({"filter": text})
+
+
+#: a threshold's attributes as the policy fields they come from
+_THRESHOLD_FIELDS = {"value": "threshold", "timeout": "t", "metric": "name"}
+
+
+def check_definition(name: str, flow: Mapping[str, Any] | None,
+                     threshold: Mapping[str, Any] | None) -> None:
+    """Raise TermError (with ``field``) unless the engine takes the flow and threshold
+    definitions a policy would make, exactly as the daemon would send them."""
+    with _as_the_engine():
+        if flow is not None:
+            try:
+                parse_flow(name, dict(flow))
+            except DefinitionError as exc:
+                raise _refused(exc) from None
+        if threshold is not None:
+            try:
+                parse_threshold(name, dict(threshold))
+            except DefinitionError as exc:
+                raise _refused(exc, _THRESHOLD_FIELDS) from None

@@ -30,13 +30,15 @@ offset): ``unexpected ')' at 12``.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ipaddress
 import re
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 __all__ = ["ExprError", "KeyFn", "Predicate", "compile_key", "compile_filter", "as_text",
            "register_key_function", "unregister_key_function", "implicit_reads",
-           "KeyFunctionBuilder", "MAX_DEPTH", "compile_regex"]
+           "KeyFunctionBuilder", "MAX_DEPTH", "compile_regex", "recording_key_names"]
 
 KeyFn = Callable[[Mapping[str, Any]], "str | None"]
 Predicate = Callable[[Mapping[str, Any]], bool]
@@ -118,7 +120,31 @@ def _split_args(text: str, base: int) -> list[tuple[str, int]]:
     return parts
 
 
+_RECORDING: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar(
+    "sflow_key_names", default=None)
+
+
+@contextlib.contextmanager
+def recording_key_names() -> Iterator[set[str]]:
+    """Collect the key names that expressions compiled within this block read.
+
+    The engine takes any well-formed name (a key a sample lacks is missing); a
+    validator that knows the vocabulary (the daemon's policy loader) checks the
+    names this collects, so that it needs no parser of its own.
+    """
+    names: set[str] = set()
+    token = _RECORDING.set(names)
+    try:
+        yield names
+    finally:
+        _RECORDING.reset(token)
+
+
 def _plain(name: str) -> KeyFn:
+    seen = _RECORDING.get()
+    if seen is not None:
+        seen.add(name)
+
     def get(keys: Mapping[str, Any]) -> str | None:
         value = keys.get(name)
         return None if value is None else as_text(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from demon.controller.spec import cookie_for_tap
 from demon.model import InstallResult, MirrorRemoved, Reconcile, RemoveResult
 
 from .core_harness import T0, Harness, flow, installs, policy, removes
@@ -122,6 +123,52 @@ def test_reconcile_removes_orphans_and_mirrors_of_ended_taps():
     assert sorted(r.tap_id for r in removes(out)) == sorted([tap_id, "ghost.9"])
     causes = {r.tap_id: r.detail["cause"] for r in h.records("orphan")}
     assert "unknown to the daemon" in causes["ghost.9"] and "tap is removed" in causes[tap_id]
+
+
+def stray(cookie: int, dpid: int = 1) -> dict:
+    """A ``list_mirrors`` record of entries the component does not know (docs/rpc-protocol.md)."""
+    return {"tap_id": None, "dpid": dpid, "cookie": cookie, "packets": 3, "bytes": 300}
+
+
+def test_reconcile_removes_a_stray_of_an_ended_tap_by_the_tap_id_its_cookie_maps_to():
+    # A component restarted without its state file lists the ended tap's entries with
+    # "tap_id": null; remove_mirror removes them by the tap id's deterministic cookie.
+    h, tap_id = started()
+    h.feed(InstallResult(tap_id, ok=True))
+    h.tick(30)
+    h.feed(RemoveResult(tap_id, ok=True))
+    out = h.at(31).feed(Reconcile(mirrors=[stray(cookie_for_tap(tap_id))]))
+    assert [r.tap_id for r in removes(out)] == [tap_id]
+    assert "None" not in [r.tap_id for r in removes(h.commands)]
+
+
+def test_reconcile_reports_an_unremovable_stray_once_and_never_asks_to_remove_tap_none():
+    h, tap_id = started()
+    h.feed(InstallResult(tap_id, ok=True))
+    unknown = stray(0xDE30_0000_8000_1234, dpid=2)
+    out = h.at(5).feed(Reconcile(mirrors=[unknown, {"tap_id": tap_id, "dpid": 1}]))
+    assert removes(out) == [] and installs(out) == []
+    [rec] = [r for r in h.records("orphan") if r.tap_id is None]
+    cause = rec.detail["cause"]
+    assert cause.startswith("reconcile: ") and f"{unknown['cookie']:#x}" in cause
+    assert "switch 2" in cause and "cannot" in cause and rec.detail["cookie"] == unknown["cookie"]
+    assert h.only_tap().state == "active"
+    h.at(20).feed(Reconcile(mirrors=[unknown, {"tap_id": tap_id, "dpid": 1}]))  # a reconnect
+    assert len([r for r in h.records("orphan") if r.tap_id is None]) == 1  # told once
+    assert removes(h.commands) == []
+    h.at(40).feed(Reconcile(mirrors=[{"tap_id": tap_id, "dpid": 1}]))  # gone (hard timeout)
+    h.at(60).feed(Reconcile(mirrors=[unknown, {"tap_id": tap_id, "dpid": 1}]))  # back again
+    assert len([r for r in h.records("orphan") if r.tap_id is None]) == 2
+
+
+def test_reconcile_leaves_a_live_taps_stray_to_its_reinstall():
+    # The component lost its state but the switch kept the live tap's entries: the
+    # re-install adopts them (same deterministic cookie); removing would end the tap.
+    h, tap_id = started()
+    h.feed(InstallResult(tap_id, ok=True))
+    out = h.at(5).feed(Reconcile(mirrors=[stray(cookie_for_tap(tap_id))]))
+    assert removes(out) == [] and [c.tap.tap_id for c in installs(out)] == [tap_id]
+    assert not h.records("orphan")
 
 
 def test_reconcile_reinstalls_a_live_tap_the_switch_lost():
