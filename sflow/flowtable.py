@@ -323,8 +323,18 @@ def active_flows(snap: FlowSnapshot, max_flows: int = 100, min_value: float = 0.
     that was seen), ``sum`` adds its values, ``avg`` averages them; ``edge`` and
     ``core`` behave as ``max`` here (the topology's own modes are the HTTP layer's).
     """
+    rows = ((agent, ds, key, rate) for agent, ds, key, rate, _last in snap.rates())
+    return merge_flow_rates(rows, "max" if agg_mode in ("edge", "core") else agg_mode,
+                            max_flows, min_value)
+
+
+def merge_flow_rates(rows: Iterable[tuple[str, str, str, float]], mode: str, max_flows: int,
+                     min_value: float) -> list[dict[str, Any]]:
+    """``/activeflows`` records from (agent, dataSource, key, rate) rows, one per key,
+    value descending: ``sum`` adds a key's rates, ``avg`` averages them, else the
+    largest; agent and dataSource are where the largest was seen (pure)."""
     merged: dict[str, list[Any]] = {}  # key -> [best, agent, ds, sum, count]
-    for agent, ds, key, rate, _last in snap.rates():
+    for agent, ds, key, rate in rows:
         rec = merged.get(key)
         if rec is None:
             merged[key] = [rate, agent, ds, rate, 1]
@@ -335,7 +345,7 @@ def active_flows(snap: FlowSnapshot, max_flows: int = 100, min_value: float = 0.
             rec[4] += 1
     out = []
     for key, (best, agent, ds, total, count) in merged.items():
-        value = total if agg_mode == "sum" else total / count if agg_mode == "avg" else best
+        value = total if mode == "sum" else total / count if mode == "avg" else best
         if value >= min_value:
             out.append({"key": key, "value": value, "agent": agent, "dataSource": ds})
     out.sort(key=lambda rec: rec["value"], reverse=True)

@@ -9,7 +9,7 @@ lock only to collect what arrived.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -18,6 +18,7 @@ from starlette.responses import Response
 from sflow import keyfuncs, metricquery
 from sflow.engine import AGG_MODES, VERSION, Engine
 from sflow.flowdef import parse_flow, parse_threshold
+from sflow.flowtable import merge_flow_rates
 from sflow.httpbase import ApiError, Query, json_response, no_content, text_response
 from sflow.httptopology import AgentSelection, TopologyRoutes
 
@@ -203,29 +204,19 @@ def _topology_active_flows(engine: Engine, name: str, now: float, selection: Age
     if rates is None:
         return None
     index = selection.index
-    merged: dict[str, list[Any]] = {}  # key -> [best, agent, ds, sum, count]
-    for agent, ds, key, rate in rates:
-        if not selection.accepts(agent, ds):
-            continue
-        if agg in ("edge", "core"):
-            core = index.is_core(agent, ds) if index is not None else False
-            if core != (agg == "core"):
+
+    def rows() -> Iterator[tuple[str, str, str, float]]:
+        for agent, ds, key, rate in rates:
+            if not selection.accepts(agent, ds):
                 continue
-        rec = merged.get(key)
-        if rec is None:
-            merged[key] = [rate, agent, ds, rate, 1]
-        else:
-            if rate > rec[0]:
-                rec[0], rec[1], rec[2] = rate, agent, ds
-            rec[3] += rate
-            rec[4] += 1
-    out = []
-    for key, (best, agent, ds, total, count) in merged.items():
-        value = (total if agg in ("sum", "edge") else total / count if agg == "avg" else best)
-        if value >= min_value:
-            out.append({"key": key, "value": value, "agent": agent, "dataSource": ds})
-    out.sort(key=lambda rec: rec["value"], reverse=True)
-    return out[:max_flows]
+            if agg in ("edge", "core"):
+                core = index.is_core(agent, ds) if index is not None else False
+                if core != (agg == "core"):
+                    continue
+            yield agent, ds, key, rate
+
+    mode = "sum" if agg in ("sum", "edge") else "avg" if agg == "avg" else "max"
+    return merge_flow_rates(rows(), mode, max_flows, min_value)
 
 
 def _flow_rates(engine: Engine, name: str,

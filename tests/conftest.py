@@ -13,7 +13,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
 import pytest
 
@@ -76,26 +76,50 @@ def lab_available() -> None:
         pytest.skip(reason)
 
 
+class _LabHold:
+    """This process's hold of the lab lock: the locked file and how many hold it."""
+
+    handle: IO[str] | None = None
+    depth = 0
+
+
 @contextlib.contextmanager
 def held_lab_lock() -> Iterator[None]:
     """Hold the machine-wide lab lock (``demon-lab`` takes the same one).
 
     The seed topology's names (s1..s3, h1..h11) and the sFlow/OpenFlow ports
-    are fixed, so two lab runs at once would fight over them. Take it once per
-    process: flock on a second descriptor of the same file would wait forever.
+    are fixed, so two lab runs at once would fight over them. Counted within
+    this process (flock on a second descriptor of the same file would wait
+    forever): a test's hold inside its module's hold takes nothing more, and
+    the file is unlocked when the last holder lets go, in whatever order.
     """
-    LAB_LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with open(LAB_LOCK, "w") as handle:
+    if _LabHold.handle is None:
+        LAB_LOCK.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(LAB_LOCK, "w")
         fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        _LabHold.handle = handle
+    _LabHold.depth += 1
+    try:
+        yield
+    finally:
+        _LabHold.depth -= 1
+        if not _LabHold.depth and _LabHold.handle is not None:
+            fcntl.flock(_LabHold.handle, fcntl.LOCK_UN)
+            _LabHold.handle.close()
+            _LabHold.handle = None
 
 
 @pytest.fixture
 def lab_lock(lab_available: None) -> Iterator[None]:
     """Serialise every test that touches OVS bridges or Mininet, machine-wide."""
+    with held_lab_lock():
+        yield
+
+
+@pytest.fixture(scope="module")
+def module_lab_lock(lab_available: None) -> Iterator[None]:
+    """For a module whose lab outlives one test (module-scoped fixtures): the lock
+    is held from the lab's start to its stop, so no other lab runs in between."""
     with held_lab_lock():
         yield
 

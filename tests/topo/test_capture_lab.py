@@ -29,7 +29,6 @@ import pytest
 from demon.capture.packet import parse_frame
 from demon.capture.taptable import tap_table_entry
 from tests.capture_files import capture_files, read_capture
-from tests.conftest import held_lab_lock
 from topo.hostproc import HostProc, start_capture_agent, traffic
 from topo.seed import host_ip
 from topo.session import LAB_POLICIES, LabSession, SessionOptions
@@ -58,16 +57,6 @@ idle_timeout: 2
 capture: capture-host
 """
 
-
-@pytest.fixture(scope="module")
-def module_lab_lock(lab_available: None) -> Iterator[None]:
-    with held_lab_lock():
-        yield
-
-
-@pytest.fixture
-def lab_lock(module_lab_lock: None) -> Iterator[None]:
-    yield
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.conftest import held_lab_lock
 from tests.topo.test_loop_end_to_end import TcpFlow, run_flows, taps_of
 from tests.topo.test_split_hosts_lab import RATE, capture_gaps, flow_bytes, lab_policies
 from topo.components import free_port
@@ -29,16 +28,6 @@ from topo.session import LabSession, SessionOptions
 pytestmark = [pytest.mark.integration, pytest.mark.slow,
               pytest.mark.filterwarnings("ignore::DeprecationWarning:mininet.*")]
 
-
-@pytest.fixture(scope="module")
-def module_lab_lock(lab_available: None) -> Iterator[None]:
-    with held_lab_lock():
-        yield
-
-
-@pytest.fixture
-def lab_lock(module_lab_lock: None) -> Iterator[None]:
-    yield
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ import pytest
 
 from demon.capture.packet import FlowKey, parse_frame
 from tests.capture_files import capture_files, read_capture
-from tests.conftest import held_lab_lock
 from topo.hostproc import HostProc, traffic
 from topo.seed import host_ip
 from topo.session import LabSession, SessionOptions
@@ -32,17 +31,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow,
 POLICY_CAP = 2  # policies/lab/elephant-tcp.yaml max_taps
 UPLINKS = set(range(6, 11))
 
-
-@pytest.fixture(scope="module")
-def module_lab_lock(lab_available: None) -> Iterator[None]:
-    with held_lab_lock():
-        yield
-
-
-@pytest.fixture
-def lab_lock(module_lab_lock: None) -> Iterator[None]:
-    """This module's lab holds the machine-wide lock for all its tests (see module_lab_lock)."""
-    yield
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,6 @@ from demon.rpc.protocol import RpcError
 from demon.rpc.token import read_api_tokens
 from tests.browser import Browser, browser_unavailable_reason
 from tests.capture_files import read_capture
-from tests.conftest import held_lab_lock
 from tests.demon.fakes import sflow_datagram
 from tests.metricnames import exported, grouping_labels, names_in, queries
 from tests.topo.test_loop_end_to_end import TcpFlow, agent_counters, run_flows, taps_of, wait_released
@@ -43,17 +42,6 @@ POLICY = "elephant_tcp"
 THRESHOLD_BPS = 50e6  # policies/lab/elephant-tcp.yaml
 FAKE_AGENT = "192.0.2.99"  # an sFlow agent of the test's own, with a sequence gap
 
-
-@pytest.fixture(scope="module")
-def module_lab_lock(lab_available: None) -> Iterator[None]:
-    with held_lab_lock():
-        yield
-
-
-@pytest.fixture
-def lab_lock(module_lab_lock: None) -> Iterator[None]:
-    """This module's lab holds the machine-wide lock for all its tests."""
-    yield
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,6 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.conftest import held_lab_lock
 from tests.topo.test_loop_end_to_end import (TcpFlow, pcap_fields, read_capture, run_flows,
                                              switch_packets, taps_of)
 from topo.session import LAB_POLICIES, LabSession, SessionOptions
@@ -82,16 +81,6 @@ class Webhook:
         self.server.shutdown()
         self.server.server_close()
 
-
-@pytest.fixture(scope="module")
-def module_lab_lock(lab_available: None) -> Iterator[None]:
-    with held_lab_lock():
-        yield
-
-
-@pytest.fixture
-def lab_lock(module_lab_lock: None) -> Iterator[None]:
-    yield
 
 
 @pytest.fixture(scope="module")

@@ -158,7 +158,7 @@ class ConformanceSuite:
 
     @pytest.fixture(scope="class")
     @classmethod
-    def component(cls, lab_module_lock: None, workdir: Path) -> Iterator[Component]:
+    def component(cls, module_lab_lock: None, workdir: Path) -> Iterator[Component]:
         if cls.KIND == "pox":
             from tests.demon.controller.conftest import NO_POX, POX_HOME
 

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import pytest
 
 from demon.controller.poxhome import pox_home
-from tests.conftest import REPO, held_lab_lock
+from tests.conftest import REPO
 
 #: The POX checkout: $POX_HOME, else the copy scripts/setup unpacked beside the venv.
 POX_HOME = pox_home()
@@ -42,14 +42,9 @@ def pox_tap() -> Any:
     return module
 
 
-@pytest.fixture(scope="module")
-def lab_module_lock(lab_available: None) -> Iterator[None]:
-    with held_lab_lock():
-        yield
-
-
 @pytest.fixture
-def lab_lock(lab_module_lock: None) -> Iterator[None]:
+def lab_lock(module_lab_lock: None) -> Iterator[None]:
+    """A module's component tests hold the lab from its first to its last test."""
     yield
 
 

@@ -46,7 +46,7 @@ def _up(component: Component, lab_builder: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def component(lab_module_lock: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Component]:
+def component(module_lab_lock: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Component]:
     _require_pox()
     workdir = tmp_path_factory.mktemp("pox-lab")
     comp = Component("pox", workdir, write_json(workdir / "fabric.json", seed_fabric_json())).start()
@@ -256,7 +256,7 @@ def test_tap_removed_while_component_was_down_is_forgotten(lab: Any, component: 
 
 # ------------------------------------------- static mode from a file (B5, B6)
 
-def test_static_file_with_timed_entries_that_come_back(lab_module_lock: None, tmp_path: Path) -> None:
+def test_static_file_with_timed_entries_that_come_back(module_lab_lock: None, tmp_path: Path) -> None:
     """``--static`` file; entries time out after 2 s and are re-installed (never a PacketIn storm)."""
     _require_pox()
     from topo.seed import build_seed
