@@ -93,6 +93,9 @@ class CaptureAgent:
         if not tap_id:
             return
         entry = {k: record.get(k) for k in ("id", "at", "kind", "state", "cause")}
+        detail = record.get("detail")
+        if isinstance(detail, dict) and detail.get("limit"):
+            entry["limit"] = detail["limit"]  # the limit that ended it, machine-readable
         self.transitions.setdefault(tap_id, []).append(entry)
         sink = self.sinks.get(tap_id)
         if sink is not None:

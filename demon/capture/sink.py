@@ -9,7 +9,8 @@ Manifests are the record of truth, written beside the files::
 and stop), every file with its figures (deleted ones marked, with the reason),
 packets and bytes captured, frames the kernel dropped, frames not written
 (disk full, budget), the switch's mirrored counter once the tap was released,
-and the difference between the two in words.
+and the difference between the two in words, the tap's capture budget
+(``max_packets``, ``max_bytes``) and which limit ended it (``limit``).
 
 Frames are batched: the receive loop appends records to ``bufs`` and calls
 :meth:`Sink.flush` once per kernel block, so a file gets one ``writev`` per
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from demon.capture.files import (RECORDERS, CaptureWriteError, RotatingFile, Segment)
-from demon.capture.taptable import Tap
+from demon.capture.taptable import Tap, tap_budget
 
 log = logging.getLogger("demon.capture")
 
@@ -69,10 +70,17 @@ def write_json(path: Path, doc: Any) -> None:
         os.close(fd)
 
 
-def tap_fields(tap: Tap | None) -> dict[str, Any]:
+def tap_fields(tap: Tap | None, transitions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The tap as every manifest names it. The budget and the limit that ended the tap
+    come from the tap table entry's own fields; for an entry from before it carried
+    ``limit``, the last transition from the daemon that named one (its ``detail``)."""
     if tap is None:
         return {"tap_id": UNMATCHED}
     info = tap.info
+    budget = tap_budget(info)
+    if budget["limit"] is None and "limit" not in info:
+        budget["limit"] = next((t["limit"] for t in reversed(transitions or ())
+                                if isinstance(t.get("limit"), str) and t["limit"]), None)
     return {
         "tap_id": tap.tap_id,
         "policy": info.get("policy"),
@@ -87,6 +95,7 @@ def tap_fields(tap: Tap | None) -> dict[str, Any]:
         "state": info.get("state"),
         "start": info.get("start", info.get("installed_at")),
         "stop": info.get("stop"),
+        **budget,
     }
 
 
@@ -169,7 +178,7 @@ class Sink:
     # -- metadata ----------------------------------------------------------------------
     def _header(self) -> dict[str, str]:
         """pcapng section header options: the tap's metadata as JSON in the comment."""
-        doc = tap_fields(self.tap)
+        doc = tap_fields(self.tap, self.transitions)
         doc["file_opened_at"] = self.clock()
         return {"comment": "demon-capture tap " + json.dumps(doc, default=str, separators=(",", ":")),
                 "application": self.application, "interface": self.interface,
@@ -265,7 +274,7 @@ class Sink:
         return (p if isinstance(p, int) else None), (b if isinstance(b, int) else None)
 
     def segment_manifest(self, seg: Segment) -> dict[str, Any]:
-        doc = tap_fields(self.tap)
+        doc = tap_fields(self.tap, self.transitions)
         doc.update({
             "pcap": seg.path.name, "format": self.files.fmt, "snaplen": self.snaplen,
             "segment": seg.index, "opened_at": seg.opened_at, "closed_at": seg.closed_at,
@@ -292,7 +301,7 @@ class Sink:
     def summary(self) -> dict[str, Any]:
         switch_packets, switch_bytes = self.switch_counters()
         ended = self.tap is not None and self.tap.ended
-        doc = tap_fields(self.tap)
+        doc = tap_fields(self.tap, self.transitions)
         doc.update({
             "packets": self.packets, "bytes": self.bytes,
             "first_packet_at": None if self.first_ns is None else self.first_ns / 1e9,

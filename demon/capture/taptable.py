@@ -7,7 +7,16 @@ A JSON file, re-read whenever it changes::
        "vlan_tag": null, "bidirectional": false,
        "policy": "elephant", "flow_key": "10.0.0.1,10.0.0.2,6,51792,5201",
        "trigger": {...}, "dpid": 1, "in_port": 1, "copy_port": 6,
-       "start": 1700000000.0, "stop": null}]}
+       "start": 1700000000.0, "stop": null,
+       "max_packets": 10000, "max_bytes": null, "limit": null}]}
+
+``max_packets`` / ``max_bytes`` are the tap's capture budget (the policy's: the
+daemon releases the tap when the mirror's switch counter reaches either; null
+when there is none) and ``limit`` names what ended it once it ended
+(``"max_packets"``, ``"max_bytes"``, ``"duration"``, ``"max_duration"``,
+``"window"``, ``"hold"``; null otherwise). All three are optional: an entry
+without them (a table written before they existed, an RPC ``list_mirrors``
+result) reads as no budget and no limit known.
 
 A bare list is accepted too, so the RPC ``list_mirrors`` result can be written
 as is. A copy is told apart by its VLAN tag when the tap has one, else by the
@@ -29,6 +38,7 @@ wait for it, see ``--grace``).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -246,7 +256,33 @@ def tap_table_entry(tap: dict[str, Any]) -> dict[str, Any]:
             "flow_key": tap.get("flow_key"), "trigger": tap.get("trigger"), "dpid": tap.get("dpid"),
             "in_port": tap.get("in_port"), "copy_port": tap.get("copy_port"),
             "start": tap.get("created_at"), "stop": tap.get("ended_at"), "state": tap.get("state"),
-            "packets": tap.get("packets"), "bytes": tap.get("bytes")}
+            "packets": tap.get("packets"), "bytes": tap.get("bytes"),
+            "max_packets": budget_count(tap.get("max_packets")),
+            "max_bytes": budget_count(tap.get("max_bytes")),
+            "limit": tap.get("limit") or None}
+
+
+def budget_count(value: Any) -> int | None:
+    """A budget as a whole count, None when there is none (or it is not a number).
+
+    The daemon keeps ``max_bytes`` as a float (``1.5GiB`` is parsed); a switch counts
+    whole bytes and the budget is reached at the first count >= it, so it is
+    rounded up."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not math.isfinite(value) or value <= 0:
+        return None
+    return int(math.ceil(value))
+
+
+def tap_budget(info: dict[str, Any]) -> dict[str, Any]:
+    """The budget and the ending limit of a tap table entry, as the manifests give them:
+    ``max_packets``, ``max_bytes`` (null: none, or an entry from before they were
+    carried) and ``limit`` (what ended it; null while it lives or when not known)."""
+    limit = info.get("limit")
+    return {"max_packets": budget_count(info.get("max_packets")),
+            "max_bytes": budget_count(info.get("max_bytes")),
+            "limit": limit if isinstance(limit, str) and limit else None}
 
 
 def placed(tap: dict[str, Any]) -> bool:

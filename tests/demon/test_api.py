@@ -17,7 +17,9 @@ from demon.api.auth import Auth
 from demon.api.server import ApiServer
 from demon.rpc.token import ApiToken
 from sflow.webserve import BackgroundServer
-from tests.demon.fakes import ELEPHANT, FLOW_A, FLOW_B, TOP, Harness, wait_for
+from demon.runtime import accelerated_clock
+from tests.demon import fakes
+from tests.demon.fakes import ELEPHANT, FLOW_A, FLOW_B, TOP, FakeController, Harness, wait_for
 
 pytestmark = pytest.mark.replay
 
@@ -25,7 +27,8 @@ ALICE = ApiToken("alice", "alice-secret-0123456789")
 VIEWER = ApiToken("viewer", "viewer-secret-0123456789", can_write=False)
 RECORD_KEYS = {"id", "at", "tap_id", "policy", "kind", "state", "cause", "detail", "tap"}
 TAP_KEYS = {"tap_id", "match", "vlan_tag", "bidirectional", "policy", "flow_key", "trigger",
-            "dpid", "in_port", "copy_port", "start", "stop", "state", "packets", "bytes"}
+            "dpid", "in_port", "copy_port", "start", "stop", "state", "packets", "bytes",
+            "max_packets", "max_bytes", "limit"}
 
 
 def bearer(token: ApiToken) -> dict[str, str]:
@@ -214,6 +217,56 @@ def test_stream_is_server_sent_events_resumable_by_last_event_id(api: Api) -> No
         api.h.engine.fire("demon_elephant", FLOW_B)
         [new] = sse(lines, 1)
     assert new["id"] == ids[-1] + 1 and new["data"]["tap"]["flow_key"] == FLOW_B
+
+
+def test_a_budgeted_taps_transitions_carry_its_budget_and_the_limit_that_ended_it(
+        make: Callable[..., Harness], mock: responses.RequestsMock) -> None:
+    """The capture agent learns a tap's budget from the structured ``tap`` fields of a
+    transition, and what ended it from ``detail.limit``, never from the cause sentence."""
+    mock.add_passthru("http://127.0.0.1")
+    clock = accelerated_clock(fakes.SPEED)
+    controller = FakeController(clock=clock).start()
+    controller.pps = 4_000.0  # 1500-byte packets: 2,000 packets (3 MB) come before 10 MB
+    h = make({"elephant": ELEPHANT.format(max_taps=4) + "max_packets: 2000\nmax_bytes: 10MB\n"},
+             controller=controller, clock=clock)
+    server = ApiServer(h.runtime, "127.0.0.1", 0, [ALICE]).start()
+    http = httpx.Client(base_url=server.url, timeout=30)
+    try:
+        h.engine.set_flows("demon_elephant", [(FLOW_A, 500_000.0, "101")])
+        h.engine.fire("demon_elephant", FLOW_A, data_source="101")
+
+        def records() -> list[dict[str, Any]]:
+            return [r for r in http.get("/api/v1/transitions", params={"limit": 1000}).json()[
+                "transitions"] if r["tap_id"] == "elephant.1"]
+
+        wait_for(lambda: any(r["kind"] == "removed" for r in records()), timeout=30,
+                 what="the budget to end the tap")
+        got = records()
+        for r in got:  # every record's tap carries the budget, as numbers
+            assert (r["tap"]["max_packets"], r["tap"]["max_bytes"]) == (2_000, 10_000_000), r
+        created = next(r for r in got if r["kind"] == "created")
+        assert created["tap"]["limit"] is None
+        for kind in ("expiring", "removed"):
+            (rec,) = [r for r in got if r["kind"] == kind]
+            assert rec["detail"]["limit"] == "max_packets", rec
+            assert rec["tap"]["limit"] == "max_packets", rec
+        # the same on the stream
+        removed_id = next(r["id"] for r in got if r["kind"] == "removed")
+        with http.stream("GET", f"/api/v1/transitions/stream?after={removed_id - 1}") as resp:
+            (event,) = sse(resp.iter_lines(), 1)
+        removed = event["data"]
+        assert (removed["id"], removed["kind"]) == (removed_id, "removed")
+        assert (removed["tap"]["max_packets"], removed["tap"]["limit"]) == (2_000, "max_packets")
+        assert removed["detail"]["limit"] == "max_packets"
+        # and in the tap list and the story's capture form
+        (tap,) = http.get("/api/v1/taps").json()["taps"]
+        assert (tap["max_packets"], tap["limit"]) == (2_000, "max_packets")
+        capture = http.get("/api/v1/taps/elephant.1").json()["capture"]
+        assert (capture["max_packets"], capture["max_bytes"], capture["limit"]) == \
+            (2_000, 10_000_000, "max_packets")
+    finally:
+        http.close()
+        server.stop()
 
 
 # -- writes ------------------------------------------------------------------------------
