@@ -21,7 +21,8 @@ result) reads as no budget and no limit known.
 A bare list is accepted too, so the RPC ``list_mirrors`` result can be written
 as is. A copy is told apart by its VLAN tag when the tap has one, else by the
 tap's match (also reversed when ``bidirectional``). Unknown members are kept
-and copied into the manifests.
+in the entry (``Tap.info``); the manifests name a fixed set of fields
+(:func:`demon.capture.sink.tap_fields`).
 
 The table is the one meeting point of every way the agent learns taps: the
 file (``--taps``), the daemon's state file (``--store``, read-only) and the
