@@ -32,7 +32,7 @@ from typing import Sequence
 
 from sflow import cliopts, rolling
 
-__all__ = ["main", "exposure_lines"]
+__all__ = ["main", "exposure_lines", "completion_parser"]
 
 _DEFAULT_SFLOW = "127.0.0.1:6343"
 _DEFAULT_HTTP = "127.0.0.1:8008"
@@ -71,7 +71,7 @@ def exposure_lines(sflow: tuple[str, int], http_listen: str, http_host: str, has
     return lines
 
 
-def _serve(argv: Sequence[str]) -> int:
+def _serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="demon-sflow",
         description="Embedded sFlow-RT-compatible engine: sFlow v5 on UDP, the sFlow-RT "
@@ -100,7 +100,11 @@ def _serve(argv: Sequence[str]) -> int:
                              "pure-Python path (same results, slower). fast/full: former "
                              "names of compiled/python (default %(default)s)")
     rolling.add_arguments(parser)
-    cliopts.add_common(parser, exits=SERVE_EXITS)
+    return cliopts.add_common(parser, exits=SERVE_EXITS)
+
+
+def _serve(argv: Sequence[str]) -> int:
+    parser = _serve_parser()
     args = cliopts.parse_args(parser, argv)
     sflow_host, sflow_port = _listen(args.sflow_listen or _DEFAULT_SFLOW, 6343,
                                      "--sflow-listen", parser)
@@ -159,14 +163,18 @@ def _serve(argv: Sequence[str]) -> int:
     return 0
 
 
-def _replay(argv: Sequence[str]) -> int:
+def _replay_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="demon-sflow replay",
                                      description="Send a capture's sFlow datagrams over UDP.")
     parser.add_argument("file", help="pcap or pcapng capture")
     parser.add_argument("--to", default="127.0.0.1:6343", help="HOST:PORT (default %(default)s)")
     parser.add_argument("--speed", type=float, default=None,
                         help="original timing divided by this factor (default: back to back)")
-    cliopts.add_common(parser, exits=REPLAY_EXITS, config=False)
+    return cliopts.add_common(parser, exits=REPLAY_EXITS, config=False)
+
+
+def _replay(argv: Sequence[str]) -> int:
+    parser = _replay_parser()
     args = cliopts.parse_args(parser, argv)
     host, _, port = args.to.rpartition(":")
     if not host or not port.isdigit():
@@ -185,7 +193,24 @@ def _replay(argv: Sequence[str]) -> int:
     return 0
 
 
+def completion_parser() -> argparse.ArgumentParser:
+    """The whole command line as one parser, for shell completion only: ``main``
+    dispatches on the first word itself (serving takes no subcommand), so that the
+    completer, which sees no argv, would otherwise know the serving options alone."""
+    from sflow.jsonview import decode_parser
+
+    parser = _serve_parser()
+    sub = parser.add_subparsers(dest="command", metavar="{decode,replay}")
+    for name, built in (("decode", decode_parser()), ("replay", _replay_parser())):
+        # parents= copies the subcommand's own actions (its --help among them)
+        sub.add_parser(name, parents=[built], add_help=False, help=built.description,
+                       description=built.description)
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if cliopts.completing():
+        cliopts.autocomplete(completion_parser())  # answers and exits
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "decode":
         from sflow.jsonview import main_decode

@@ -34,7 +34,8 @@ from sflow.configfile import ConfigError, load_section
 from sflow.logsetup import LOG_FORMATS, LOG_LEVELS, setup_logging
 
 __all__ = ["add_common", "parse_args", "version", "notify_ready", "notify_stopping",
-           "notify_ready_when_listening", "sd_notify", "progress", "missing_module"]
+           "notify_ready_when_listening", "sd_notify", "progress", "missing_module",
+           "autocomplete", "completing"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -109,6 +110,21 @@ def _config_path(argv: Sequence[str]) -> str | None:
     return known.config
 
 
+def completing() -> bool:
+    """The shell's completion hook runs the command (argcomplete's protocol)."""
+    return "_ARGCOMPLETE" in os.environ
+
+
+def autocomplete(parser: argparse.ArgumentParser) -> None:
+    """Answer the shell's completion request from ``parser`` and exit, when there is
+    one (:func:`completing`); otherwise do nothing."""
+    try:
+        import argcomplete
+    except ImportError:  # completion is a convenience: never a reason not to run
+        return
+    argcomplete.autocomplete(parser)
+
+
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None, *,
                log_stream: IO[str] | None = None, logs: bool = True) -> argparse.Namespace:
     """Parse like ``parser.parse_args``, with completion, ``--config`` and logging.
@@ -117,12 +133,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     the command line wins, and a required option set in the file is no longer
     required here. A bad file prints one line per error and exits with status 2.
     """
-    try:
-        import argcomplete
-    except ImportError:  # completion is a convenience: never a reason not to run
-        pass
-    else:
-        argcomplete.autocomplete(parser)
+    autocomplete(parser)
     args_list = list(sys.argv[1:] if argv is None else argv)
     path = _config_path(args_list) if any(a.dest == "config" for a in parser._actions) else None
     values: dict[str, Any] = {}

@@ -46,7 +46,7 @@ from sflow.engine import Engine
 from sflow.flowdef import DefinitionError
 from sflow.flowlog import FlowLog
 from sflow.groups import AddressGroup, AsnTable, ValueMap
-from sflow.httpbase import ApiError, text_response
+from sflow.httpbase import ApiError, error_line, text_response
 from sflow.httpflows import MAX_LONG_POLL, FlowRoutes
 from sflow.httpmetrics import MetricRoutes
 from sflow.httpstatus import StatusRoutes, register_http_collector
@@ -246,19 +246,20 @@ class EngineAPI(FlowRoutes, MetricRoutes, StatusRoutes):
 
     async def _api_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
-        return text_response(exc.message + "\n", exc.status, exc.headers)
+        return text_response(error_line(exc.message), exc.status, exc.headers)
 
     async def _definition_error(self, request: Request, exc: Exception) -> Response:
-        return text_response(f"{exc}\n", 400)
+        return text_response(error_line(str(exc)), 400)
 
     async def _http_exception(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         if exc.status_code == 404:
-            return text_response(f"no such resource: {request.url.path}\n", 404)
+            return text_response(error_line(f"no such resource: {request.url.path}"), 404)
         if exc.status_code == 405:
-            return text_response(f"{request.method} not allowed on {request.url.path}\n", 405,
-                                 dict(exc.headers or {}))
-        return text_response(f"{exc.detail}\n", exc.status_code, dict(exc.headers or {}))
+            return text_response(error_line(f"{request.method} not allowed on "
+                                            f"{request.url.path}"), 405, dict(exc.headers or {}))
+        return text_response(error_line(str(exc.detail)), exc.status_code,
+                             dict(exc.headers or {}))
 
     async def _disconnect(self, request: Request, exc: Exception) -> Response:
         # the client went away mid-body: nothing was applied, and nobody reads this

@@ -23,7 +23,8 @@ from sflow import keyfuncs
 from sflow.engine import Engine
 from sflow.flowlog import FlowLog
 
-__all__ = ["ApiError", "Query", "EngineAccess", "json_response", "text_response", "no_content"]
+__all__ = ["ApiError", "Query", "EngineAccess", "json_response", "text_response", "no_content",
+           "error_line"]
 
 _TEXT = "text/plain; charset=utf-8"
 
@@ -71,6 +72,15 @@ class Query:
 
 def json_response(obj: Any, status: int = 200) -> Response:
     return Response(json.dumps(obj).encode(), status_code=status, media_type="application/json")
+
+
+#: control characters a client put into a name (a JSON key "\n") that an error echoes
+_ESCAPES = {c: f"\\x{c:02x}" for c in range(32)} | {0x7F: "\\x7f"}
+
+
+def error_line(message: str) -> str:
+    """``message`` as the one line an error reply is: control characters escaped."""
+    return message.translate(_ESCAPES) + "\n"
 
 
 def text_response(text: str, status: int = 200, headers: dict[str, str] | None = None,

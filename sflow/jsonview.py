@@ -277,6 +277,19 @@ def _counter_element(r: Record) -> dict[str, Any]:
     return out
 
 
+def decode_parser() -> argparse.ArgumentParser:
+    """``demon-sflow decode``'s command line (also offered by shell completion)."""
+    from sflow import cliopts
+
+    parser = argparse.ArgumentParser(prog="demon-sflow decode",
+                                     description="Print the sFlow datagrams of a pcap/pcapng file as JSON lines.")
+    parser.add_argument("file", help="pcap or pcapng capture")
+    parser.add_argument("--port", type=int, default=6343,
+                        help="UDP destination port of the sFlow datagrams (0 = any UDP port; default 6343)")
+    return cliopts.add_common(parser, exits={0: "every datagram printed (malformed ones as error lines)",
+                                             1: "the file cannot be read", 2: "usage error"}, config=False)
+
+
 def main_decode(argv: list[str], stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """``demon-sflow decode FILE.pcap [--port N]``: one JSON object per datagram per line.
 
@@ -285,16 +298,9 @@ def main_decode(argv: list[str], stdout: TextIO | None = None, stderr: TextIO | 
     """
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
-    parser = argparse.ArgumentParser(prog="demon-sflow decode",
-                                     description="Print the sFlow datagrams of a pcap/pcapng file as JSON lines.")
-    parser.add_argument("file", help="pcap or pcapng capture")
-    parser.add_argument("--port", type=int, default=6343,
-                        help="UDP destination port of the sFlow datagrams (0 = any UDP port; default 6343)")
     from sflow import cliopts
 
-    cliopts.add_common(parser, exits={0: "every datagram printed (malformed ones as error lines)",
-                                      1: "the file cannot be read", 2: "usage error"}, config=False)
-    args = cliopts.parse_args(parser, argv, log_stream=err)
+    args = cliopts.parse_args(decode_parser(), argv, log_stream=err)
     total = 0
     errors: Counter[str] = Counter()
     try:

@@ -159,6 +159,7 @@ class InProcess:
     its own): an app error comes back as the app's 500, not as an exception."""
 
     def __init__(self, app: Any) -> None:
+        self.app = app
         self.loop = asyncio.new_event_loop()
         self.client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
@@ -187,7 +188,10 @@ def check_error_reply(resp: Any, req: Request, *, json_errors: bool,
         return
     if json_errors:
         assert resp.headers.get("content-type", "").startswith("application/json"), (req, resp)
-        body = resp.json()
+        try:
+            body = resp.json()
+        except ValueError:
+            raise AssertionError(("not JSON", req, status, resp.text[:300])) from None
         assert isinstance(body, dict) and isinstance(body.get("error"), str), (req, body)
         assert body["error"] and "\n" not in body["error"], (req, body)
     else:

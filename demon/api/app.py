@@ -72,6 +72,17 @@ def _field(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
+#: the largest datapath id (64 bits) and physical port number (OpenFlow 1.3's OFPP_MAX)
+MAX_DPID = 2**64 - 1
+MAX_PORT = 0xFFFFFF00
+
+
+def _at_in_range(dpid: int, port: int, given: Any) -> str:
+    if not 0 < dpid <= MAX_DPID or not 0 < port <= MAX_PORT:
+        raise ValueError(f"dpid 1..2^64-1 and port 1..{MAX_PORT:#x}, got {given!r}")
+    return f"{dpid}/{port}"
+
+
 class TapBody(BaseModel):
     """``POST /api/v1/taps``: mirror ``flow`` (the policy's key order) now."""
 
@@ -79,36 +90,43 @@ class TapBody(BaseModel):
 
     policy: str = Field(min_length=1, max_length=64)
     flow: str = Field(min_length=1, max_length=1024)
-    hold: float | str | None = None
-    at: str | list[int] | None = None
+    hold: float | None = None
+    at: str | None = None
 
-    @field_validator("hold")
+    # "before" validators: pydantic's own coercion would take true as 1 (second, dpid,
+    # port) and a list of floats as an "at" string error
+    @field_validator("hold", mode="before")
     @classmethod
     def _hold(cls, value: Any) -> float | None:
         if value is None:
             return None
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(f'seconds or a duration like "5m", got {value!r}')
         try:
-            seconds = parse_duration(value) if isinstance(value, str) else float(value)
-        except UnitError as exc:
+            seconds = parse_duration(value)
+        except (UnitError, OverflowError) as exc:  # OverflowError: an int past float
             raise ValueError(str(exc)) from None
         if not 0 < seconds <= 86400:
             raise ValueError(f"seconds above 0 and at most 86400 (1d), got {value!r}")
         return seconds
 
-    @field_validator("at")
+    @field_validator("at", mode="before")
     @classmethod
-    def _at(cls, value: Any) -> Any:
+    def _at(cls, value: Any) -> str | None:
         if value is None:
             return None
         if isinstance(value, list):
-            if len(value) != 2 or any(v <= 0 for v in value):
+            if len(value) != 2 or any(isinstance(v, bool) or not isinstance(v, int)
+                                      for v in value):
                 raise ValueError(f"[dpid, port] with positive integers, got {value!r}")
-            return f"{value[0]}/{value[1]}"
+            return _at_in_range(value[0], value[1], value)
+        if not isinstance(value, str):
+            raise ValueError(f'"DPID/PORT" or [dpid, port], got {value!r}')
         try:
-            parse_at(value)
+            dpid, port = parse_at(value)
         except ValueError as exc:
             raise ValueError(str(exc).replace("--at: ", "")) from None
-        return value
+        return _at_in_range(dpid, port, value)
 
 
 class _Wakeup:
@@ -184,13 +202,22 @@ def create_app(daemon: Daemon, auth: Auth, *, api_info: Mapping[str, Any] | None
         return _error(exc.status, exc.message)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         err = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid"}
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         if err.get("type") == "json_invalid":
             msg = "not valid JSON"
         elif err.get("type") == "extra_forbidden":
             msg = "unknown field"
+        elif tuple(err.get("loc", ())) == ("body",) and err.get("type") in (
+                "model_attributes_type", "dict_type"):
+            # FastAPI reads the body as JSON only when it says so: without the header
+            # pydantic's own message ("a valid dictionary ...") would mislead
+            kind = request.headers.get("content-type", "")
+            msg = ("a JSON object is expected" if "json" in kind.lower() else
+                   f"a JSON object is expected with Content-Type: application/json "
+                   f"(got {kind[:60]!r})" if kind else
+                   "a JSON object is expected with Content-Type: application/json")
         return _error(400, f"{_field(tuple(err.get('loc', ())))}: {msg}")
 
     @app.exception_handler(StarletteHTTPException)
@@ -357,9 +384,9 @@ def create_app(daemon: Daemon, auth: Auth, *, api_info: Mapping[str, Any] | None
 
     @app.post("/api/v1/taps")
     async def tap_flow(body: TapBody, who: Identity = Depends(writer)) -> JSONResponse:
-        at = parse_at(body.at) if isinstance(body.at, str) else None
+        at = parse_at(body.at) if body.at is not None else None
         answer = await decide(Ask(kind="tap", who=who.name, policy=body.policy,
-                                  flow_key=body.flow, hold=body.hold, at=at))  # type: ignore[arg-type]
+                                  flow_key=body.flow, hold=body.hold, at=at))
         return reply(answer, who, created=answer.outcome == "tapped", invalid_field="flow")
 
     @app.post("/api/v1/taps/{tap_id}/release")

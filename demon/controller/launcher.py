@@ -9,14 +9,16 @@ import os
 import signal
 import socket
 import sys
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from demon.controller.fabric import FabricError, load_fabric, load_static
 from demon.rpc.token import TokenError, ensure_token
 from sflow import cliopts
 
 DEFAULT_TOKEN_FILE = "/run/pytapdemon/rpc.token"
+STOP_GRACE = 3.0  # seconds a clean stop may take before the process leaves anyway
 EXITS = {0: "stopped by SIGTERM/SIGINT (switches keep their entries; mirrors time out)",
          1: "unexpected internal error",
          2: "usage or configuration error (fabric, static config, token file), or a listener "
@@ -32,6 +34,41 @@ def _check_free(host: str, port: int) -> None:
             sock.bind((host, port))
         except OSError as exc:
             raise OSError(f"--of-host/--of-port {host}:{port}: {exc.strerror}") from None
+
+
+def _on_stop_signals(opened: list[tuple[str, Callable[[], None]]]) -> None:
+    """On SIGTERM/SIGINT: close ``opened`` (newest first), log that we stopped, exit 0.
+
+    The process then leaves with ``os._exit``: os-ken's hub cannot stop its own
+    threads, and the switches keep their entries (mirrors carry hard timeouts), so
+    nothing is lost. A close that hangs does not hold the exit up past STOP_GRACE.
+    """
+    log = logging.getLogger("demon.controller")
+
+    def give_up() -> None:
+        log.warning("stopping took over %gs: exiting anyway", STOP_GRACE)
+        logging.shutdown()
+        os._exit(0)
+
+    def stop(signum: int, _frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal: no re-entry
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        log.info("signal %d: stopping", signum)
+        cliopts.notify_stopping()
+        watchdog = threading.Timer(STOP_GRACE, give_up)  # a real thread: hub.patch(thread=False)
+        watchdog.daemon = True
+        watchdog.start()
+        for what, close in reversed(opened):
+            try:
+                close()
+            except Exception as exc:  # noqa: BLE001  (one line, and carry on closing)
+                log.warning("closing %s: %s: %s", what, type(exc).__name__, exc)
+        log.info("stopped: %s closed", ", ".join(what for what, _ in reversed(opened)) or "nothing open")
+        logging.shutdown()
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     from demon.rpc.server import RpcServer
 
     state = Path(args.state_file) if args.state_file else Path(args.token_file).parent / "osken-taps.json"
+    # From here on SIGTERM/SIGINT stop cleanly, even before os-ken runs (a supervisor may
+    # stop us as soon as the ready line is out): close what was opened, then leave.
+    opened: list[tuple[str, Callable[[], None]]] = []
+    _on_stop_signals(opened)
     service = TapService(MirrorBook(fabric, "1.3", static), "os-ken", state_file=state,
                          collect_timeout=min(1.0, args.barrier_timeout))
     try:
@@ -99,13 +140,16 @@ def main(argv: list[str] | None = None) -> int:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         print(f"demon-controller: cannot listen: --rpc {args.rpc}: {reason}", file=sys.stderr)
         return 2
+    opened.append(("the RPC listener", server.close))
     service.publish = server.publish
     metrics = ""
     if args.metrics_listen:
         from demon.controller import metrics as controller_metrics
 
         try:
-            metrics = f" metrics {controller_metrics.serve(service, server, args.metrics_listen).url}/metrics"
+            metrics_server = controller_metrics.serve(service, server, args.metrics_listen)
+            opened.append(("the metrics listener", lambda: metrics_server.stop(timeout=1.0)))
+            metrics = f" metrics {metrics_server.url}/metrics"
         except (OSError, ValueError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             print(f"demon-controller: cannot listen: --metrics-listen {args.metrics_listen}: {reason}",
@@ -113,18 +157,10 @@ def main(argv: list[str] | None = None) -> int:
             server.close()
             return 2
     service.start()
+    # closed first (opened is closed in reverse): the event worker stops, the state is written
+    opened.insert(0, (f"the event worker (state written to {state})", service.close))
     osken_app.configure(service, args.barrier_timeout)
     print(f"demon-controller: openflow {args.of_host}:{args.of_port} rpc {server.address}{metrics}", flush=True)
-
-    def stop(signum: int, _frame: Any) -> None:
-        # os-ken's native hub cannot kill its threads; the switches keep their entries
-        # (mirrors carry hard timeouts), so leaving at once loses nothing.
-        logging.getLogger("demon.controller").info("signal %d: exiting", signum)
-        logging.shutdown()
-        os._exit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     cliopts.notify_ready_when_listening(args.of_port, f"openflow {args.of_host}:{args.of_port} "
                                                       f"rpc {server.address}")
     app_manager.AppManager.run_apps(["demon.controller.osken_app"])

@@ -89,10 +89,14 @@ class TapService:
         return self
 
     def close(self) -> None:
+        """Stop the event worker (after the event at hand) and write the state file, so
+        that a stop loses no change the book made since the last write."""
         if self._thread is not None:
             self._work.put(None)
             self._thread.join(timeout=5)
             self._thread = None
+        with self.lock:
+            self._save()
 
     def pump(self) -> None:
         """Work off everything queued now, on this thread (tests; no worker running)."""

@@ -136,6 +136,41 @@ def test_completion_offers_the_commands_options(tmp_path: Path) -> None:
     assert (tmp_path / "answer").read_text().split() == ["--log-format"]
 
 
+def complete(tmp_path: Path, line: str, module: str, prog: str) -> list[str]:
+    """What argcomplete offers for ``line`` (cursor at its end) from ``module.main``."""
+    env = dict(os.environ, _ARGCOMPLETE="1", _ARGCOMPLETE_IFS="\n", COMP_LINE=line,
+               COMP_POINT=str(len(line)), OUT=str(tmp_path / "answer"), PY=sys.executable)
+    code = f"import sys; from {module} import main; sys.argv = ['{prog}']; main()"
+    proc = subprocess.run(["bash", "-c", f'"$PY" -c "{code}" 8>"$OUT" 9>/dev/null'], env=env,
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return (tmp_path / "answer").read_text().split()
+
+
+@pytest.mark.parametrize("line, offered, not_offered", [
+    # main() dispatches on the first word itself: completion needs the subcommands too
+    ("demon-sflow ", {"decode", "replay", "--http-listen", "--sflow-listen"}, set()),
+    ("demon-sflow re", {"replay"}, {"decode"}),
+    ("demon-sflow decode --", {"--port", "--log-level"}, {"--http-listen", "--to"}),
+    ("demon-sflow replay --s", {"--speed"}, {"--sflow-listen"}),
+    ("demon-sflow --http-l", {"--http-listen"}, set())])
+def test_demon_sflow_completes_its_subcommands_and_their_options(
+        tmp_path: Path, line: str, offered: set[str], not_offered: set[str]) -> None:
+    answer = set(complete(tmp_path, line, "sflow.cli", "demon-sflow"))
+    assert offered <= answer, answer
+    assert not (not_offered & answer), answer
+
+
+def test_demon_sflow_completion_parser_parses_like_main() -> None:
+    """The completion parser holds the very parsers main() uses (nothing drifts)."""
+    from sflow.cli import completion_parser
+
+    args = completion_parser().parse_args(["replay", "x.pcap", "--speed", "2"])
+    assert (args.command, args.file, args.speed, args.to) == ("replay", "x.pcap", 2.0,
+                                                             "127.0.0.1:6343")
+    assert completion_parser().parse_args(["decode", "y.pcap"]).port == 6343
+
+
 def test_notify_ready_sends_ready_to_notify_socket(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "notify"

@@ -110,3 +110,19 @@ def test_engine_api_answers_every_request(served: tuple[EngineAPI, httpfuzz.InPr
 def test_engine_api_writes_take_any_body(served: tuple[EngineAPI, httpfuzz.InProcess],
                                          req: httpfuzz.Request) -> None:
     check(served, req)
+
+
+@pytest.mark.parametrize("method, path, body", [
+    ("PUT", "/flow/tcp2/json", b'{"\\n": null}'),  # an unknown attribute named "\n" (fuzz)
+    ("GET", "/nothing%0Ahere", b""),
+    ("PATCH", "/flow/tcp/json%0A", b"")])
+def test_an_error_echoing_a_control_character_stays_one_line(
+        served: tuple[EngineAPI, httpfuzz.InProcess], method: str, path: str,
+        body: bytes) -> None:
+    api, client = served
+    resp = client.request(method, path, content=body,
+                          headers={"Authorization": f"Bearer {TOKEN}"})
+    assert 400 <= resp.status_code < 500, resp.text
+    assert resp.text.endswith("\n") and "\n" not in resp.text[:-1], resp.text
+    if body:
+        assert "\\x0a" in resp.text, resp.text  # the odd name shown, escaped

@@ -114,3 +114,56 @@ def test_json_logs(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=10)
     records = [json.loads(x) for x in err.splitlines() if x.strip()]
     assert any(r["logger"] == "demon.rpc.server" and r["msg"].startswith("rpc: listening on") for r in records)
+
+
+@pytest.mark.parametrize("settle", [0.0, 1.5], ids=["at-once", "running"])
+def test_sigterm_stops_cleanly_and_frees_the_ports(tmp_path: Path, settle: float) -> None:
+    """The real os-ken component: SIGTERM (at once after its ready line, or once os-ken
+    runs) exits 0 promptly with a 'stopped' line, no traceback, its state file written
+    and the OpenFlow, RPC and metrics ports free again."""
+    import re
+    import signal
+    import time
+
+    fabric, state = tmp_path / "fabric.json", tmp_path / "osken-taps.json"
+    fabric.write_text(json.dumps(SEED))
+    proc = subprocess.Popen([sys.executable, "-m", "demon.controller.launcher", "--fabric", str(fabric),
+                             "--token-file", str(tmp_path / "t"), "--of-port", str(free_port()),
+                             "--rpc", "tcp:127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+                             "--state-file", str(state)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        found = re.match(r"demon-controller: openflow 127\.0\.0\.1:(\d+) rpc tcp:127\.0\.0\.1:(\d+) "
+                         r"metrics http://127\.0\.0\.1:(\d+)/metrics", line)
+        assert found, line
+        ports = [int(p) for p in found.groups()]
+        time.sleep(settle)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)  # "promptly": the component gives up after 3 s
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err, err
+    assert "demon.controller: signal 15: stopping" in err and "demon.controller: stopped: " in err, err
+    assert not state.exists() or json.loads(state.read_text())  # no switch: nothing to write
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # free again (no SO_REUSEADDR: nothing listens)
+
+
+def test_closing_the_service_writes_unsaved_state(tmp_path: Path) -> None:
+    """What SIGTERM relies on (launcher._on_stop_signals closes the service first)."""
+    from demon.controller.book import MirrorBook
+    from demon.controller.fabric import load_fabric
+    from demon.controller.service import TapService
+
+    fabric, state = tmp_path / "fabric.json", tmp_path / "state.json"
+    fabric.write_text(json.dumps(SEED))
+    service = TapService(MirrorBook(load_fabric(str(fabric)), "1.3", None), "os-ken",
+                         state_file=state).start()
+    service.book.dirty = True  # a change the worker has not written yet
+    service.close()
+    assert json.loads(state.read_text()) and not service.book.dirty
