@@ -585,7 +585,7 @@ class ConformanceSuite:
             listed = [m for m in rpc.list_mirrors(S1) if m["tap_id"] == "conf-count"]
             removed = rpc.remove_mirror("conf-count")
         captured = [p for p in cap.packets() if is_flow(p, 1, 3)]
-        assert len(captured) == 9
+        assert len(captured) == 9, (len(captured), listed, removed, component.log_tail())
         assert [m["packets"] for m in listed] == [9]
         assert removed["packets"] == 9, removed
 
