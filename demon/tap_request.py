@@ -5,6 +5,7 @@ daemon's answer is the decision core's (``demon.model.Answer``)."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 TAPPED, EXTENDED, NOT_TAPPED = "tapped", "extended", "not tapped"
@@ -49,15 +50,18 @@ class TapRequest:
         return cls(policy, flow, None if hold is None else float(hold), at)
 
 
+_AT = re.compile(r"(?P<dpid>0[xX][0-9a-fA-F]+|[1-9][0-9]*|0)/(?P<port>[0-9]+)")
+
+
 def parse_at(text: str) -> tuple[int, int]:
-    """``"1/3"`` or ``"0x1/3"`` → (dpid, port); raises ValueError."""
-    dpid, sep, port = text.partition("/")
-    try:
-        if not sep:
-            raise ValueError
-        value = (int(dpid, 0), int(port))
-    except ValueError:
-        raise ValueError(f"--at: {text!r} is not DPID/PORT (e.g. 1/3 or 0x1/3)") from None
+    """``"1/3"`` or ``"0x1/3"`` → (dpid, port); raises ValueError.
+
+    Digits only: ``int()`` alone would also take ``"1_0"`` and `` 1 `` (Python's
+    literal syntax, not how anyone names a switch port)."""
+    match = _AT.fullmatch(text)
+    if match is None:
+        raise ValueError(f"--at: {text!r} is not DPID/PORT (e.g. 1/3 or 0x1/3)")
+    value = (int(match["dpid"], 0), int(match["port"]))
     if value[0] <= 0 or value[1] <= 0:
         raise ValueError(f"--at: {text!r}: dpid and port must be positive")
     return value

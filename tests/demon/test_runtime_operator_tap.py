@@ -12,7 +12,7 @@ from typing import Callable
 import pytest
 
 from demon import tapctl
-from demon.tap_request import TapRequest
+from demon.tap_request import TapRequest, parse_at
 from tests.demon.fakes import FLOW_A, FLOW_B, Harness, wait_for
 
 pytestmark = pytest.mark.replay
@@ -113,3 +113,17 @@ def test_a_daemon_started_later_never_acts_on_an_expired_request(
     assert wait_for(lambda: h.store.request(old).code, what="expiry") == "expired"
     assert h.runtime.state.paused == frozenset()
     assert not any(e.kind == "paused" for e in h.store.history())
+
+
+@pytest.mark.parametrize("text, expected", [("1/3", (1, 3)), ("0x1/3", (1, 3)),
+                                            ("0X00000000000000ff/48", (255, 48))])
+def test_at_takes_a_dpid_and_a_port(text: str, expected: tuple[int, int]) -> None:
+    assert parse_at(text) == expected
+
+
+@pytest.mark.parametrize("text", ["1_0/1", " 1/2", "1 / 2", "1/2 ", "1/+2", "-1/2", "012/3", "1/",
+                                  "/3", "1", "0x/3", "1/3/4", "0/3", "1/0"])
+def test_at_refuses_what_is_not_dpid_slash_port_with_one_line(text: str) -> None:
+    with pytest.raises(ValueError, match=r"^--at: ") as caught:
+        parse_at(text)
+    assert "\n" not in str(caught.value)
