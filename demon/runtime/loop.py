@@ -68,8 +68,18 @@ def describe(entry: HistoryEntry) -> str:
     return f"{head}: {cause}" if cause else head
 
 
+#: Every value of the ``cause`` label of ``pytapdemon_daemon_transitions_total``
+#: (docs/api.md lists them): ``capacity`` is a flow that waits (caps, budget, its
+#: port not in the port map yet, another tap on the same flow), is refused, or is
+#: dropped while waiting, when no event or operator is the cause.
+CAUSE_CLASSES = ("event", "poll", "operator", "switch", "condition_cleared", "max_duration",
+                 "superseded", "policy_removed", "reconcile", "controller", "rpc_error",
+                 "capacity", "other")
+
+
 def cause_class(entry: HistoryEntry) -> str:
-    """A bounded label for why a transition happened (metrics never carry the sentence)."""
+    """A bounded label for why a transition happened (metrics never carry the
+    sentence): one of :data:`CAUSE_CLASSES`."""
     detail = entry.detail
     cause = str(detail.get("cause", ""))
     if "operator" in detail:
