@@ -43,8 +43,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from demon import __version__, core
 from demon.core import Context
-from demon.model import (Answer, Command, ControllerStatus, HistoryEntry, OperatorRelease,
-                         Reconcile, Record, RemoveMirror, State, Tap, ThresholdEvent, Tick)
+from demon.model import (Answer, Command, ControllerStatus, HistoryEntry, InstallResult,
+                         MirrorRemoved, OperatorRelease, Reconcile, Record, RemoveMirror,
+                         RemoveResult, State, Tap, ThresholdEvent, Tick)
 from demon.rpc.client import RpcClient
 from demon.runtime.config import Configuration
 from demon.runtime.controller_side import ControllerSide
@@ -73,8 +74,18 @@ def describe(entry: HistoryEntry) -> str:
     return f"{head}: {cause}" if cause else head
 
 
+#: Every value of the ``cause`` label of ``pytapdemon_daemon_transitions_total``
+#: (docs/api.md lists them): ``capacity`` is a flow that waits (caps, budget, its
+#: port not in the port map yet, another tap on the same flow), is refused, or is
+#: dropped while waiting, when no event or operator is the cause.
+CAUSE_CLASSES = ("event", "poll", "operator", "switch", "condition_cleared", "max_duration",
+                 "superseded", "policy_removed", "reconcile", "controller", "rpc_error",
+                 "capacity", "other")
+
+
 def cause_class(entry: HistoryEntry) -> str:
-    """A bounded label for why a transition happened (metrics never carry the sentence)."""
+    """A bounded label for why a transition happened (metrics never carry the
+    sentence): one of :data:`CAUSE_CLASSES`."""
     detail = entry.detail
     cause = str(detail.get("cause", ""))
     if "operator" in detail:
@@ -412,8 +423,17 @@ class Runtime(StartUp, Configuration):
         if self.notifier is not None:
             self.notifier.stop()
         self.controller_side.stop()
+        late = self._settle_late_results()
         if self.options.on_exit == "remove" and self.ctx is not None:
-            self._remove_all()
+            self._remove_all(late)
+        elif late.entries:
+            self._unsaved.extend(zip(late.entries, late.taps_then))
+            try:
+                self.store.save(self.state, [e for e, _ in self._unsaved], now=self.clock(),
+                                taps_then=[t for _, t in self._unsaved], meta=self.meta_out)
+                self._unsaved = []
+            except StoreError as exc:
+                log.error("could not save the final state: %s", exc)
         if self.ctx is not None:
             for pol in engine_policies(self.ctx.policies).values():
                 try:
@@ -435,17 +455,37 @@ class Runtime(StartUp, Configuration):
         log.info("stopped; %d live tap(s)%s", left,
                  " left to their hard timeouts" if left else "")
 
-    def _remove_all(self) -> None:
-        """Release every live tap through the core and run the removals here."""
-        deadline = time.monotonic() + self.options.exit_timeout
+    def _settle_late_results(self) -> _Batch:
+        """The controller's answers that reached the queue after the loop stopped
+        reading it (the RPC worker finishes what it was given): step them, so that
+        the state knows what is in the switches. Without this an install answered
+        during the stop stayed in flight for ever, and ``on_exit=remove`` left its
+        mirror in the switch (the remove waits for the install's answer). Other
+        inputs (events, polls, requests) are dropped: nothing new starts on the way
+        out."""
         out = _Batch()
-        pending: list[Command] = []
+        if self.ctx is None:
+            return out
+        while True:
+            try:
+                item = self.inputs.get_nowait()
+            except queue.Empty:
+                return out
+            if isinstance(item, (InstallResult, RemoveResult, MirrorRemoved)):
+                self._step(item, out)
+
+    def _remove_all(self, late: _Batch | None = None) -> None:
+        """Release every live tap through the core and run the removals here
+        (``late``: what settling the late answers produced, saved with the rest)."""
+        deadline = time.monotonic() + self.options.exit_timeout
+        out = late if late is not None else _Batch()
         for tap in self.state.live_taps():
             if tap.state != "expiring":
                 self._step(OperatorRelease(tap_id=tap.tap_id, who="demon-watch exit"), out)
             elif tap.inflight is None:
                 out.outbox.append(RemoveMirror(tap.tap_id, "exit"))
-        pending, out.outbox = out.outbox, []
+        pending: list[Command] = out.outbox
+        out.outbox = []
         while pending and time.monotonic() < deadline:
             cmd = pending.pop(0)
             if not isinstance(cmd, RemoveMirror):

@@ -558,6 +558,49 @@ def test_metrics_follow_what_the_daemon_does(api: Api) -> None:
     assert not any("10.0.0" in str(labels) for _, labels in after)  # never a flow key
 
 
+def test_transition_causes_are_the_documented_bounded_classes() -> None:
+    """The ``cause`` label is a class from a fixed set, the set docs/api.md lists;
+    a flow that waits for room or placement (no event, no operator) is ``capacity``."""
+    import re
+
+    from demon.model import HistoryEntry
+    from demon.runtime import CAUSE_CLASSES, cause_class
+    from tests.conftest import REPO
+
+    row = next(line for line in (REPO / "docs/api.md").read_text().splitlines()
+               if line.startswith("| `pytapdemon_daemon_transitions_total`"))
+    documented = re.search(r"`cause` is a class: ([a-z_, ]+)", row)
+    assert documented, row
+    assert tuple(documented.group(1).strip().split(", ")) == CAUSE_CLASSES
+
+    def entry(kind: str, **detail: Any) -> HistoryEntry:
+        return HistoryEntry(tap_id=None, at=0.0, kind=kind, detail=detail)
+
+    expected = {
+        "event": entry("created", cause="event 3: demon_elephant 2Mbps > 1Mbps at a/1",
+                       event_id=3),
+        "poll": entry("created", cause="demon_elephant 2Mbps above the threshold in "
+                                       "activeflows at a/1"),
+        "operator": entry("expiring", cause="released by alice", operator="alice"),
+        "switch": entry("removed", cause="the switch removed it", switch_reason="idle_timeout"),
+        "condition_cleared": entry("expiring", cause="condition cleared: not seen for 5s"),
+        "max_duration": entry("expiring", cause="max duration 20s reached"),
+        "superseded": entry("expiring", cause="superseded by policy p (priority 9 > 1)"),
+        "policy_removed": entry("expiring", cause="policy p was removed"),
+        "reconcile": entry("removed", cause="reconcile: not in the switch"),
+        "controller": entry("failed", cause="controller lost it"),
+        "rpc_error": entry("failed", cause="install failed: table full", error="x"),
+        "capacity": entry("waiting", cause="location unknown: agent a dataSource 7 is not "
+                                           "in the port map yet"),
+        "other": entry("paused", cause="something else"),
+    }
+    assert set(expected) == set(CAUSE_CLASSES)
+    assert {name: cause_class(e) for name, e in expected.items()} == {
+        name: name for name in expected}
+    for kind in ("refused", "dropped"):
+        assert cause_class(entry(kind, cause="policy cap reached (2 taps)")) == "capacity"
+
+
 def test_reloads_are_counted_ok_or_rejected(api: Api) -> None:
     api.h.runtime.request_reload()
     wait_for(lambda: scrape(api)[("pytapdemon_daemon_policy_reloads_total",

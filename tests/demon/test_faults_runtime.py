@@ -231,3 +231,40 @@ def test_an_engine_pause_never_passes_for_a_cleared_condition(
     assert [t for m, t in h.controller.writes() if m == "install_mirror"] == ["elephant.1"]
     h.engine.set_flows("demon_elephant", [])
     wait_for(lambda: not h.controller.mirrors, timeout=5, what="release once it is gone")
+
+
+class _AnswerHeld(FakeController):
+    """Installs the mirror at once but holds its answer until the test lets it go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import threading
+
+        self.installed, self.answer = threading.Event(), threading.Event()
+
+    def _install_mirror(self, params: dict) -> dict:  # type: ignore[override]
+        result = super()._install_mirror(params)
+        self.installed.set()
+        self.answer.wait(10)
+        return result
+
+
+def test_on_exit_remove_takes_down_a_tap_whose_install_answer_comes_during_the_stop(
+        make: Callable[..., Harness]) -> None:
+    """A stop that arrives while an install is on the wire: the answer reaches the
+    mutator's queue after the loop stopped reading it. Shutdown must still see the
+    tap installed and, with ``on_exit=remove``, take it down (it used to be left in
+    the switch: the remove waited for an answer nobody read)."""
+    controller = _AnswerHeld().start()
+    h = make(controller=controller, on_exit="remove")
+    h.engine.fire("demon_elephant", FLOW_A)
+    assert controller.installed.wait(10)
+    assert list(controller.mirrors) == ["elephant.1"]
+    h.runtime.request_stop("test: stop with an install on the wire")
+    wait_for(lambda: h.runtime._halt.is_set(), what="the shutdown under way")
+    controller.answer.set()
+    h.thread.join(timeout=20)
+    assert not h.thread.is_alive()
+    assert controller.mirrors == {}
+    assert controller.writes()[-1] == ("remove_mirror", "elephant.1")
+    assert h.store.tap("elephant.1").state == "removed"

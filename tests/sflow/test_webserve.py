@@ -159,3 +159,17 @@ def test_a_request_slower_than_the_head_deadline_is_not_cut() -> None:
         conn.request("GET", "/slow")
         assert conn.getresponse().read() == b'{"slow":true}'
         conn.close()
+
+
+def test_no_access_log_lines_even_with_the_root_logger_at_debug(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Listeners log no line per request (a command at --log-level debug included):
+    uvicorn's access logger stays silent; its start and stop lines are allowed."""
+    import logging
+
+    with caplog.at_level(logging.DEBUG):
+        with BackgroundServer(_app(), "127.0.0.1", 0, name="test") as server:
+            for _ in range(3):
+                _request(server.address[1], "GET")
+    assert caplog.records  # the capture works: uvicorn's own start/stop lines are there
+    assert not [r for r in caplog.records if r.name == "uvicorn.access" or "GET /echo" in r.getMessage()]

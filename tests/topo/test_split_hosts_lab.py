@@ -152,7 +152,11 @@ def test_an_elephant_is_tapped_and_the_capture_hosts_manifest_tells_why(
     assert session.wait(lambda s: manifest(s, tap["tap_id"]).get("stop") is not None, 20)
     doc = manifest(session, tap["tap_id"])
     assert doc["policy"] == "elephant_tcp" and doc["flow_key"] == flow.key
-    assert doc["trigger"].startswith("event ") and "demon_elephant_tcp" in doc["trigger"]
+    # Either documented trigger: the threshold event, or the activeflows poll when it saw
+    # the flow first (the engine's event and the daemon's poll race); both name the flow.
+    assert "demon_elephant_tcp" in doc["trigger"], doc["trigger"]
+    assert doc["trigger"].startswith("event ") or "above the threshold in activeflows" in \
+        doc["trigger"], doc["trigger"]
     frames = pcap_fields(session, tap["tap_id"])
     assert frames and all(flow.matches(f) for f in frames)
     assert 0.5 * flow.nbytes / 1500 < len(frames) <= switch_packets(session, tap["tap_id"])
@@ -200,7 +204,8 @@ def test_a_killed_daemon_loses_no_transition_on_the_capture_host_nor_the_notific
     assert session.wait(caught_up, 20)  # every sink has handled every transition so far
     time.sleep(0.5)
     session.watch.kill()  # SIGKILL: no clean-up
-    time.sleep(2)
+    time.sleep(2)  # a delivery under way at the kill has landed by now
+    at_kill = (len(notified.read_text().splitlines()), len(hook.bodies))
     session.start_watch()  # same state file, same addresses
     run_flows(session, [flow])
     flow.results()
@@ -218,13 +223,30 @@ def test_a_killed_daemon_loses_no_transition_on_the_capture_host_nor_the_notific
         if (session.paths["captures"] / t["tap_id"]).exists():
             assert session.wait(lambda s, i=t["tap_id"]: manifest(s, i).get("stop") is not None, 10)
     lines = [json.loads(line) for line in notified.read_text().splitlines()]
-    deadline = time.monotonic() + 20
-    while (len(lines) < last or len(hook.bodies) < last) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 30
+    while (not lines or lines[-1]["id"] != last or not hook.bodies
+           or hook.bodies[-1]["id"] != last) and time.monotonic() < deadline:
         time.sleep(0.2)
         lines = [json.loads(line) for line in notified.read_text().splitlines()]
-    assert [n["id"] for n in lines] == every  # once each, in order, across the kill
-    assert [b["id"] for b in hook.bodies] == every
+    # At least once, in order, across the kill (docs/api.md, Notifications): a
+    # transition delivered just before the SIGKILL, whose sink position was not
+    # saved yet, is delivered again after the restart; receivers dedupe by id.
+    delivered_at_least_once([n["id"] for n in lines], at_kill[0], every)
+    delivered_at_least_once([b["id"] for b in hook.bodies], at_kill[1], every)
     assert lines[0]["argv"] == [lines[0]["kind"], "-"]
+
+
+def delivered_at_least_once(ids: list[int], at_kill: int, every: list[int]) -> None:
+    """``ids`` as a sink received them (``at_kill`` of them before the daemon was
+    killed): each of ``every`` in order before the kill; after the restart the sink
+    resumes at or before the next one (never past it) and goes on in order."""
+    before, after = ids[:at_kill], ids[at_kill:]
+    assert before == every[:len(before)], ("in order, none skipped before the kill", ids)
+    assert after, ("nothing delivered after the restart", ids)
+    resumed = every.index(after[0])
+    assert resumed <= len(before), ("a transition skipped across the kill", at_kill, ids)
+    assert after == every[resumed:], ("in order after the restart, none lost", at_kill, ids)
+    assert sorted(set(ids)) == every  # deduped by id: every transition, none lost
 
 
 def test_a_daemon_down_for_6_5_s_keeps_the_tap_of_a_flow_that_still_runs(
