@@ -30,6 +30,10 @@ Errors are :class:`StoreError` with one line naming the file: a damaged file
 
 ``prune`` bounds the file: the runtime calls it hourly with
 ``limits.history_retain``.
+
+The errors live in ``demon.store_errors``, the operator queue's methods in
+``demon.store_requests`` (a mixin of :class:`Store`); all are importable from
+here.
 """
 
 from __future__ import annotations
@@ -43,10 +47,13 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from demon.model import Candidate, HistoryEntry, State, Tap, tap_from_dict, tap_to_dict
+from demon.store_errors import StoreCorrupt, StoreError, StoreWriteError, reason
+from demon.store_requests import REQUEST_KINDS, REQUEST_TTL, OperatorRequest, RequestQueue
+
+__all__ = ["REQUEST_KINDS", "REQUEST_TTL", "SCHEMA_VERSION", "Loaded", "OperatorRequest", "Store",
+           "StoreCorrupt", "StoreError", "StoreWriteError", "StoredTransition"]
 
 SCHEMA_VERSION = 2
-REQUEST_KINDS = ("release", "pause", "resume", "tap")
-REQUEST_TTL = 60.0  # seconds a queued request stays valid by default
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -105,23 +112,6 @@ _UPGRADES = {
 }
 
 
-class StoreError(Exception):
-    """The state file cannot be used (unreadable, newer schema, bad request)."""
-
-
-class StoreCorrupt(StoreError):
-    """The state file is damaged (a page, a row or a value cannot be read)."""
-
-
-class StoreWriteError(StoreError):
-    """A save failed; nothing of it was written. ``cause`` is SQLite's reason
-    (e.g. "database or disk is full")."""
-
-    def __init__(self, message: str, cause: str) -> None:
-        super().__init__(message)
-        self.cause = cause
-
-
 @dataclass(frozen=True)
 class StoredTransition:
     """One history row: its id (``seq``), the entry, and the tap as it was then
@@ -130,23 +120,6 @@ class StoredTransition:
     id: int
     entry: HistoryEntry
     tap: Mapping[str, Any] | None
-
-@dataclass(frozen=True)
-class OperatorRequest:
-    """One row of the ``requests`` queue."""
-
-    id: int
-    kind: str
-    target: str
-    who: str
-    created_at: float
-    done_at: float | None = None
-    outcome: str | None = None
-    expires_at: float | None = None
-    code: str | None = None
-
-    def pending(self, now: float) -> bool:
-        return self.done_at is None and (self.expires_at is None or self.expires_at > now)
 
 
 @dataclass(frozen=True)
@@ -161,19 +134,13 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
 
 
-def _reason(exc: BaseException) -> str:
-    """SQLite's own words (or the parse error's) in one line."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text
-
-
 # What reading a damaged file can raise besides sqlite3.DatabaseError: bad JSON,
 # rows whose values do not fit the dataclasses, non-numbers in numeric columns.
 _DAMAGE = (sqlite3.DatabaseError, ValueError, TypeError, KeyError, AttributeError,
            IndexError, OverflowError)
 
 
-class Store:
+class Store(RequestQueue):
     """One connection to the state file. Not shared between threads.
 
     ``create``: make the file (and its directory) when missing; ``demon-tap``
@@ -201,7 +168,7 @@ class Store:
             self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None,
                                        check_same_thread=False)
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open state file {self.path}: {_reason(exc)}") from None
+            raise StoreError(f"cannot open state file {self.path}: {reason(exc)}") from None
         try:
             self._db.row_factory = sqlite3.Row
             if self.path != ":memory:" and not readonly:
@@ -217,7 +184,7 @@ class Store:
             raise
         except sqlite3.OperationalError as exc:
             self._db.close()
-            raise StoreError(f"cannot open state file {self.path}: {_reason(exc)}") from None
+            raise StoreError(f"cannot open state file {self.path}: {reason(exc)}") from None
         except _DAMAGE as exc:
             self._db.close()
             raise self._corrupt(exc) from None
@@ -237,7 +204,7 @@ class Store:
                                "move it aside to start afresh, or restore it from a backup")
 
     def _corrupt(self, exc: BaseException) -> StoreCorrupt:
-        return StoreCorrupt(f"state file {self.path} is damaged ({_reason(exc)}); move it "
+        return StoreCorrupt(f"state file {self.path} is damaged ({reason(exc)}); move it "
                             "aside to start afresh, or restore it from a backup")
 
     def close(self) -> None:
@@ -397,8 +364,8 @@ class Store:
             self._saved_holddown.clear()
             self._saved_meta.clear()
             if isinstance(exc, sqlite3.Error):
-                raise StoreWriteError(f"cannot write state file {self.path}: {_reason(exc)}",
-                                      _reason(exc)) from None
+                raise StoreWriteError(f"cannot write state file {self.path}: {reason(exc)}",
+                                      reason(exc)) from None
             raise
         self._saved_meta.update(changed)
         self._next_id += len(entries)
@@ -475,31 +442,12 @@ class Store:
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
-            raise StoreWriteError(f"cannot prune state file {self.path}: {_reason(exc)}",
-                                  _reason(exc)) from None
+            raise StoreWriteError(f"cannot prune state file {self.path}: {reason(exc)}",
+                                  reason(exc)) from None
         except BaseException:
             self._rollback()
             raise
         return {"taps": taps, "history": history, "requests": requests}
-
-    def pending_requests(self, now: float | None = None) -> list[OperatorRequest]:
-        """Operator requests not answered yet and not expired, oldest first."""
-        stamp = time.time() if now is None else now
-        rows = self._db.execute("SELECT * FROM requests WHERE done_at IS NULL AND "
-                                "(expires_at IS NULL OR expires_at > ?) ORDER BY id", (stamp,))
-        return [_request(row) for row in rows]
-
-    def expire_requests(self, now: float | None = None) -> int:
-        """Answer the requests whose time ran out (so nobody acts on them later)."""
-        stamp = time.time() if now is None else now
-        try:
-            cursor = self._db.execute(
-                "UPDATE requests SET done_at = ?, outcome = 'expired: not taken up in time', "
-                "code = 'expired' WHERE done_at IS NULL AND expires_at <= ?", (stamp, stamp))
-        except sqlite3.Error as exc:
-            raise StoreWriteError(f"cannot write state file {self.path}: {_reason(exc)}",
-                                  _reason(exc)) from None
-        return int(cursor.rowcount or 0)
 
     # -- reading (the daemon's read model at start; demon-tap --state) ---------------
 
@@ -507,7 +455,7 @@ class Store:
         try:
             return list(self._db.execute(sql, args))
         except sqlite3.OperationalError as exc:
-            raise StoreError(f"cannot read state file {self.path}: {_reason(exc)}") from None
+            raise StoreError(f"cannot read state file {self.path}: {reason(exc)}") from None
         except sqlite3.DatabaseError as exc:
             raise self._corrupt(exc) from None
 
@@ -524,52 +472,7 @@ class Store:
         except _DAMAGE as exc:
             raise self._corrupt(exc) from None
 
-    # -- the operator's side ------------------------------------------------------
-
-    def enqueue_request(self, kind: str, target: str, who: str,
-                        now: float | None = None, ttl: float = REQUEST_TTL) -> int:
-        """Queue a request for the daemon; it expires ``ttl`` seconds from now."""
-        if kind not in REQUEST_KINDS:
-            raise StoreError(f"request kind must be one of {', '.join(REQUEST_KINDS)}, "
-                             f"got {kind!r}")
-        if not target:
-            raise StoreError("request target must not be empty")
-        stamp = time.time() if now is None else now
-        try:
-            cursor = self._db.execute(
-                "INSERT INTO requests (kind, target, who, created_at, expires_at) "
-                "VALUES (?, ?, ?, ?, ?)", (kind, target, who, stamp, stamp + ttl))
-        except sqlite3.Error as exc:
-            raise StoreWriteError(f"cannot write state file {self.path}: {_reason(exc)}",
-                                  _reason(exc)) from None
-        return int(cursor.lastrowid or 0)
-
-    def cancel_request(self, request_id: int, who: str, now: float | None = None) -> bool:
-        """Withdraw a pending request; False if it was already answered (or unknown)."""
-        stamp = time.time() if now is None else now
-        try:
-            cursor = self._db.execute(
-                "UPDATE requests SET done_at = ?, outcome = ?, code = 'cancelled' "
-                "WHERE id = ? AND done_at IS NULL", (stamp, f"cancelled by {who}", request_id))
-        except sqlite3.Error as exc:
-            raise StoreWriteError(f"cannot write state file {self.path}: {_reason(exc)}",
-                                  _reason(exc)) from None
-        return bool(cursor.rowcount)
-
-    def request(self, request_id: int) -> OperatorRequest | None:
-        rows = self._read("SELECT * FROM requests WHERE id = ?", (request_id,))
-        return _request(rows[0]) if rows else None
-
-    def requests(self, *, pending_only: bool = False, now: float | None = None
-                 ) -> list[OperatorRequest]:
-        """Requests, oldest first; ``pending_only``: not answered and not expired."""
-        if pending_only:
-            stamp = time.time() if now is None else now
-            rows = self._read("SELECT * FROM requests WHERE done_at IS NULL AND (expires_at "
-                              "IS NULL OR expires_at > ?) ORDER BY id", (stamp,))
-        else:
-            rows = self._read("SELECT * FROM requests ORDER BY id")
-        return [_request(row) for row in rows]
+    # -- the operator's side (its requests: RequestQueue) ---------------------------
 
     def taps(self, *, live_only: bool = False) -> list[Tap]:
         """Taps, newest first; ``live_only``: pending, active or expiring ones."""
@@ -631,12 +534,3 @@ def _detail(text: str) -> dict[str, Any]:
     if not isinstance(detail, dict):
         raise ValueError(f"history detail is not an object: {text[:40]!r}")
     return detail
-
-
-def _request(row: sqlite3.Row) -> OperatorRequest:
-    keys = row.keys()
-    return OperatorRequest(id=row["id"], kind=row["kind"], target=row["target"],
-                           who=row["who"], created_at=row["created_at"],
-                           done_at=row["done_at"], outcome=row["outcome"],
-                           expires_at=row["expires_at"] if "expires_at" in keys else None,
-                           code=row["code"] if "code" in keys else None)

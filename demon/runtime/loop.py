@@ -19,6 +19,12 @@ When the state file cannot be written (a full disk), the loop keeps deciding
 in memory and keeps sending the commands (the switches' own timeouts bound
 every mirror whatever happens), holds the unsaved transitions and saves them,
 in order, as soon as the file takes writes again (issue 14 #3).
+
+The class is cut at its borders: start-up (``demon.runtime.startup``) and
+configuration while running (``demon.runtime.config``: reload, redefine,
+prune) are mixins, since both set the loop's own state; operator requests
+(``demon.runtime.requests``) are a collaborator that turns them into the
+core's inputs, which this loop steps.
 """
 
 from __future__ import annotations
@@ -38,20 +44,20 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from demon import __version__, core
 from demon.core import Context
 from demon.model import (Answer, Command, ControllerStatus, HistoryEntry, InstallResult,
-                         MirrorRemoved, OperatorRelease, OperatorTap, PausePolicy, Reconcile,
-                         Record, RemoveMirror, RemoveResult, ResumePolicy, State, Tap,
-                         ThresholdEvent, Tick)
+                         MirrorRemoved, OperatorRelease, Reconcile, Record, RemoveMirror,
+                         RemoveResult, State, Tap, ThresholdEvent, Tick)
 from demon.rpc.client import RpcClient
+from demon.runtime.config import Configuration
 from demon.runtime.controller_side import ControllerSide
-from demon.runtime.engine_side import (EngineSide, engine_policies, load_config, threshold_event,
-                                       thresholds_of)
+from demon.runtime.engine_side import EngineSide, engine_policies, threshold_event
 from demon.runtime.items import (Ask, _Call, _ControllerBack, _Events, _Flush, _Located,
                                  _NewTopology, _PollRequests, _PortMap, _Prune, _Redefine,
                                  _Reload, _Stop, _Switches)
-from demon.runtime.options import RuntimeOptions, StartupError
+from demon.runtime.options import RuntimeOptions
+from demon.runtime.requests import OperatorRequests
+from demon.runtime.startup import StartUp
 from demon.runtime.view import ReadModel, Snapshot, Transition, tap_record
-from demon.store import OperatorRequest, Store, StoreError
-from demon.tap_request import TapRequest
+from demon.store import Store, StoreError
 from demon.topology import Topology
 from sflow.client import SFlowRTError
 
@@ -119,9 +125,9 @@ class _Batch:
         self.answers: list[Answer] = []
 
 
-class Runtime:
-    """``start()`` (raises :class:`StartupError`), then ``run()`` until stopped.
-    Readers use :attr:`view`; operator requests go through :meth:`ask`."""
+class Runtime(StartUp, Configuration):
+    """``start()`` (raises :class:`~demon.runtime.options.StartupError`), then ``run()``
+    until stopped. Readers use :attr:`view`; operator requests go through :meth:`ask`."""
 
     def __init__(self, policies_dir: str | Path, engine_url: str, controller: RpcClient,
                  store: Store, options: RuntimeOptions = RuntimeOptions(), *,
@@ -140,6 +146,7 @@ class Runtime:
                                  retries=engine_retries, embedded=embedded_engine,
                                  sflow_listen=sflow_listen, token=engine_token)
         self.controller_side = ControllerSide(controller, options, self.inputs.put, clock=clock)
+        self.requests = OperatorRequests(store, self.engine)
         self.view = ReadModel()
         self.state = State()
         self.ctx: Context | None = None
@@ -153,7 +160,6 @@ class Runtime:
         self._published_taps: Mapping[str, Tap] = {}
         self._calls: dict[str, Future[Any]] = {}
         self._asks = itertools.count(1)
-        self._looking_up: set[str] = set()  # refs of tap requests waiting for the engine
         self._awaiting_placement = False
         self._halt = threading.Event()
         self._stopping = False
@@ -200,130 +206,6 @@ class Runtime:
         self.inputs.put(_Call(ask, future))
         return future
 
-    # -- start -----------------------------------------------------------------------
-
-    def start(self) -> None:
-        """Load policies and the store, check the engine and the controller, define
-        the engine flows and thresholds, reconcile, start the threads."""
-        from demon.policy import PolicyError
-
-        try:
-            policies, limits = load_config(self.policies_dir)
-        except PolicyError as exc:
-            raise StartupError(f"bad policy set in {self.policies_dir}: {exc}", 2) from None
-        try:
-            self.engine.check()
-        except SFlowRTError as exc:
-            raise StartupError(f"cannot reach the analytics engine at {self.engine_url}: "
-                               f"{exc} — is sFlow-RT (or demon-sflow) running?", 3) from None
-        switches, mirrors = self.controller_side.connect()
-        try:
-            loaded = self.store.load()
-            # Evidence rule on (see State.observed): nothing has been observed yet.
-            self.state = replace(loaded.state, observed={})
-            self.last_event_id = loaded.last_event_id
-            self._load_view()
-        except StoreError as exc:
-            raise StartupError(str(exc), 5) from None
-        try:
-            self.engine.define(policies, {})
-        except SFlowRTError as exc:
-            raise StartupError(f"the analytics engine at {self.engine_url} refused the "
-                               f"policies' flow definitions: {exc}", 3) from None
-        self.engine.policies = policies
-        self._switches = list(switches)
-        self._port_map = self.engine.read_port_map()
-        self.engine.port_map = self._port_map
-        self.ctx = Context(policies=policies, topology=Topology(self._port_map, self._switches),
-                           limits=limits)
-        self._by_threshold = thresholds_of(policies)
-        self.reload_info = {"at": time.time(), "ok": True, "error": None,
-                            "policies": sorted(policies), "what": "start"}
-        log.info("started: %d polic%s (%s), %d tap(s) restored, event cursor %d, "
-                 "controller %s, engine %s%s", len(policies),
-                 "y" if len(policies) == 1 else "ies", ", ".join(sorted(policies)),
-                 len(self.state.live_taps()), self.last_event_id, self.controller.address,
-                 self.engine_url, " (dry run: no RPC writes)" if self.options.dry_run else "")
-        self._publish([])
-        self.inputs.put(Reconcile(mirrors=list(mirrors)))
-        self.inputs.put(ControllerStatus(up=True))
-        self._start_threads()
-        if self._notify_configs:
-            self._start_notifier()
-
-    def _start_notifier(self) -> None:
-        from demon.notify import Notifier
-
-        cursors: dict[str, int] = {}
-        for config in self._notify_configs:
-            try:
-                value = self.store.meta(f"notify:{config.name}")
-                if value is not None:
-                    cursors[config.name] = int(value)
-            except (StoreError, ValueError) as exc:
-                log.warning("notification cursor of %s unreadable (%s): starting from now",
-                            config.target, exc)
-        self.notifier = Notifier(self.view, self._notify_configs, cursors, self._keep_cursor)
-        for sink in self.notifier.sinks:  # every key now: later writes only change values
-            self.meta_out[f"notify:{sink.config.name}"] = str(sink.cursor)
-        self.notifier.start()
-
-    def _keep_cursor(self, name: str, transition_id: int) -> None:
-        """A sink handled ``transition_id`` (its thread): saved at once (a batch of its
-        own), so that a daemon killed just after a delivery does not repeat it."""
-        self.meta_out[f"notify:{name}"] = str(transition_id)
-        self.inputs.put(_Flush())
-
-    def _load_view(self) -> None:
-        """The read model from the state file: every tap and transition it holds."""
-        taps = {t.tap_id: t for t in self.store.taps()}
-        stored = self.store.transitions(0)
-        live = self.state.taps
-        self._archive = {k: t for k, t in taps.items() if k not in live}
-        self._published_taps = live
-        latest = {**taps, **live}
-        self.view.replace(
-            Transition.of(s.id, s.entry, s.tap if s.tap is not None else (
-                tap_record(latest[s.entry.tap_id]) if s.entry.tap_id in latest else None))
-            for s in stored)
-
-    def _start_threads(self) -> None:
-        self.engine.start(self.last_event_id)
-        self.controller_side.start()
-        speed = self.options.speed
-        scheduler = BackgroundScheduler(timezone="UTC")
-
-        def every(seconds: float, job: Callable[[], None], job_id: str) -> None:
-            scheduler.add_job(job, "interval", seconds=seconds / speed, id=job_id,
-                              coalesce=True, max_instances=1)
-
-        every(self.options.tick_interval, lambda: self.inputs.put(Tick()), "tick")
-        every(self.options.requests_interval, lambda: self.inputs.put(_PollRequests()),
-              "requests")
-        every(self.options.prune_interval, lambda: self.inputs.put(_Prune()), "prune")
-        self.inputs.put(_Prune())  # at start too: a daemon restarted often still prunes
-        every(self.options.controller_probe_interval, self.controller_side.probe,
-              "controller-probe")
-        # Every second while the port map is empty (agents still appearing), then
-        # every topology_interval.
-        every(min(1.0, self.options.topology_interval), self.engine.refresh_topology,
-              "topology")
-        self._scheduler = scheduler
-        self._schedule_polls()
-        scheduler.start()
-
-    def _schedule_polls(self) -> None:
-        assert self._scheduler is not None and self.ctx is not None
-        for job in self._scheduler.get_jobs():
-            if job.id.startswith("poll:"):
-                job.remove()
-        for name, pol in engine_policies(self.ctx.policies).items():
-            interval = float(getattr(pol, "interval", 0) or 0)
-            if interval > 0:
-                self._scheduler.add_job(self.engine.poll_flows, "interval", args=[name],
-                                        seconds=interval / self.options.speed,
-                                        id=f"poll:{name}", coalesce=True, max_instances=1)
-
     # -- the mutator ------------------------------------------------------------------
 
     def run(self) -> None:
@@ -366,7 +248,7 @@ class Runtime:
             elif isinstance(item, _PollRequests):
                 self._poll_requests(out)
             elif isinstance(item, _Located):
-                self._looking_up.discard(item.ask.ref)
+                self.requests.located(item.ask.ref)
                 self._step(item.tap, out)
             elif isinstance(item, _PortMap):
                 assert self.ctx is not None
@@ -514,152 +396,20 @@ class Runtime:
     # -- operator requests (the API and the state file's queue) --------------------------
 
     def _poll_requests(self, out: _Batch) -> None:
-        now = time.time()
-        try:
-            expired = self.store.expire_requests(now)
-            pending = self.store.pending_requests(now)
-        except StoreError as exc:
-            log.debug("operator queue unreadable: %s", exc)
-            return
-        if expired:
-            log.info("%d queued operator request(s) expired unanswered", expired)
-        handled = {a.ref for a in out.answers} | self._looking_up
-        for request in pending:
-            ref = f"req:{request.id}"
-            if ref in handled:
-                continue
-            ask = self._from_request(request, out)
-            if ask is not None:
-                self._handle_ask(ask, out)
-
-    def _from_request(self, request: OperatorRequest, out: _Batch) -> Ask | None:
-        ref = f"req:{request.id}"
-        if request.kind != "tap":
-            return Ask(kind=request.kind, who=request.who, target=request.target, ref=ref)
-        try:
-            req = TapRequest.from_target(request.target)
-        except ValueError as exc:
-            out.answers.append(Answer(ref, "invalid", "not_tapped", f"not tapped: bad request: "
-                                      f"{exc}"))
-            return None
-        return Ask(kind="tap", who=request.who, policy=req.policy, flow_key=req.flow_key,
-                   hold=req.hold, at=req.at, ref=ref)
+        for item in self.requests.queued({a.ref for a in out.answers}, time.time()):
+            if isinstance(item, Answer):
+                out.answers.append(item)  # a request that does not parse
+            else:
+                self._handle_ask(item, out)
 
     def _handle_ask(self, ask: Ask, out: _Batch) -> None:
         """Turn an operator's request into the core's input; the core answers it."""
         self.counters["operator_requests"] += 1
-        if ask.kind == "release":
-            self._step(OperatorRelease(tap_id=ask.target, who=ask.who, ref=ask.ref), out)
-        elif ask.kind == "pause":
-            self._step(PausePolicy(name=ask.target, who=ask.who, ref=ask.ref), out)
-        elif ask.kind == "resume":
-            self._step(ResumePolicy(name=ask.target, who=ask.who, ref=ask.ref), out)
-        elif ask.kind == "tap":
-            self._ask_tap(ask, out)
-        else:
-            out.answers.append(Answer(ask.ref, "invalid", "unknown",
-                                      f"unknown request kind {ask.kind!r}"))
-
-    def _ask_tap(self, ask: Ask, out: _Batch) -> None:
-        """Where the flow enters: the operator's ``at``, else where the daemon last saw
-        it, else the engine's ``/activeflows`` (asked on another thread: the core gets
-        the request when that answer is back)."""
-        assert self.ctx is not None
-        pol = self.ctx.policies.get(ask.policy)
-        base = OperatorTap(policy=ask.policy, flow_key=ask.flow_key, who=ask.who,
-                           hold=ask.hold or (float(pol.duration) if pol else 0.0), ref=ask.ref)
-        if pol is None:
-            self._step(base, out)  # the core answers: no such policy
-            return
-        if ask.at is not None:
-            self._step(replace(base, dpid=ask.at[0], in_port=ask.at[1]), out)
-            return
-        cand = self.state.watch.get((ask.policy, ask.flow_key))
-        if cand is not None:
-            self._step(replace(base, agent=cand.agent, data_source=cand.data_source,
-                               rate_bps=cand.rate_bps), out)
-            return
-        seen = [t for t in self.state.taps.values()
-                if t.policy == ask.policy and t.flow_key == ask.flow_key and t.dpid]
-        if seen:
-            last = max(seen, key=lambda t: t.created_at)
-            self._step(replace(base, dpid=last.dpid, in_port=last.in_port,
-                               rate_bps=last.rate_bps), out)
-            return
-        self._looking_up.add(ask.ref)
-        self.engine.locate(ask, base)
-
-    # -- configuration -------------------------------------------------------------------
-
-    def _prune(self) -> None:
-        """Keep the state file bounded (``limits.history_retain``; 0 keeps all)."""
-        assert self.ctx is not None
-        keep = self.ctx.limits.history_retain
-        if keep <= 0:
-            return
-        try:
-            gone = self.store.prune(self.clock() - keep)
-        except StoreError as exc:
-            self._store_failed(exc)
-            return
-        if any(gone.values()):
-            log.info("pruned from the state file (older than %gs): %d tap(s), %d history "
-                     "entries, %d operator request(s)", keep, gone["taps"], gone["history"],
-                     gone["requests"])
-            try:
-                self._load_view()  # the read model holds what the file holds
-            except StoreError as exc:
-                log.error("cannot re-read the state file after pruning: %s", exc)
-
-    def _reload(self) -> None:
-        from demon.policy import PolicyError
-
-        assert self.ctx is not None
-        old = self.ctx.policies
-        try:
-            policies, limits = load_config(self.policies_dir)
-        except PolicyError as exc:
-            log.error("reload rejected, keeping the %d running polic%s: %s", len(old),
-                      "y" if len(old) == 1 else "ies", exc)
-            self._reloaded(False, str(exc))
-            return
-        try:
-            self.engine.define(policies, old)
-        except SFlowRTError as exc:
-            log.error("reload rejected: the engine refused the definitions (%s); "
-                      "restoring the running set", exc)
-            try:
-                self.engine.define(old, policies)
-            except SFlowRTError:
-                log.exception("could not restore the running definitions")
-            self._reloaded(False, f"the engine refused the definitions: {exc}")
-            return
-        self.engine.policies = policies
-        self.ctx = replace(self.ctx, policies=policies, limits=limits)
-        self._by_threshold = thresholds_of(policies)
-        if self._scheduler is not None:
-            self._schedule_polls()
-        log.info("reloaded %d polic%s: %s", len(policies), "y" if len(policies) == 1 else "ies",
-                 ", ".join(sorted(policies)))
-        self._reloaded(True, None)
-
-    def _reloaded(self, ok: bool, error: str | None) -> None:
-        assert self.ctx is not None
-        self.counters["reloads_ok" if ok else "reloads_rejected"] += 1
-        self.reload_info = {"at": time.time(), "ok": ok, "error": error, "what": "reload",
-                            "policies": sorted(self.ctx.policies)}
-
-    def _redefine(self, why: str) -> None:
-        """The engine forgot our definitions: put back the *running* set (a poll
-        that failed before a reload must not bring back a removed policy's flow)."""
-        assert self.ctx is not None
-        try:
-            self.engine.define(self.ctx.policies, {})
-        except SFlowRTError as exc:
-            log.warning("cannot define the policies again (%s): %s", why, exc)
-            return
-        self.engine.redefinitions += 1
-        log.info("defined the running policies in the engine again (%s)", why)
+        inp = self.requests.to_input(ask, self.state, self.ctx)
+        if isinstance(inp, Answer):
+            out.answers.append(inp)
+        elif inp is not None:
+            self._step(inp, out)
 
     # -- shutdown ---------------------------------------------------------------------
 
