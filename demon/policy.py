@@ -85,7 +85,8 @@ def _message(err: Mapping[str, Any], model: type[BaseModel]) -> str:
         return f"unknown field (allowed: {', '.join(_reading_order(model))})"
     if kind == "missing":
         return "required"
-    msg = " ".join(str(err.get("msg", "")).split())
+    # one line, but the operator's own text (a filter quoted in the message) keeps its spacing
+    msg = " ".join(line.strip() for line in str(err.get("msg", "")).splitlines() if line.strip())
     return msg.removeprefix("Value error, ")
 
 
