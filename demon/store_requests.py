@@ -50,11 +50,9 @@ class RequestQueue:
     _read: Callable[..., list[sqlite3.Row]]  # errors as StoreError, naming the file
 
     def pending_requests(self, now: float | None = None) -> list[OperatorRequest]:
-        """Operator requests not answered yet and not expired, oldest first."""
-        stamp = time.time() if now is None else now
-        rows = self._db.execute("SELECT * FROM requests WHERE done_at IS NULL AND "
-                                "(expires_at IS NULL OR expires_at > ?) ORDER BY id", (stamp,))
-        return [_request(row) for row in rows]
+        """Operator requests not answered yet and not expired, oldest first (a read that
+        fails is a :class:`StoreError`, which the daemon's loop survives)."""
+        return self.requests(pending_only=True, now=now)
 
     def expire_requests(self, now: float | None = None) -> int:
         """Answer the requests whose time ran out (so nobody acts on them later)."""

@@ -151,3 +151,16 @@ def test_prune_drops_what_ended_before_the_cutoff_and_keeps_held_taps(tmp_path: 
         assert store.request(done) is None and store.request(fresh) is not None
         assert store.load().state.taps == {"e.3": held}
         assert store.prune(before=500.0) == {"taps": 0, "history": 0, "requests": 0}
+
+
+def test_an_unreadable_request_queue_is_a_store_error_not_a_crash(tmp_path: Path) -> None:
+    """The daemon polls the queue every tick and survives a StoreError; a raw sqlite3
+    error from another writer's damage would end its loop."""
+    store = Store(tmp_path / "s.sqlite")
+    store.enqueue_request("release", "elephant.1", "alice", now=100.0)
+    assert [r.target for r in store.pending_requests(now=101.0)] == ["elephant.1"]
+    with sqlite3.connect(tmp_path / "s.sqlite") as other:
+        other.execute("DROP TABLE requests")
+    with pytest.raises(StoreError, match="cannot read state file"):
+        store.pending_requests(now=102.0)
+    store.close()
