@@ -173,7 +173,8 @@ def demo(out: IO[str], err: IO[str], *, as_json: bool = False) -> int:
     """``--demo``: the backtest a newcomer runs first, from the installed files only."""
     import textwrap
 
-    from demon.replay import ReplayError, backtest, write_json, write_text
+    from demon.replay import backtest, write_json, write_text
+    from demon.replay_core import ReplayError
     from demon.share import DEMO_POLICIES, RECORDING, RECORDING_FABRIC
 
     try:
@@ -219,7 +220,8 @@ def main(argv: list[str] | None = None, *, stdout: IO[str] | None = None,
         return _fail(err, "--compare needs --replay FILE (the recording to compare on)",
                      EXIT_CONFIG)
     if args.replay:
-        from demon.replay import ReplayError, replay_main
+        from demon.replay import replay_main
+        from demon.replay_core import ReplayError
         from demon.replay_compare import compare_main
         try:
             if args.compare:

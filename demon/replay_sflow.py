@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from demon.core import awaiting_placement
 from demon.policy import engine_policies
-from demon.replay import TICK, Backtest, ReplayError, ReplayResult
+from demon.replay_core import TICK, Backtest, ReplayError, ReplayResult
 from sflow.client import parse_event
 from sflow.engine import Engine
 from sflow.flowdef import DefinitionError, parse_flow, parse_threshold

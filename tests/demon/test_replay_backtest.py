@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from demon import cli
-from demon.replay import ReplayError, backtest
+from demon.replay import backtest
+from demon.replay_core import ReplayError
 
 pytestmark = pytest.mark.replay
 

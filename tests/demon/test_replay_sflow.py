@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from demon import cli
-from demon.replay import ReplayError, backtest
+from demon.replay import backtest
+from demon.replay_core import ReplayError
 from demon.replay_sflow import datagrams
 from demon.rpc.client import RpcClient
 from demon.runtime import Runtime, RuntimeOptions
