@@ -46,7 +46,7 @@ class ReplayResult:
 
 
 class Backtest:
-    """The core driven by recorded answers; feed exchanges in order, then ``finish``."""
+    """The core driven by recorded answers: feed exchanges in order, then read ``result``."""
 
     def __init__(self, policies: Mapping[str, Any], limits: Any,
                  switches: list[dict[str, Any]], start: float) -> None:
