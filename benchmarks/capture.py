@@ -13,7 +13,7 @@ Modes (root for the live ones):
   the receiving end, each with the taps' filter, so each sees the same frames;
   CPU seconds of each capture process between start and end of the traffic.
 * ``lab``: the seed network (takes the lab lock). Production cost of a tap, side
-  by side: iperf3 h1 → h2 as fast as it goes, untapped / tapped with the agent
+  by side: iperf3 h1 → h2 as fast as it goes (or at ``--rate``), untapped / tapped with the agent
   on h11 / tapped with nothing capturing on h11 (the copy alone), alternated,
   ``--runs`` rounds, medians. Then one tapped run with demon-capture, dumpcap
   and tcpdump all capturing on h11: CPU per frame of each (the anchor).
@@ -250,7 +250,7 @@ def bench_veth(tmp: Path, frames: int) -> None:
 
 
 # -- the lab -------------------------------------------------------------------------------------
-def bench_lab(tmp: Path, runs: int, seconds: float) -> None:
+def bench_lab(tmp: Path, runs: int, seconds: float, rate: str = "") -> None:
     from tests.conftest import held_lab_lock
     from topo.seed import build_seed
 
@@ -268,7 +268,8 @@ def bench_lab(tmp: Path, runs: int, seconds: float) -> None:
                            stderr=subprocess.DEVNULL)
             time.sleep(0.3)
             cli = h1.popen(["iperf3", "-c", "10.0.0.2", "-p", "5201", "--cport", "41500", "-t", str(seconds),
-                            "-J"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            "-J"] + (["-b", rate] if rate else []), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
             out, _err = cli.communicate(timeout=seconds + 30)
             srv.wait(10)
             rep = json.loads(out)
@@ -294,10 +295,15 @@ def bench_lab(tmp: Path, runs: int, seconds: float) -> None:
                 results[kind].append(mbps)
                 print(f"  round {r + 1}: {kind:<22} {mbps:7.1f} Mbit/s", flush=True)
         base = statistics.median(results["untapped"])
-        print(f"lab production cost of a tap (iperf3 h1->h2 {seconds:g}s, median of {runs} alternating runs):")
+        asked = f"at most {rate}bit/s" if rate else "as fast as it goes"
+        print(f"lab production cost of a tap (iperf3 h1->h2 {asked}, {seconds:g}s, median of {runs} "
+              f"alternating runs):")
         for kind, vals in results.items():
             med = statistics.median(vals)
             print(f"  {kind:<22} {med:7.1f} Mbit/s  = {med / base:.3f} of untapped   runs {[round(v) for v in vals]}")
+        # what the agent itself adds, apart from the switch's copy (the anchor of the same run)
+        agent, copy = (statistics.median(results[k]) for k in ("tapped, agent on h11", "tapped, copy alone"))
+        print(f"  the agent's own share: tapped with the agent = {agent / copy:.3f} of the copy alone")
         print("lab live capture of the tapped elephant on h11, three capturers at once:")
         tapped(True)
         caps = start_capturers("h11-eth0", tmp, h11.popen, ("demon-capture", "dumpcap", "tcpdump"))
@@ -317,6 +323,8 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=200_000, help="frames per offline/veth run")
     ap.add_argument("--runs", type=int, default=5, help="lab rounds (each: untapped, agent, copy alone)")
     ap.add_argument("--seconds", type=float, default=8, help="lab elephant length")
+    ap.add_argument("--rate", default="", help="lab elephant's rate for iperf3 -b (e.g. 200M); "
+                    "default: as fast as it goes")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="capture-bench-") as t:
         tmp = Path(t)
@@ -325,7 +333,7 @@ def main() -> int:
         if args.mode in ("veth", "all"):
             bench_veth(tmp, args.frames)
         if args.mode in ("lab", "all"):
-            bench_lab(tmp, args.runs, args.seconds)
+            bench_lab(tmp, args.runs, args.seconds, args.rate)
     return 0
 
 
