@@ -13,7 +13,9 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+import pytest
 
 CHROMIUM = ("/usr/bin/chromium", "/usr/lib/chromium/chromium")
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -94,3 +96,17 @@ class Browser:
             self.driver.quit()
         finally:
             shutil.rmtree(self.profile, ignore_errors=True)
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    """Headless chromium for a test (skips with the reason when there is none); a test
+    module takes it with ``from tests.browser import browser``."""
+    reason = browser_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    b = Browser()
+    try:
+        yield b
+    finally:
+        b.quit()

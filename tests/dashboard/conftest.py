@@ -9,7 +9,7 @@ from typing import Iterator
 import pytest
 import responses
 
-from tests.browser import Browser, browser_unavailable_reason
+from tests.browser import browser  # noqa: F401  (the fixture, for every dashboard test)
 from tests.dashboard.harness import Daemon
 
 
@@ -22,15 +22,3 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
             yield d
         finally:
             d.stop()
-
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    reason = browser_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    b = Browser()
-    try:
-        yield b
-    finally:
-        b.quit()

@@ -29,7 +29,7 @@ import pytest
 from demon.rpc.protocol import RpcError
 from demon.runtime import CAUSE_CLASSES
 from demon.rpc.token import read_api_tokens
-from tests.browser import Browser, browser_unavailable_reason
+from tests.browser import Browser, browser  # noqa: F401  (browser: the fixture)
 from tests.capture_files import read_capture
 from tests.demon.fakes import sflow_datagram
 from tests.metricnames import exported, grouping_labels, names_in, queries
@@ -265,18 +265,6 @@ def test_every_metric_exists_moves_and_agrees_with_the_switches_and_the_capture_
 
 
 # -- the page in chromium ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    reason = browser_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    b = Browser()
-    try:
-        yield b
-    finally:
-        b.quit()
 
 
 def operator_secret(session: LabSession) -> str:
