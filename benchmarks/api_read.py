@@ -19,27 +19,18 @@ import logging
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+import decision  # noqa: E402  (benchmarks/decision.py: its policy and the in-process daemon)
 from demon.model import HistoryEntry, State, Tap  # noqa: E402
 from demon.store import Store  # noqa: E402
 
-POLICY = """\
-name: bench
-kind: elephant
-keys: ipsource,ipdestination,ipprotocol,tcpsourceport,tcpdestinationport
-threshold: 1Mbps
-interval: 1h
-duration: 1h
-max_duration: 2h
-max_taps: 1000
-"""
 TOKEN = "bench-token-0123456789"
 
 
@@ -127,12 +118,7 @@ def line(name: str, ms: list[float], size: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     import httpx
 
-    from demon.api.server import ApiServer
-    from demon.rpc.client import RpcClient
-    from demon.rpc.server import RpcServer
     from demon.rpc.token import ApiToken
-    from demon.runtime import Runtime, RuntimeOptions
-    from sflow.embedded import EmbeddedEngine
     from sflow.webserve import BackgroundServer
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -144,28 +130,21 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "policies").mkdir()
-        (root / "policies" / "bench.yaml").write_text(POLICY)
+        (root / "policies" / "bench.yaml").write_text(decision.POLICY.format(max_taps=1000))
         ids = fill(root / "state.sqlite", args.taps, args.live)
         live = ids[args.taps:]
-        engine = EmbeddedEngine(sflow_addr=("127.0.0.1", 0), http_addr=("127.0.0.1", 0)).start()
-        server = RpcServer("tcp:127.0.0.1:0", TOKEN, Controller(live)).start()
-        store = Store(root / "state.sqlite")
-        runtime = Runtime(root / "policies", engine.url, RpcClient(server.address, TOKEN), store,
-                          RuntimeOptions(event_poll_timeout=1))
-        runtime.start()
-        loop = threading.Thread(target=runtime.run, daemon=True)
-        loop.start()
-        api = ApiServer(runtime, "127.0.0.1", 0, [ApiToken("bench", TOKEN)]).start()
-
         from fastapi import FastAPI
 
         bare = FastAPI()
         bare.get("/ping")(lambda: {})
-        anchor = BackgroundServer(bare, "127.0.0.1", 0, name="anchor").start()
-        try:
+        with decision.live_daemon(root / "policies", root / "state.sqlite", Controller(live),
+                                  token=TOKEN, api=True, api_tokens=[ApiToken("bench", TOKEN)],
+                                  bench_topology=False) as daemon, \
+                BackgroundServer(bare, "127.0.0.1", 0, name="anchor") as anchor:
+            runtime = daemon.runtime
             time.sleep(1.0)  # the loop has published its first batches
             last = runtime.view.last_id
-            with httpx.Client(base_url=api.url, timeout=30) as client, \
+            with httpx.Client(base_url=daemon.api_url, timeout=30) as client, \
                     httpx.Client(base_url=anchor.url, timeout=30) as bare_client:
                 print(f"state file: {args.taps} ended taps + {args.live} live, "
                       f"{last} transitions; {args.requests} requests per endpoint, one client")
@@ -187,14 +166,6 @@ def main(argv: list[str] | None = None) -> int:
                         ("GET /metrics", "/metrics")):
                     size = len(client.get(path).content)
                     print(line(name, measure(client, path, args.requests), size))
-        finally:
-            anchor.stop()
-            api.stop()
-            runtime.request_stop("benchmark over")
-            loop.join(20)
-            server.close()
-            engine.stop()
-            store.close()
     return 0
 
 

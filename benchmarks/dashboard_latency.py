@@ -32,11 +32,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import httpx  # noqa: E402
 
 import decision  # noqa: E402
-from demon.api.server import ApiServer  # noqa: E402
-from demon.rpc.client import RpcClient  # noqa: E402
-from demon.rpc.server import RpcServer  # noqa: E402
-from demon.runtime import Runtime, RuntimeOptions, _Events  # noqa: E402
-from demon.store import Store  # noqa: E402
+from demon.runtime import _Events  # noqa: E402
 from tests.browser import Browser, browser_unavailable_reason  # noqa: E402
 
 
@@ -72,50 +68,34 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)  # the SSE client cut off at the end
-    from sflow.embedded import EmbeddedEngine
-
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         pol = decision.policies_dir(root, 10000)
-        engine = EmbeddedEngine(sflow_addr=("127.0.0.1", 0), http_addr=("127.0.0.1", 0)).start()
-        server = RpcServer("tcp:127.0.0.1:0", decision.TOKEN, decision.Controller()).start()
-        store = Store(root / "state.sqlite")
-        runtime = Runtime(pol, engine.url, RpcClient(server.address, decision.TOKEN), store,
-                          RuntimeOptions(event_poll_timeout=1))
-        runtime.start()
-        runtime.ctx = decision.make_context(pol)
-        api = ApiServer(runtime, "127.0.0.1", 0).start()
-        thread = threading.Thread(target=runtime.run, daemon=True)
-        thread.start()
-        browser = Browser()
-        halt = threading.Event()
-        streamed: dict[int, float] = {}
-        try:
-            browser.open(api.url + "/")
-            browser.wait(lambda: browser.js("return document.body.dataset.ready") == "yes", 20)
-            browser.wait(lambda: browser.js("return document.getElementById('stream').dataset.state") == "live")
-            first = runtime.view.last_id
-            threading.Thread(target=follow_stream, args=(api.url, streamed, halt), daemon=True).start()
-            time.sleep(1.0)
-            for i in range(min(args.taps, 90)):
-                runtime.submit(_Events([decision.event(i, 100000)]))
-                time.sleep(args.pace)
-            time.sleep(2.0)
-            records = [t.to_json() for t in runtime.view.transitions_after(first, 1000)]
-            shown = browser.js("""return Object.fromEntries([...document.querySelectorAll('#timeline li[data-shown-at]')]
-                .map(li => [li.dataset.id, Number(li.dataset.shownAt) / 1000]));""")
-            rows = browser.js("""return Object.fromEntries([...document.querySelectorAll('#taps tbody tr')]
-                .map(tr => [tr.dataset.tapId, Number(tr.dataset.shownAt) / 1000]));""")
-            errors = browser.errors()
-        finally:
-            halt.set()
-            browser.quit()
-            api.stop()
-            runtime.request_stop("benchmark over")
-            thread.join(timeout=20)
-            server.close()
-            engine.stop()
-            store.close()
+        with decision.live_daemon(pol, root / "state.sqlite", decision.Controller(), api=True) as daemon:
+            runtime, url = daemon.runtime, daemon.api_url
+            browser = Browser()
+            halt = threading.Event()
+            streamed: dict[int, float] = {}
+            try:
+                browser.open(url + "/")
+                browser.wait(lambda: browser.js("return document.body.dataset.ready") == "yes", 20)
+                browser.wait(lambda: browser.js("return document.getElementById('stream').dataset.state") == "live")
+                first = runtime.view.last_id
+                threading.Thread(target=follow_stream, args=(url, streamed, halt), daemon=True).start()
+                time.sleep(1.0)
+                for i in range(min(args.taps, 90)):
+                    runtime.submit(_Events([decision.event(i, 100000)]))
+                    time.sleep(args.pace)
+                time.sleep(2.0)
+                records = [t.to_json() for t in runtime.view.transitions_after(first, 1000)]
+                shown = browser.js("""return Object.fromEntries([...document.querySelectorAll('#timeline li[data-shown-at]')]
+                    .map(li => [li.dataset.id, Number(li.dataset.shownAt) / 1000]));""")
+                rows = browser.js("""return Object.fromEntries([...document.querySelectorAll('#taps tbody tr')]
+                    .map(tr => [tr.dataset.tapId, Number(tr.dataset.shownAt) / 1000]));""")
+                errors = browser.errors()
+            finally:
+                halt.set()
+                browser.quit()
     page = [(shown[str(r["id"])] - r["at"]) * 1000 for r in records if str(r["id"]) in shown]
     created = [(rows[r["tap_id"]] - r["at"]) * 1000 for r in records
                if r["kind"] == "created" and r["tap_id"] in rows]

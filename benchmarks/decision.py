@@ -21,6 +21,7 @@ Targets (issue 4): >= 5,000 events/s through core + store, p95 <= 20 ms.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sqlite3
 import statistics
@@ -28,13 +29,15 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from demon import core  # noqa: E402
+from demon.api.server import ApiServer  # noqa: E402
 from demon.core import Context  # noqa: E402
 from demon.model import ControllerStatus, State  # noqa: E402
 from demon.rpc.client import RpcClient  # noqa: E402
@@ -169,37 +172,71 @@ class Controller:
         return []
 
 
-def bench_latency(root: Path, pol: Path, count: int, pace: float) -> list[float]:
+@dataclass
+class LiveDaemon:
+    """The real daemon in this process, as :func:`live_daemon` runs it."""
+
+    runtime: Runtime
+    controller: Any
+    api: ApiServer | None
+
+    @property
+    def api_url(self) -> str:
+        if self.api is None:
+            raise RuntimeError("the daemon was started without its API (api=True)")
+        return self.api.url
+
+
+@contextlib.contextmanager
+def live_daemon(pol: Path, state: Path, controller: Any, *, token: str = TOKEN,
+                api: bool = False, api_tokens: list[Any] | None = None,
+                bench_topology: bool = True) -> Iterator[LiveDaemon]:
+    """The whole daemon over real parts: the embedded engine, the RPC server around
+    ``controller`` (a component's answers), the state file, the runtime's loop on its
+    thread and, with ``api``, its HTTP API; everything stopped and closed on the way out.
+    ``bench_topology``: the bench fabric and port map (the embedded engine has no port
+    map without sFlow), so that the workload's events can be placed."""
     from sflow.embedded import EmbeddedEngine
 
     engine = EmbeddedEngine(sflow_addr=("127.0.0.1", 0), http_addr=("127.0.0.1", 0)).start()
-    handler = Controller()
-    server = RpcServer("tcp:127.0.0.1:0", TOKEN, handler).start()
-    store = Store(root / "latency.sqlite")
-    runtime = Runtime(pol, engine.url, RpcClient(server.address, TOKEN), store,
+    server = RpcServer("tcp:127.0.0.1:0", token, controller).start()
+    store = Store(state)
+    runtime = Runtime(pol, engine.url, RpcClient(server.address, token), store,
                       RuntimeOptions(event_poll_timeout=1))
-    runtime.start()
-    # The embedded engine has no port map without sFlow: use the bench one.
-    runtime.ctx = make_context(pol)
+    server_api: ApiServer | None = None
     thread = threading.Thread(target=runtime.run, daemon=True)
-    thread.start()
-    sent: dict[str, float] = {}
     try:
+        runtime.start()
+        if bench_topology:
+            runtime.ctx = make_context(pol)
+        thread.start()
+        if api:
+            server_api = ApiServer(runtime, "127.0.0.1", 0, api_tokens).start()
+        yield LiveDaemon(runtime, controller, server_api)
+    finally:
+        if server_api is not None:
+            server_api.stop()
+        runtime.request_stop("benchmark over")
+        if thread.is_alive():
+            thread.join(timeout=20)
+        server.close()
+        engine.stop()
+        store.close()
+
+
+def bench_latency(root: Path, pol: Path, count: int, pace: float) -> list[float]:
+    handler = Controller()
+    sent: dict[str, float] = {}
+    with live_daemon(pol, root / "latency.sqlite", handler) as daemon:
         time.sleep(0.5)
         for n in range(count):
             ev = event(n, count)
             sent[f"bench.{n + 1}"] = time.perf_counter()
-            runtime.submit(_Events([ev]))
+            daemon.runtime.submit(_Events([ev]))
             time.sleep(pace)
         deadline = time.monotonic() + 10
         while len(handler.arrived) < count and time.monotonic() < deadline:
             time.sleep(0.01)
-    finally:
-        runtime.request_stop("benchmark over")
-        thread.join(timeout=20)
-        server.close()
-        engine.stop()
-        store.close()
     return [(handler.arrived[t] - sent[t]) * 1000 for t in sent if t in handler.arrived]
 
 

@@ -34,10 +34,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import httpx  # noqa: E402
 
 import decision  # noqa: E402  (benchmarks/decision.py: its workload and fake controller)
-from demon.api.server import ApiServer  # noqa: E402
 from demon.model import ControllerStatus  # noqa: E402
 from demon.rpc.client import RpcClient  # noqa: E402
-from demon.rpc.server import RpcServer  # noqa: E402
 from demon.runtime import Runtime, RuntimeOptions, _Events, thresholds_of  # noqa: E402
 from demon.store import Store  # noqa: E402
 
@@ -89,43 +87,25 @@ def throughput(root: Path, pol: Path, events: list[Any], every: float | None, n:
 
 
 def latency(root: Path, pol: Path, count: int, pace: float, every: float | None, n: int) -> tuple[list[float], int]:
-    from sflow.embedded import EmbeddedEngine
-
-    engine = EmbeddedEngine(sflow_addr=("127.0.0.1", 0), http_addr=("127.0.0.1", 0)).start()
     handler = decision.Controller()
-    server = RpcServer("tcp:127.0.0.1:0", decision.TOKEN, handler).start()
-    store = Store(root / f"lat-{n}.sqlite")
-    runtime = Runtime(pol, engine.url, RpcClient(server.address, decision.TOKEN), store,
-                      RuntimeOptions(event_poll_timeout=1))
-    runtime.start()
-    runtime.ctx = decision.make_context(pol)
-    api = ApiServer(runtime, "127.0.0.1", 0).start()
-    thread = threading.Thread(target=runtime.run, daemon=True)
-    thread.start()
-    client = httpx.Client(base_url=api.url, timeout=10)
-    scraper = Scraper(lambda: client.get("/metrics").raise_for_status(), every) if every else None
     sent: dict[str, float] = {}
-    try:
-        if scraper:
-            scraper.__enter__()
-        time.sleep(0.5)
-        for i in range(count):
-            sent[f"bench.{i + 1}"] = time.perf_counter()
-            runtime.submit(_Events([decision.event(i, count)]))
-            time.sleep(pace)
-        deadline = time.monotonic() + 10
-        while len(handler.arrived) < count and time.monotonic() < deadline:
-            time.sleep(0.01)
-    finally:
-        if scraper:
-            scraper.__exit__()
-        client.close()
-        api.stop()
-        runtime.request_stop("benchmark over")
-        thread.join(timeout=20)
-        server.close()
-        engine.stop()
-        store.close()
+    with decision.live_daemon(pol, root / f"lat-{n}.sqlite", handler, api=True) as daemon, \
+            httpx.Client(base_url=daemon.api_url, timeout=10) as client:
+        scraper = Scraper(lambda: client.get("/metrics").raise_for_status(), every) if every else None
+        try:
+            if scraper:
+                scraper.__enter__()
+            time.sleep(0.5)
+            for i in range(count):
+                sent[f"bench.{i + 1}"] = time.perf_counter()
+                daemon.runtime.submit(_Events([decision.event(i, count)]))
+                time.sleep(pace)
+            deadline = time.monotonic() + 10
+            while len(handler.arrived) < count and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            if scraper:
+                scraper.__exit__()
     return sorted((handler.arrived[t] - sent[t]) * 1000 for t in sent if t in handler.arrived), \
         len(scraper.times) if scraper else 0
 
